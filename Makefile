@@ -1,0 +1,79 @@
+# fast-lightning: every target bootstraps .venv itself (python3 -m venv + pip, pinned, CPU torch by default).
+# Variables: CLASS DATA PROFILE (smoke|cpu|gpu|auto) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
+#            SYNTHS SEEDS SWEEP TRIALS, plus ARGS="key=value ..." for any config override (see experiments/).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= data/mvtec_ad
+PROFILE ?= auto
+export WANDB_MODE ?= offline
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+# make variables -> config overrides (only those the user set)
+opt = $(if $(strip $(1)),$(2)=$(strip $(1)))
+COMMON = $(call opt,$(CLASS),class_name) data_root=$(DATA) profile=$(PROFILE) $(call opt,$(RESUME),resume)
+SAMPLING = $(call opt,$(STEPS),sampling.steps) $(call opt,$(SAMPLER),sampling.name) $(call opt,$(VARIANT),sampling.variant)
+RUN = $(PY) -m fast_lightning
+
+$(STAMP): requirements.txt constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
+	@touch $(STAMP)
+
+.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling \
+        train-seg eval-seg compare ablate sweep sweep-local clean-runs
+
+help: ## list the targets and their variables
+	@echo "fast-lightning make targets (variables in CAPS; ARGS='key=value ...' overrides any config key):"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create/refresh .venv (idempotent; other targets call it)
+
+test: $(STAMP) ## run the whole test suite (CPU, tiny configs, W&B disabled; slow tests included)
+	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## the test suite without tests marked slow
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+check-data: $(STAMP) ## validate DATA/CLASS: counts per split and type, exit 1 naming any broken file
+	$(RUN) check-data $(COMMON) $(ARGS)
+
+demo-data: $(STAMP) ## generate the embedded synthetic demo dataset (data/demo/demo_part), no download
+	$(RUN) demo-data $(ARGS)
+
+demo: $(STAMP) ## THE main job: demo data -> diffusion -> AIAS-10 synthesis -> segmenters -> results table
+	$(RUN) demo $(call opt,$(PROFILE),profile) $(ARGS)
+
+train-diffusion: $(STAMP) ## train FAST diffusion (FARM) for CLASS [DATA PROFILE RESUME] -> runs/diffusion/CLASS/
+	$(RUN) train-diffusion $(COMMON) $(ARGS)
+
+synthesize: $(STAMP) ## synthesize N pairs for CLASS [N STEPS SAMPLER VARIANT CKPT] -> runs/synthetic/CLASS/
+	$(RUN) synthesize $(COMMON) $(SAMPLING) $(call opt,$(N),synthesis.n) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
+
+bench-sampling: $(STAMP) ## AIAS vs DDIM vs DDPM speed on one model [CKPT] -> reports/bench_sampling.json + .png
+	$(RUN) bench-sampling $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
+
+train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third) [ARCH ENCODER] -> runs/seg/CLASS/
+	$(RUN) train-seg $(COMMON) $(call opt,$(SYNTH),segmentation.synth) $(call opt,$(ARCH),segmentation.arch) $(call opt,$(ENCODER),segmentation.encoder) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
+
+eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test split
+	$(RUN) eval-seg $(call opt,$(CKPT),ckpt) $(ARGS)
+
+compare: $(STAMP) ## segmenter per synthesizer x seed [SYNTHS SEEDS] -> reports/CLASS/comparison.{md,csv,png}
+	$(RUN) compare $(COMMON) $(call opt,$(SYNTHS),synths) $(call opt,$(SEEDS),seeds) $(ARGS)
+
+ablate: $(STAMP) ## AIAS steps (2,5,10,50,DDPM) and FARM on/off vs downstream metrics -> reports/CLASS/ablation.*
+	$(RUN) ablate $(COMMON) $(ARGS)
+
+sweep: $(STAMP) ## register SWEEP (experiments/sweeps/*.yaml) with W&B and start an agent (needs login)
+	$(RUN) sweep $(call opt,$(SWEEP),sweep) $(ARGS)
+
+sweep-local: $(STAMP) ## run SWEEP locally without a server for TRIALS trials [PROFILE]; prints a summary
+	$(RUN) sweep-local $(call opt,$(SWEEP),sweep) $(call opt,$(TRIALS),trials) $(call opt,$(PROFILE),profile) $(ARGS)
+
+clean-runs: ## delete runs/, reports/ and wandb/ (asks first)
+	@read -p "delete runs/ reports/ wandb/ ? [y/N] " a && [ "$$a" = y ] && rm -rf runs reports wandb || echo kept

@@ -1,0 +1,53 @@
+"""Command-line dispatcher: ``python -m fast_lightning <command> [key=value ...]``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from fast_lightning.commands import COMMANDS
+
+
+class UserError(Exception):
+    """An error with a message the user can act on; printed without a traceback."""
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    rows = "\n".join(f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items())
+    return f"usage: python -m fast_lightning <command> [key=value ...]\n\ncommands:\n{rows}\n"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fast_lightning.config import ConfigError
+    from fast_lightning.data.records import DataError
+
+    return (UserError, ConfigError, DataError, OmegaConfBaseException, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(message)s")
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return int(module.main(args) or 0)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # config validation inside the package raises ValueError naming the key
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed work is kept; re-run the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,19 @@
+"""One module per user-facing command; `python -m fast_lightning <command> key=value ...` dispatches here.
+
+Commands are imported lazily so `make help` and `check-data` do not pay for torch model imports.
+"""
+
+COMMANDS = {
+    "check-data": ("fast_lightning.commands.check_data", "validate a class folder and print counts per split and type"),
+    "demo-data": ("fast_lightning.commands.demo_data", "generate the embedded synthetic demo dataset into data/demo"),
+    "train-diffusion": ("fast_lightning.commands.train_diffusion", "train the foreground-aware diffusion model (FARM) for a class"),
+    "synthesize": ("fast_lightning.commands.synthesize", "synthesize (image, mask) pairs to disk with AIAS or a baseline sampler"),
+    "bench-sampling": ("fast_lightning.commands.bench_sampling", "time AIAS vs DDIM vs DDPM on one model; JSON + plot"),
+    "train-seg": ("fast_lightning.commands.train_seg", "train a segmenter on synthesized anomalies, test on real defects"),
+    "eval-seg": ("fast_lightning.commands.eval_seg", "re-evaluate a segmenter checkpoint on the real-test split"),
+    "demo": ("fast_lightning.commands.demo", "the whole pipeline on the embedded demo dataset, with a results table"),
+    "compare": ("fast_lightning.commands.compare", "segmenter per synthesizer and seed; comparison table, plots, sample sheet"),
+    "ablate": ("fast_lightning.commands.ablate", "AIAS steps and FARM on/off against downstream metrics"),
+    "sweep": ("fast_lightning.commands.sweep", "register a W&B sweep and start an agent (needs W&B login)"),
+    "sweep-local": ("fast_lightning.commands.sweep_local", "run a W&B sweep YAML locally without a server"),
+}

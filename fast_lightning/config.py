@@ -1,0 +1,141 @@
+"""Configuration: experiments/ config groups + a profile + command-line dotlist overrides.
+
+Overrides are merged in struct mode with an explicit type check, because plain YAML configs would
+otherwise accept ``lr=abc`` or create ``--lr`` silently (see engineering notes on W&B sweeps).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the key or file."""
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors carry line numbers
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    return cfg if cfg is not None else OmegaConf.create({})
+
+
+def resolve_profile(profile: str) -> str:
+    if profile == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r} (option PROFILE / profile=); choose auto, {', '.join(PROFILES)}")
+    return profile
+
+
+def base_config(experiments_dir: Path = EXPERIMENTS_DIR) -> DictConfig:
+    root = _load_yaml(experiments_dir / "config.yaml")
+    defaults = root.pop("defaults", {})
+    for group, choice in defaults.items():
+        root[group] = _load_yaml(experiments_dir / group / f"{choice}.yaml")
+    return root
+
+
+def _parse_overrides(overrides: Sequence[str]) -> list[str]:
+    clean = []
+    for item in overrides:
+        if item.startswith("-"):
+            raise ConfigError(
+                f"override {item!r} starts with '-': use key=value without hyphens "
+                "(W&B sweeps must use ${args_no_hyphens})"
+            )
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        clean.append(item)
+    return clean
+
+
+def _type_name(value) -> str:
+    if isinstance(value, (DictConfig, dict)):
+        return "mapping"
+    if isinstance(value, (ListConfig, list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def _check_types(reference: DictConfig, patch: DictConfig, prefix: str = "") -> None:
+    """Every key of ``patch`` must exist in ``reference`` with a compatible type."""
+    for key in patch.keys():
+        full = f"{prefix}{key}"
+        if key not in reference:
+            near = ", ".join(sorted(str(k) for k in reference.keys()))
+            raise ConfigError(f"unknown config key '{full}' (known keys here: {near})")
+        ref_node = reference._get_node(key)
+        new = patch[key]
+        ref = None if ref_node is None or ref_node._is_none() else reference[key]
+        if ref is None or new is None:
+            continue  # null defaults accept any value; anything may be set to null
+        if isinstance(ref, DictConfig):
+            if not isinstance(new, DictConfig):
+                raise ConfigError(f"config key '{full}' is a mapping, got {new!r}")
+            _check_types(ref, new, prefix=f"{full}.")
+            continue
+        ok = {
+            bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            str: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
+        }
+        if isinstance(ref, ListConfig):
+            if not isinstance(new, ListConfig):
+                raise ConfigError(f"config key '{full}' expects a list like {list(ref)}, got {new!r}")
+            continue
+        check = ok.get(type(ref))
+        if check is not None and not check(new):
+            raise ConfigError(
+                f"config key '{full}' expects {type(ref).__name__} (default {ref!r}), got {new!r} ({_type_name(new)})"
+            )
+
+
+def load_config(
+    overrides: Iterable[str] = (),
+    profile: str | None = None,
+    experiments_dir: Path = EXPERIMENTS_DIR,
+) -> DictConfig:
+    """Resolved config: groups, then profile, then overrides. ``profile=...`` may come in the overrides."""
+    overrides = _parse_overrides(list(overrides))
+    cfg = base_config(experiments_dir)
+    patch = OmegaConf.from_dotlist(overrides) if overrides else OmegaConf.create({})
+    _check_types(cfg, patch)
+    chosen = profile or patch.get("profile") or os.environ.get("PROFILE") or cfg.profile
+    resolved = resolve_profile(str(chosen))
+    prof = _load_yaml(experiments_dir / "profile" / f"{resolved}.yaml")
+    _check_types(cfg, prof, prefix="")
+    cfg = OmegaConf.merge(cfg, prof, patch)
+    cfg.profile = resolved
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Overrides on an already-resolved config (used when re-running from a saved config)."""
+    overrides = _parse_overrides(list(overrides))
+    if not overrides:
+        return cfg
+    patch = OmegaConf.from_dotlist(overrides)
+    _check_types(cfg, patch)
+    merged = OmegaConf.merge(cfg, patch)
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,142 @@
+"""The one DataModule both LightningModules share.
+
+- ``stage="diffusion"``: generator-train windows (defects of the first third + normal images).
+- ``stage="segmentation"``: normal train images, turned into (image, mask) pairs on the training device
+  by an injected synthesizer (this module imports no model code), plus the REAL-test split for
+  validation and test (disjoint, both unseen by any generator).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from fast_lightning.data.datasets import (
+    GeneratorTrainDataset,
+    LabelledDataset,
+    NormalImageDataset,
+    StepSampler,
+)
+from fast_lightning.data.records import ClassIndex, read_class
+from fast_lightning.data.split import Split, make_split
+
+Synthesizer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def load_split(cfg: DictConfig) -> tuple[ClassIndex, Split]:
+    index = read_class(cfg.data_root, cfg.class_name)
+    split = make_split(index, cfg.data.generator_fraction, cfg.data.val_fraction)
+    return index, split
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DictConfig, stage: str = "segmentation", synthesizer: Synthesizer | None = None,
+                 run_dir: str | Path | None = None):
+        super().__init__()
+        if stage not in ("diffusion", "segmentation"):
+            raise ValueError(f"stage must be 'diffusion' or 'segmentation', got {stage!r}")
+        self.cfg, self.stage, self.synthesizer = cfg, stage, synthesizer
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.index: ClassIndex | None = None
+        self.split: Split | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        self.index, self.split = load_split(self.cfg)
+        if self.run_dir is not None and self._is_rank_zero():
+            self.split.save(self.run_dir)
+
+    def _is_rank_zero(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is None or trainer.is_global_zero
+
+    @property
+    def type_names(self) -> list[str]:
+        self.setup()
+        return list(self.split.types)
+
+    @property
+    def type_ids(self) -> dict[str, int]:
+        return {name: i + 1 for i, name in enumerate(self.type_names)}
+
+    def _world_and_step(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return max(1, trainer.world_size), int(trainer.global_step)
+
+    def _loader(self, dataset, batch_size: int, sampler=None, shuffle=False) -> DataLoader:
+        workers = int(self.cfg.data.num_workers)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)
+
+    # ---- datasets ----------------------------------------------------------------------------------
+    def diffusion_dataset(self) -> GeneratorTrainDataset:
+        self.setup()
+        d = self.cfg.diffusion
+        return GeneratorTrainDataset(
+            self.split.generator_train, self.split.normal_train, self.type_ids, resolution=int(d.resolution),
+            channels=int(self.cfg.data.channels), window=str(d.window), crop_scale=float(d.crop.scale),
+            normal_weight=float(d.normal_weight), normal_crops=bool(d.crop.normal_crops),
+            augment=dict(d.augment), seed=int(self.cfg.seed),
+        )
+
+    def normal_dataset(self) -> NormalImageDataset:
+        self.setup()
+        data = self.cfg.data
+        return NormalImageDataset(self.split.normal_train, resolution=int(data.resolution),
+                                  channels=int(data.channels), foreground=str(data.foreground),
+                                  interpolation=str(data.image_interpolation), seed=int(self.cfg.seed),
+                                  length=10**9)
+
+    def labelled_dataset(self, which: str) -> LabelledDataset:
+        """which: val | test | generator_train (the real_third bank and the synthesis mask bank)."""
+        self.setup()
+        data = self.cfg.data
+        return LabelledDataset(getattr(self.split, which), resolution=int(data.resolution),
+                               channels=int(data.channels), interpolation=str(data.image_interpolation))
+
+    # ---- loaders -----------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        world, step = self._world_and_step()
+        if self.stage == "diffusion":
+            batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset()
+        else:
+            batch, max_steps, dataset = int(self.cfg.segmentation.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
+        # one global stream of sample indices; a resumed run starts where the interrupted one stopped
+        sampler = StepSampler(step * batch * world, (max_steps + 1) * batch * world)
+        return self._loader(dataset, batch, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.labelled_dataset("val"), int(self.cfg.data.batch_size))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.labelled_dataset("test"), int(self.cfg.data.batch_size))
+
+    # ---- synthesis on the training device ------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        if self.stage != "segmentation" or trainer is None or not trainer.training or self.synthesizer is None:
+            return batch
+        return self.synthesize_batch(batch, step=int(trainer.global_step), rank=int(trainer.global_rank))
+
+    def synthesize_batch(self, batch: dict, step: int = 0, rank: int = 0) -> dict:
+        """Replace the first ``synth_ratio`` share of a normal batch by synthesized anomalies."""
+        images, foreground = batch["image"], batch["foreground"]
+        n_syn = int(round(images.shape[0] * float(self.cfg.segmentation.synth_ratio)))
+        if n_syn == 0:
+            return batch
+        g = torch.Generator().manual_seed(int(self.cfg.seed) * 7919 + step * 131 + rank)
+        syn_img, syn_mask = self.synthesizer(images[:n_syn], foreground[:n_syn], g)
+        batch = dict(batch)
+        batch["image"] = torch.cat([syn_img.to(images.dtype), images[n_syn:]], 0)
+        batch["mask"] = torch.cat([syn_mask.to(images.dtype), batch["mask"][n_syn:]], 0)
+        batch["synthetic"] = torch.arange(images.shape[0], device=images.device) < n_syn
+        return batch

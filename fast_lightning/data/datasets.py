@@ -1,0 +1,182 @@
+"""Torch datasets over split records. Every random choice of item i is drawn from a generator seeded by
+(seed, i): items do not depend on workers, and a resumed run sees the same stream as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from fast_lightning.data.foreground import estimate_foreground
+from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor
+from fast_lightning.data.records import Record
+from fast_lightning.data.windows import mask_bbox, place_window, window_side
+
+
+def item_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63 - 1))
+
+
+class NativeCache:
+    """Decoded full-resolution images/masks kept in memory (uint8), per worker process."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+        self._images: dict[str, torch.Tensor] = {}
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def image(self, path: str) -> torch.Tensor:
+        if path not in self._images:
+            t = pil_to_tensor(open_image(path), self.channels)
+            self._images[path] = (t * 255 + 0.5).to(torch.uint8)
+        return self._images[path].float() / 255.0
+
+    def mask(self, path: str | None, like: tuple[int, int]) -> torch.Tensor:
+        if path is None:
+            return torch.zeros(1, *like)
+        if path not in self._masks:
+            self._masks[path] = load_mask(path).to(torch.uint8)
+        m = self._masks[path].float()
+        if m.shape[-2:] != like:
+            m = F.interpolate(m[None], size=like, mode="nearest")[0]
+        return m
+
+
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bicubic (antialiased) image, nearest mask re-binarised at 0.5."""
+    img = F.interpolate(image[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
+    msk = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
+    return img.clamp_(0, 1), (msk >= 0.5).float()
+
+
+def augment_pair(image, mask, generator, hflip=True, vflip=True, rot90=True):
+    if hflip and torch.rand((), generator=generator) < 0.5:
+        image, mask = image.flip(-1), mask.flip(-1)
+    if vflip and torch.rand((), generator=generator) < 0.5:
+        image, mask = image.flip(-2), mask.flip(-2)
+    if rot90:
+        k = int(torch.randint(4, (1,), generator=generator))
+        if k:
+            image, mask = torch.rot90(image, k, (-2, -1)), torch.rot90(mask, k, (-2, -1))
+    return image.contiguous(), mask.contiguous()
+
+
+class StepSampler(Sampler[int]):
+    """Global sample indices start*batch .. total: restarting at a step reproduces the same stream."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total = int(start), int(total)
+
+    def __iter__(self):
+        return iter(range(self.start, self.total))
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+class GeneratorTrainDataset(Dataset):
+    """Diffusion training items: defect windows from the generator-train split + normal windows.
+
+    ``window='full'``: the whole image at ``resolution``; ``window='crop'``: a square window of
+    ``crop_scale`` x shorter side around the defect (random placement), resized to ``resolution``.
+    """
+
+    def __init__(self, defects: list[Record], normals: list[Record], type_ids: dict[str, int], *, resolution: int,
+                 channels: int = 3, window: str = "crop", crop_scale: float = 0.35, normal_weight: float = 0.25,
+                 normal_crops: bool = True, augment: dict | None = None, seed: int = 0, length: int = 10**9):
+        if window not in ("full", "crop"):
+            raise ValueError(f"diffusion.window must be 'full' or 'crop', got {window!r}")
+        if not defects:
+            raise ValueError("the generator-train split holds no defect images: nothing to learn anomalies from")
+        self.defects, self.normals, self.type_ids = defects, normals, type_ids
+        self.resolution, self.window, self.crop_scale = resolution, window, crop_scale
+        self.normal_weight = normal_weight if normals else 0.0
+        self.normal_crops = normal_crops
+        self.augment = dict(augment or {})
+        self.seed, self.length = seed, length
+        self.cache = NativeCache(channels)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        g = item_generator(self.seed, index)
+        normal = bool(torch.rand((), generator=g) < self.normal_weight)
+        pool = self.normals if normal else self.defects
+        rec = pool[int(torch.randint(len(pool), (1,), generator=g))]
+        image = self.cache.image(rec.image)
+        h, w = image.shape[-2:]
+        mask = self.cache.mask(rec.mask, (h, w))
+        if self.window == "crop" and (not normal or self.normal_crops):
+            bbox = None if normal else mask_bbox(mask)
+            side = window_side(h, w, self.crop_scale, bbox)
+            y, x = place_window(h, w, side, bbox, generator=g)
+            image, mask = image[:, y:y + side, x:x + side], mask[:, y:y + side, x:x + side]
+        image, mask = resize_pair(image, mask, self.resolution)
+        image, mask = augment_pair(image, mask, g, **self.augment)
+        return {"image": image, "mask": mask, "cond": torch.tensor(self.type_ids.get(rec.label, 0)), "index": index}
+
+
+class NormalImageDataset(Dataset):
+    """Normal train images at the working resolution with their foreground (segmenter training input)."""
+
+    def __init__(self, normals: list[Record], *, resolution: int, channels: int = 3, foreground: str = "auto",
+                 interpolation: str = "bicubic", augment: bool = True, seed: int = 0, length: int | None = None):
+        if not normals:
+            raise ValueError("no normal training images")
+        self.normals, self.resolution, self.channels = normals, resolution, channels
+        self.foreground, self.interpolation, self.augment = foreground, interpolation, augment
+        self.seed = seed
+        self.length = length or len(normals)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in self._cache:
+            rec = self.normals[i]
+            img = load_image(rec.image, self.resolution, self.channels, self.interpolation)
+            fg = foreground_mask(img, self.foreground)
+            self._cache[i] = (img, fg)
+        return self._cache[i]
+
+    def __getitem__(self, index: int) -> dict:
+        g = item_generator(self.seed, index)
+        i = int(torch.randint(len(self.normals), (1,), generator=g)) if self.length != len(self.normals) else index
+        img, fg = self.load(i)
+        if self.augment:
+            img, fg = augment_pair(img, fg, g, hflip=True, vflip=False, rot90=False)
+        return {"image": img, "mask": torch.zeros_like(fg), "foreground": fg, "index": index}
+
+
+def foreground_mask(image: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "off":
+        return torch.ones(1, *image.shape[-2:])
+    if mode not in ("auto", "on"):
+        raise ValueError(f"data.foreground must be auto, on or off, got {mode!r}")
+    return estimate_foreground(image)
+
+
+class LabelledDataset(Dataset):
+    """Real images with their masks at the working resolution (validation / test / real_third bank)."""
+
+    def __init__(self, records: list[Record], *, resolution: int, channels: int = 3, interpolation: str = "bicubic"):
+        self.records, self.resolution, self.channels, self.interpolation = records, resolution, channels, interpolation
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        img = load_image(rec.image, self.resolution, self.channels, self.interpolation)
+        mask = load_mask(rec.mask, self.resolution)
+        return {"image": img, "mask": mask, "label": int(rec.is_anomalous), "index": index}
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self[i] for i in range(len(self))]
+        if not items:
+            return torch.zeros(0, self.channels, self.resolution, self.resolution), torch.zeros(0, 1, self.resolution, self.resolution)
+        return torch.stack([x["image"] for x in items]), torch.stack([x["mask"] for x in items])

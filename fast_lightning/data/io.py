@@ -1,0 +1,105 @@
+"""Image and mask IO with Pillow (torchvision.io is unusable on CPU torch; see compat.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from fast_lightning.data.records import DataError
+
+_INTERPOLATION = {"bicubic": Image.BICUBIC, "area": Image.BOX, "bilinear": Image.BILINEAR}
+
+
+def open_image(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except FileNotFoundError as exc:
+        raise DataError(f"image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"unreadable or corrupt image: {path} ({exc}); replace or delete the file") from exc
+
+
+def pil_to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
+    """(C,H,W) float in [0,1]; grayscale is replicated to RGB, RGB converted to L for channels=1."""
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode in ("I;16", "I;16B", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / max(float(arr.max()), 1.0)
+        img = Image.fromarray((arr * 255).astype(np.uint8))
+    arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (size[1], size[0])  # (H, W) -> PIL (W, H)
+
+
+def resize_image(img: Image.Image, size: int | tuple[int, int] | None, interpolation: str = "bicubic") -> Image.Image:
+    if size is None:
+        return img
+    wh = _pil_size(size)
+    if img.size == wh:
+        return img
+    if interpolation not in _INTERPOLATION:
+        raise DataError(f"unknown data.image_interpolation {interpolation!r}; choose {', '.join(_INTERPOLATION)}")
+    return img.resize(wh, _INTERPOLATION[interpolation])
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3,
+               interpolation: str = "bicubic") -> torch.Tensor:
+    img = open_image(path)
+    if img.mode not in ("L", "RGB", "I;16", "I;16B", "I"):
+        img = img.convert("RGB")
+    return pil_to_tensor(resize_image(img, size, interpolation), channels).clamp_(0.0, 1.0)
+
+
+def mask_to_binary(arr: np.ndarray, path: str | Path | None = None, warn: bool = True) -> np.ndarray:
+    """Masks must be 0/255 (or 0/1); anything else is binarised at 0.5 of the max, with a warning."""
+    arr = arr.astype(np.float32)
+    peak = float(arr.max()) if arr.size else 0.0
+    if peak <= 0:
+        return np.zeros(arr.shape, dtype=np.float32)
+    scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255 else peak
+    norm = arr / scale
+    if warn and not np.isin(norm, (0.0, 1.0)).all():
+        warnings.warn(f"non-binary mask {path}: binarised at 0.5", stacklevel=2)
+    return (norm >= 0.5).astype(np.float32)
+
+
+def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None,
+              like: tuple[int, int] | None = None) -> torch.Tensor:
+    """(1,H,W) float {0,1}; ``None`` gives an empty mask of ``size`` (or ``like`` = (H, W))."""
+    if path is None:
+        hw = (size, size) if isinstance(size, int) else (size or like)
+        if hw is None:
+            raise ValueError("load_mask(None) needs size or like")
+        return torch.zeros(1, *hw)
+    img = open_image(path)
+    arr = mask_to_binary(np.asarray(img.convert("L")), path, warn=False)
+    if size is not None:
+        m = Image.fromarray((arr * 255).astype(np.uint8))
+        arr = np.asarray(m.resize(_pil_size(size), Image.NEAREST), dtype=np.float32) / 255.0
+        arr = (arr >= 0.5).astype(np.float32)
+    return torch.from_numpy(arr)[None]
+
+
+def save_image(tensor: torch.Tensor, path: str | Path) -> None:
+    """(C,H,W) in [0,1] -> PNG, written atomically."""
+    from fast_lightning.runs import atomic_write_bytes
+    import io
+
+    arr = (tensor.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,96 @@
+"""Run directories, atomic writes, ``latest`` links and seeding: the reproducibility glue."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def run_dir_for(cfg: DictConfig, kind: str, run_id: str | None = None) -> Path:
+    return Path(cfg.run_root) / kind / str(cfg.class_name) / (run_id or new_run_id())
+
+
+def create_run_dir(cfg: DictConfig, kind: str, run_id: str | None = None) -> Path:
+    """runs/<kind>/<class>/<run-id>/ with the resolved config saved in it."""
+    run_dir = run_dir_for(cfg, kind, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    return run_dir
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> Path:
+    return atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def update_latest(run_dir: Path) -> Path:
+    """Point <parent>/latest at run_dir (relative symlink, replaced atomically)."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{secrets.token_hex(3)}"
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def resolve_run_path(path: str | os.PathLike) -> Path:
+    """Follow a ``latest`` link (or any symlink) to the real run directory or file."""
+    return Path(os.path.realpath(path))
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed python, numpy and torch; each DDP rank gets its own stream (seed + rank)."""
+    import numpy as np
+    import torch
+
+    value = int(seed) + int(rank)
+    random.seed(value)
+    np.random.seed(value % (2**32))
+    torch.manual_seed(value)
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    return value
