@@ -1,0 +1,108 @@
+"""`make train-diffusion CLASS=<c> [DATA PROFILE RESUME]`: per-class foreground-aware diffusion model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from fast_lightning.cli import UserError
+from fast_lightning.commands.common import config_from_args
+from fast_lightning.data.datamodule import AnomalyDataModule
+from fast_lightning.diffusion.denoiser import parameter_count
+from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError, check_resume_compatible
+from fast_lightning.runs import atomic_write_json, create_run_dir, save_config, seed_everything, update_latest
+from fast_lightning.training import (
+    build_trainer,
+    finish_logger,
+    read_checkpoint,
+    resolve_checkpoint,
+    run_dir_of_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n normal windows and n defect masks (with their types) for the fixed sample grid."""
+    ds = dm.diffusion_dataset()
+    normals, masks, conds = [], [], []
+    for i in range(10_000):
+        item = ds[i]
+        if int(item["cond"]) == 0 and len(normals) < n:
+            normals.append(item["image"])
+        elif int(item["cond"]) > 0 and len(masks) < n:
+            masks.append(item["mask"])
+            conds.append(item["cond"])
+        if len(normals) == n and len(masks) == n:
+            break
+    if not normals:  # normal_weight = 0: use defect windows' images as backgrounds
+        normals = [ds[i]["image"] for i in range(n)]
+    k = min(len(normals), len(masks))
+    return torch.stack(normals[:k]), torch.stack(masks[:k]), torch.stack(conds[:k])
+
+
+def main(args: list[str]) -> int:
+    cfg = config_from_args(args)
+    ckpt_path = None
+    if cfg.resume:
+        ckpt_path = resolve_checkpoint(cfg.resume)
+        run_dir = run_dir_of_checkpoint(ckpt_path)
+        save_config(cfg, run_dir)
+    else:
+        run_dir = create_run_dir(cfg, "diffusion")
+    seed_everything(int(cfg.seed))
+    dm = AnomalyDataModule(cfg, stage="diffusion", run_dir=run_dir)
+    dm.setup()
+    if ckpt_path is not None:
+        check_resume_compatible(read_checkpoint(ckpt_path), cfg, dm.type_names, ckpt_path)
+        log.info(f"resuming from {ckpt_path}")
+    module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), dm.type_names, str(cfg.class_name))
+    module.sample_dir = run_dir / "samples"
+    module.set_log_batch(*pick_log_batch(dm, int(cfg.diffusion.num_log_samples)))
+    params = {"denoiser": parameter_count(module.model.denoiser),
+              "farm": parameter_count(module.model.farm) if module.model.farm is not None else 0}
+    log.info(f"diffusion model for {cfg.class_name}: {params} parameters, types {dm.type_names}, "
+             f"window={cfg.diffusion.window} at {cfg.diffusion.resolution}px -> {run_dir}")
+    trainer = None
+    start = time.time()
+    start_step = 0 if ckpt_path is None else int(read_checkpoint(ckpt_path).get("global_step", 0))
+    try:
+        trainer = build_trainer(cfg, run_dir, "diffusion", int(cfg.diffusion.max_steps), callbacks=[],
+                                checkpoint_every=int(cfg.diffusion.checkpoint_every))
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except NonFiniteLossError as exc:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
+        raise UserError(f"{exc}; {kept}") from exc
+    finally:
+        finish_logger(trainer)
+    if trainer.is_global_zero:
+        if not (run_dir / "checkpoints" / "last.ckpt").exists() or trainer.global_step % int(cfg.diffusion.checkpoint_every):
+            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        elapsed = time.time() - start
+        steps = int(trainer.global_step) - start_step
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        summary = {
+            "kind": "diffusion", "class_name": cfg.class_name, "data_root": str(cfg.data_root), "profile": cfg.profile,
+            "global_step": int(trainer.global_step), "steps_this_run": steps, "seconds": round(elapsed, 1),
+            "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+            "parameters": params, "type_names": dm.type_names, "final": metrics,
+            "note": "training losses on the generator-train split (not a test metric)",
+        }
+        atomic_write_json(run_dir / "metrics.json", summary)
+        if int(cfg.diffusion.num_log_samples) > 0:
+            module.sample_dir = run_dir / "samples"
+            module.to(trainer.strategy.root_device)
+            module.log_samples_to_disk("final")
+        update_latest(run_dir)
+        print(json.dumps({k: summary[k] for k in ("global_step", "steps_per_second", "peak_rss_mb")}))
+        print(f"diffusion run: {run_dir}  (checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'})")
+    return 0

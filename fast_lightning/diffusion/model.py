@@ -1,0 +1,297 @@
+"""FASTDiffusion: denoiser + FARM + schedule (+ optional Adaptor) and the FAST training loss. Pure torch.
+
+The LightningModule wraps this object; samplers only use ``predict_eps``, ``farm_x0``/``anomaly_aware_input``
+and ``schedule``, so everything method-specific lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fast_lightning.diffusion.adaptor import Adaptor
+from fast_lightning.diffusion.denoiser import DENOISER_REGISTRY, Denoiser, build_denoiser, resize_mask
+from fast_lightning.diffusion.farm import FARM
+from fast_lightning.diffusion.schedule import SCHEDULE_KINDS, NoiseSchedule
+
+
+class FASTDiffusion(nn.Module):
+    """FAST generator. All tensors in model space ([-1,1] pixels, or latents for a latent backbone).
+
+    ``farm=None`` is the "FARM off" ablation: x_hat_t = x_t and loss_farm = 0 (plain masked DDPM).
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        farm: FARM | None,
+        schedule: NoiseSchedule,
+        adaptor: Adaptor | None = None,
+        type_names: Sequence[str] = (),
+        lambda_eps: float = 2.0,
+        lambda_farm: float = 5.0,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.farm = farm
+        self.schedule = schedule
+        self.adaptor = adaptor
+        self.type_names = list(type_names)
+        self.lambda_eps = float(lambda_eps)
+        self.lambda_farm = float(lambda_farm)
+        self.config = dict(config or {})  # resolved build config, for checkpoints / meta
+
+    # ---------------------------------------------------------------- conversions
+    @property
+    def num_types(self) -> int:
+        return len(self.type_names)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.schedule.num_train_timesteps
+
+    def to_model_space(self, images01: torch.Tensor) -> torch.Tensor:
+        """[0,1] images -> [-1,1] -> denoiser.encode (identity in pixel space)."""
+        return self.denoiser.encode(images01 * 2.0 - 1.0)
+
+    def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """denoiser.decode -> [-1,1] -> [0,1], clamped."""
+        return ((self.denoiser.decode(x) + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def model_mask(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Image-resolution mask -> model-space resolution (max pooling keeps thin defects)."""
+        return resize_mask(mask, like.shape[-2:]).to(like.dtype)
+
+    # ---------------------------------------------------------------- network calls
+    def predict_eps(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Denoiser eps, then the Adaptor correction if the model has one."""
+        eps = self.denoiser(x, t, cond, mask)
+        if self.adaptor is not None:
+            eps = self.adaptor(eps, self.model_mask(mask, eps))
+        return eps
+
+    def farm_x0(self, x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """FARM's anomaly-only clean estimate x0_an (same shape as x). Raises if FARM is disabled."""
+        if self.farm is None:
+            raise RuntimeError("FARM is disabled in this model (diffusion.farm.enabled=false); check model.farm")
+        return self.farm(x, self.model_mask(mask, x), t)
+
+    def anomaly_aware_input(
+        self, x_t: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """FARM injection: x_hat_t = (1-M) x_t + M (sqrt(abar_t) x0_an + sqrt(1-abar_t) eps).
+
+        Training passes the eps that produced x_t; samplers pass fresh noise. Returns (x_hat_t, x0_an), or
+        (x_t, None) when FARM is disabled.
+        """
+        if self.farm is None:
+            return x_t, None
+        m = self.model_mask(mask, x_t)
+        x0_an = self.farm(x_t, m, t)
+        x_an_t = self.schedule.q_sample(x0_an, t, eps)
+        return (1.0 - m) * x_t + m * x_an_t, x0_an
+
+    # ---------------------------------------------------------------- loss
+    def training_losses(
+        self,
+        x0: torch.Tensor,
+        mask: torch.Tensor,
+        cond: torch.Tensor | None,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """FAST loss: lambda_eps * MSE(eps, eps_hat(x_hat_t)) + lambda_farm * MSE(x0_an, M * x0).
+
+        x0 is in model space; mask is (B,1,H,W) {0,1} (resized to x0's size). t ~ U{0..T-1} and eps ~ N(0,I)
+        unless given; ``generator`` (on any device) makes them reproducible. FARM is not detached: it learns
+        from both terms (through the denoiser input for the eps term).
+        """
+        b = x0.shape[0]
+        if t is None:
+            g_dev = generator.device if generator is not None else x0.device
+            t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device=g_dev)
+        t = torch.as_tensor(t).to(x0.device).long().reshape(-1)
+        if t.numel() == 1 and b != 1:
+            t = t.expand(b)
+        if eps is None:
+            g_dev = generator.device if generator is not None else x0.device
+            eps = torch.randn(x0.shape, generator=generator, device=g_dev, dtype=x0.dtype)
+        eps = eps.to(device=x0.device, dtype=x0.dtype)
+        m = self.model_mask(mask, x0)
+
+        x_t = self.schedule.q_sample(x0, t, eps)
+        x_hat_t, x0_an = self.anomaly_aware_input(x_t, m, t, eps)
+        eps_hat = self.predict_eps(x_hat_t, t, cond, m)
+        loss_eps = F.mse_loss(eps_hat.float(), eps.float())
+        if x0_an is None:
+            loss_farm = loss_eps.new_zeros(())
+        else:
+            loss_farm = F.mse_loss(x0_an.float(), (m * x0).float())
+        loss = self.lambda_eps * loss_eps + self.lambda_farm * loss_farm
+        return {"loss": loss, "loss_eps": loss_eps, "loss_farm": loss_farm, "t": t}
+
+
+# -------------------------------------------------------------------- factory
+def _get(cfg: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def _as_int(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _as_float(value: Any, key: str, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    value = float(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _as_int_tuple(value: Any, key: str) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"{key} must be a non-empty list of integers, got {value!r}")
+    return tuple(_as_int(v, key, minimum=1) for v in value)
+
+
+def _as_bool_tuple(value: Any, key: str) -> tuple[bool, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{key} must be a list of booleans, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
+            out.append(bool(v))
+        else:
+            raise ValueError(f"{key} must be a list of booleans (true/false), got element {v!r}")
+    return tuple(out)
+
+
+def build_fast_diffusion(
+    cfg: Mapping[str, Any],
+    image_channels: int,
+    num_types: int,
+    type_names: Sequence[str],
+) -> FASTDiffusion:
+    """Build FASTDiffusion from the ``diffusion`` config group (plain Mapping or OmegaConf DictConfig).
+
+    Keys: backbone, resolution, unet{block_out_channels, layers_per_block, attention_levels, mask_channel,
+    dropout[, norm_num_groups, attention_head_dim]}, farm{enabled, base_channels, time_dim}, adaptor, schedule,
+    num_train_timesteps, beta_start, beta_end, lambda_eps (2.0), lambda_farm (5.0).
+    Invalid values raise ValueError naming the offending ``diffusion.*`` key.
+    """
+    backbone = str(_get(cfg, "backbone", "pixel_unet"))
+    if backbone not in DENOISER_REGISTRY:
+        raise ValueError(
+            f"diffusion.backbone={backbone!r} is not a known denoiser backbone; known: {sorted(DENOISER_REGISTRY)}"
+        )
+    resolution = _as_int(_get(cfg, "resolution", 64), "diffusion.resolution", minimum=4)
+    image_channels = _as_int(image_channels, "data.channels", minimum=1)
+    num_types = _as_int(num_types, "num_types", minimum=0)
+    type_names = [str(n) for n in type_names]
+    if len(type_names) != num_types:
+        raise ValueError(f"type_names has {len(type_names)} entries but num_types={num_types}")
+
+    unet_cfg = _get(cfg, "unet", {}) or {}
+    blocks = _as_int_tuple(
+        _get(unet_cfg, "block_out_channels", (32, 64, 128, 128)), "diffusion.unet.block_out_channels"
+    )
+    attn = _as_bool_tuple(
+        _get(unet_cfg, "attention_levels", (False,) * max(len(blocks) - 2, 0) + (True,) * min(len(blocks), 2)),
+        "diffusion.unet.attention_levels",
+    )
+    if len(attn) != len(blocks):
+        raise ValueError(
+            f"diffusion.unet.attention_levels has {len(attn)} entries but diffusion.unet.block_out_channels has "
+            f"{len(blocks)}; give one true/false per block"
+        )
+    layers = _as_int(_get(unet_cfg, "layers_per_block", 1), "diffusion.unet.layers_per_block", minimum=1)
+    dropout = _as_float(_get(unet_cfg, "dropout", 0.0), "diffusion.unet.dropout", minimum=0.0)
+    if dropout >= 1.0:
+        raise ValueError(f"diffusion.unet.dropout must be in [0, 1), got {dropout}")
+    mask_channel = bool(_get(unet_cfg, "mask_channel", True))
+    factor = 2 ** (len(blocks) - 1)
+    if resolution % factor:
+        raise ValueError(
+            f"diffusion.resolution={resolution} must be divisible by {factor} = 2**(number of UNet blocks - 1) "
+            f"(diffusion.unet.block_out_channels has {len(blocks)} blocks)"
+        )
+    if resolution % 4:
+        raise ValueError(f"diffusion.resolution={resolution} must be divisible by 4 (FARM works at resolution/4)")
+    norm_groups = _get(unet_cfg, "norm_num_groups", None)
+    if norm_groups is not None:
+        norm_groups = _as_int(norm_groups, "diffusion.unet.norm_num_groups", minimum=1)
+        if any(c % norm_groups for c in blocks):
+            raise ValueError(f"diffusion.unet.norm_num_groups={norm_groups} must divide every block width {blocks}")
+    head_dim = _get(unet_cfg, "attention_head_dim", None)
+    if head_dim is not None:
+        head_dim = _as_int(head_dim, "diffusion.unet.attention_head_dim", minimum=1)
+
+    farm_cfg = _get(cfg, "farm", {}) or {}
+    farm_enabled = bool(_get(farm_cfg, "enabled", True))
+    farm_w = _as_int(_get(farm_cfg, "base_channels", 64), "diffusion.farm.base_channels", minimum=1)
+    farm_tdim = _as_int(_get(farm_cfg, "time_dim", 128), "diffusion.farm.time_dim", minimum=2)
+    use_adaptor = bool(_get(cfg, "adaptor", False))
+
+    kind = str(_get(cfg, "schedule", "scaled_linear"))
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(
+            f"diffusion.schedule={kind!r} is not a known noise schedule; allowed values: {sorted(SCHEDULE_KINDS)}"
+        )
+    steps = _as_int(_get(cfg, "num_train_timesteps", 1000), "diffusion.num_train_timesteps", minimum=2)
+    beta_start = _as_float(_get(cfg, "beta_start", 0.00085), "diffusion.beta_start", minimum=0.0)
+    beta_end = _as_float(_get(cfg, "beta_end", 0.012), "diffusion.beta_end", minimum=0.0)
+    if kind != "cosine" and not (0.0 < beta_start < beta_end < 1.0):
+        raise ValueError(
+            f"diffusion.beta_start / diffusion.beta_end must satisfy 0 < beta_start < beta_end < 1, "
+            f"got {beta_start}, {beta_end}"
+        )
+    lambda_eps = _as_float(_get(cfg, "lambda_eps", 2.0), "diffusion.lambda_eps", minimum=0.0)
+    lambda_farm = _as_float(_get(cfg, "lambda_farm", 5.0), "diffusion.lambda_farm", minimum=0.0)
+
+    resolved = {
+        "backbone": backbone,
+        "resolution": resolution,
+        "unet": {
+            "block_out_channels": list(blocks),
+            "layers_per_block": layers,
+            "attention_levels": list(attn),
+            "mask_channel": mask_channel,
+            "dropout": dropout,
+            "norm_num_groups": norm_groups,
+            "attention_head_dim": head_dim,
+        },
+        "farm": {"enabled": farm_enabled, "base_channels": farm_w, "time_dim": farm_tdim},
+        "adaptor": use_adaptor,
+        "schedule": kind,
+        "num_train_timesteps": steps,
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+        "lambda_eps": lambda_eps,
+        "lambda_farm": lambda_farm,
+        "image_channels": image_channels,
+        "type_names": list(type_names),
+    }
+    denoiser = build_denoiser(resolved["unet"], backbone, image_channels, resolution, num_types)
+    farm = (
+        FARM(denoiser.latent_channels, denoiser.latent_size, farm_w, farm_tdim, steps) if farm_enabled else None
+    )
+    adaptor = Adaptor(denoiser.latent_channels) if use_adaptor else None
+    schedule = NoiseSchedule(steps, kind, beta_start, beta_end)
+    return FASTDiffusion(denoiser, farm, schedule, adaptor, type_names, lambda_eps, lambda_farm, config=resolved)

@@ -1,0 +1,203 @@
+"""DiffusionModule: the Lightning wrapper around FASTDiffusion (EMA, warmup, logging, checkpoints).
+
+Randomness of step s (t, eps) comes from a generator seeded by (seed, s, rank): together with the
+DataModule's step-indexed sample stream, a resumed run continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import grad_norm
+from omegaconf import DictConfig, OmegaConf
+
+from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last good checkpoint is kept."""
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(self, config: dict, type_names: list[str], class_name: str):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        d = self.cfg.diffusion
+        self.model: FASTDiffusion = build_fast_diffusion(d, int(self.cfg.data.channels), len(type_names), type_names)
+        self.ema: FASTDiffusion = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.log_batch: dict | None = None  # fixed images for the sample grid
+        self.sample_dir: Path | None = None
+
+    # ---- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg.diffusion.optim
+        opt = torch.optim.AdamW(self.model.parameters(), lr=float(o.lr), weight_decay=float(o.weight_decay))
+        warmup = max(1, int(o.warmup_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+            self.ema.to(memory_format=torch.channels_last)
+
+    def step_generator(self) -> torch.Generator:
+        seed = int(self.cfg.seed) * 1_000_003 + int(self.global_step) * 7 + int(self.global_rank) * 104_729
+        return torch.Generator().manual_seed(seed)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x0 = self.model.to_model_space(batch["image"])
+        if self.device.type == "cuda":
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        g = self.step_generator()
+        t = torch.randint(0, self.model.num_train_timesteps, (x0.shape[0],), generator=g).to(self.device)
+        eps = torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
+        out = self.model.training_losses(x0, batch["mask"], batch["cond"], t=t, eps=eps)
+        if not torch.isfinite(out["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step} (loss_eps={float(out['loss_eps']):.4g}, "
+                f"loss_farm={float(out['loss_farm']):.4g}); try a lower diffusion.optim.lr or fp32 precision"
+            )
+        self.log_dict({"train/loss": out["loss"], "train/loss_eps": out["loss_eps"],
+                       "train/loss_farm": out["loss_farm"]}, prog_bar=True, on_step=True, batch_size=x0.shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % max(1, int(self.cfg.trainer.log_every_n_steps)) == 0:
+            norms = grad_norm(self.model, norm_type=2)
+            total = norms.get("grad_2.0_norm_total")
+            if total is not None:
+                self.log("train/grad_norm", total, on_step=True)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        decay = float(self.cfg.diffusion.optim.ema_decay)
+        n = int(self.ema_updates) + 1
+        decay = min(decay, (1 + n) / (10 + n))  # warm start: EMA follows quickly early on
+        ema_params = list(self.ema.parameters())
+        params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
+            b_ema.copy_(b)
+        self.ema_updates += 1
+        every = int(self.cfg.diffusion.sample_every)
+        if every and self.global_step % every == 0 and self.global_step > 0:
+            self.log_samples()
+
+    # ---- sample grid -------------------------------------------------------------------------------
+    def set_log_batch(self, normals: torch.Tensor, masks: torch.Tensor, cond: torch.Tensor) -> None:
+        self.log_batch = {"image": normals, "mask": masks, "cond": cond}
+
+    @torch.no_grad()
+    def sample_grid(self, sampler=None) -> torch.Tensor:
+        """Rows: normal image | mask | synthesized (EMA, current sampler) | FARM's x0_an at t=T/2."""
+        from fast_lightning.sampling import build_sampler
+
+        if self.log_batch is None:
+            raise RuntimeError("set_log_batch() first")
+        sampler = sampler or build_sampler(self.cfg.sampling)
+        b = {k: v.to(self.device) for k, v in self.log_batch.items()}
+        ema = self.ema.eval()
+        background = ema.to_model_space(b["image"])
+        gens = [torch.Generator().manual_seed(int(self.cfg.seed) + i) for i in range(background.shape[0])]
+        out = ema.from_model_space(sampler(ema, background, b["mask"], b["cond"], gens))
+        if ema.farm is not None:
+            t = torch.full((background.shape[0],), ema.num_train_timesteps // 2, device=self.device, dtype=torch.long)
+            noisy = ema.schedule.q_sample(background, t, torch.randn_like(background))
+            farm = ema.from_model_space(ema.farm_x0(noisy, b["mask"], t))
+        else:
+            farm = torch.zeros_like(out)
+        mask_rgb = b["mask"].expand_as(out)
+        return torch.cat([b["image"], mask_rgb, out, farm], dim=0).float().cpu()
+
+    GRID_ROWS = ("normal", "mask", "synthesized", "FARM x0_an")
+
+    def log_samples_to_disk(self, name: str) -> torch.Tensor | None:
+        if self.log_batch is None or self.sample_dir is None:
+            return None
+        from fast_lightning.evaluation.plots import save_grid
+
+        grid = self.sample_grid()
+        n = self.log_batch["image"].shape[0]
+        # grid rows are stacked per kind: show each kind as one row
+        save_grid(grid, n, self.sample_dir / f"{name}.png", row_titles=self.GRID_ROWS)
+        return grid
+
+    def log_samples(self) -> None:
+        if self.log_batch is None or not self.trainer.is_global_zero:
+            return
+        grid = self.log_samples_to_disk(f"step_{self.global_step:07d}")
+        if grid is None:
+            grid = self.sample_grid()
+        n = self.log_batch["image"].shape[0]
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                rows = [grid[i * n:(i + 1) * n] for i in range(4)]
+                images = [torch.cat(list(r), dim=-1) for r in rows]
+                logger.log_image("samples", images=images, caption=list(self.GRID_ROWS),
+                                 step=self.global_step)
+
+    # ---- checkpoint metadata -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fast_lightning"] = {
+            "kind": "diffusion",
+            "class_name": self.hparams.class_name,
+            "type_names": list(self.hparams.type_names),
+            "resolution": int(self.cfg.diffusion.resolution),
+            "window": str(self.cfg.diffusion.window),
+            "channels": int(self.cfg.data.channels),
+        }
+
+
+def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
+    """EMA weights of a diffusion checkpoint (file, run dir or ``latest`` link) + its metadata."""
+    from fast_lightning.training import CheckpointError, read_checkpoint, resolve_checkpoint
+
+    ckpt = read_checkpoint(path, map_location="cpu")
+    meta = ckpt.get("fast_lightning", {})
+    if meta.get("kind") != "diffusion":
+        raise CheckpointError(f"{resolve_checkpoint(path)} is not a diffusion checkpoint (kind={meta.get('kind')!r})")
+    hp = ckpt["hyper_parameters"]
+    cfg = OmegaConf.create(hp["config"])
+    model = build_fast_diffusion(cfg.diffusion, int(cfg.data.channels), len(hp["type_names"]), hp["type_names"])
+    state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not match its own config: {exc}") from exc
+    meta = dict(meta, config=cfg, path=str(resolve_checkpoint(path)), global_step=int(ckpt.get("global_step", 0)))
+    return model.eval().to(map_location), meta
+
+
+def check_resume_compatible(ckpt: dict, cfg: DictConfig, type_names: list[str], path) -> None:
+    meta = ckpt.get("fast_lightning", {})
+    problems = []
+    if meta.get("kind") != "diffusion":
+        problems.append(f"kind={meta.get('kind')!r} (expected 'diffusion')")
+    if meta.get("class_name") != cfg.class_name:
+        problems.append(f"class {meta.get('class_name')!r} != CLASS={cfg.class_name!r}")
+    if meta.get("type_names") != list(type_names):
+        problems.append(f"anomaly types {meta.get('type_names')} != data's {list(type_names)}")
+    if meta.get("resolution") != int(cfg.diffusion.resolution):
+        problems.append(f"resolution {meta.get('resolution')} != diffusion.resolution={cfg.diffusion.resolution}")
+    saved = OmegaConf.create(ckpt["hyper_parameters"]["config"]).diffusion
+    for key in ("backbone", "unet", "farm", "adaptor", "num_train_timesteps"):
+        a, b = saved[key], cfg.diffusion[key]
+        a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
+        b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
+        if a != b:
+            problems.append(f"diffusion.{key} {a} != {b}")
+    if problems:
+        from fast_lightning.training import CheckpointError
+
+        raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems) +
+                              ". Use the run's own settings (its config.yaml) or start a new run without RESUME.")
+

@@ -1,0 +1,93 @@
+"""Samplers for FAST (pure torch + diffusers schedulers): AIAS and the DDPM / DDIM / DPM-Solver++ baselines.
+
+All samplers share one contract (docs/ARCHITECTURE.md)::
+
+    sampler = build_sampler(cfg.sampling)
+    x = sampler(model, background, mask, cond, generators)   # model space, pasted back outside the mask
+    sampler.nfe                                               # network evaluations of that call
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fast_lightning.sampling.aias import VARIANTS, AIASSampler, aias_boundaries, segment_coefficients
+from fast_lightning.sampling.base import DEFAULT_RENOISE_BAND, RENOISE_MODES, Sampler, SamplingRun
+from fast_lightning.sampling.baselines import DDIMSampler, DDPMSampler, DPMSolverSampler
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "aias": AIASSampler,
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "dpmsolver": DPMSolverSampler,
+}
+
+
+def _as_int(value, key: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{key} must be an int, got {value!r}")
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be an int, got {value!r}") from None
+    if out != value:
+        raise ValueError(f"{key} must be an int, got {value!r}")
+    return out
+
+
+def build_sampler(cfg: Mapping) -> Sampler:
+    """Build a sampler from the ``sampling`` config group (a Mapping or OmegaConf DictConfig).
+
+    Keys (defaults in brackets): ``name`` in {aias, ddpm, ddim, dpmsolver} [aias], ``steps`` [10],
+    ``variant`` exact|paper [exact] (aias), ``t_end`` [1] (aias), ``eta`` [0.0] (ddim),
+    ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm`` [true].
+    ``ddpm`` always runs all T timesteps (``steps`` is validated but not used). Unknown keys are ignored.
+    Errors are ValueErrors that name the offending ``sampling.*`` key.
+    """
+    get = cfg.get
+    name = str(get("name", "aias")).lower()
+    if name not in SAMPLERS:
+        raise ValueError(f"sampling.name must be one of {sorted(SAMPLERS)}, got {get('name')!r}")
+    steps = _as_int(get("steps", 10), "sampling.steps")
+    if steps < 1:
+        raise ValueError(f"sampling.steps must be >= 1, got {steps}")
+    renoise_band = get("renoise_band", DEFAULT_RENOISE_BAND)
+    if renoise_band is not None and not isinstance(renoise_band, (str, bytes)):
+        renoise_band = tuple(renoise_band)
+    common = dict(farm=bool(get("farm", True)), renoise=str(get("renoise", "every")),
+                  renoise_band=renoise_band)
+
+    if name == "aias":
+        t_end = _as_int(get("t_end", 1), "sampling.t_end")
+        if t_end < -1:
+            raise ValueError(f"sampling.t_end must be >= -1, got {t_end}")
+        if steps < t_end + 2:
+            raise ValueError(f"sampling.steps must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
+        variant = str(get("variant", "exact"))
+        return AIASSampler(steps=steps, variant=variant, t_end=t_end, **common)
+    if name == "ddpm":
+        return DDPMSampler(**common)
+    if name == "ddim":
+        eta = get("eta", 0.0)
+        try:
+            eta = float(eta)
+        except (TypeError, ValueError):
+            raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}") from None
+        return DDIMSampler(steps=steps, eta=eta, **common)
+    return DPMSolverSampler(steps=steps, **common)
+
+
+__all__ = [
+    "Sampler",
+    "SamplingRun",
+    "AIASSampler",
+    "DDPMSampler",
+    "DDIMSampler",
+    "DPMSolverSampler",
+    "build_sampler",
+    "segment_coefficients",
+    "aias_boundaries",
+    "SAMPLERS",
+    "VARIANTS",
+    "RENOISE_MODES",
+]

@@ -1,0 +1,194 @@
+"""Common sampler machinery: per-sample noise, FARM injection, background re-noising, paste-back, NFE.
+
+Every sampler in this package shares one calling convention (see docs/ARCHITECTURE.md)::
+
+    x = sampler(model, background, mask, cond, generators)   # (B, C, h, w), model space
+    sampler.nfe                                               # network evaluations of that call
+
+``model`` is duck-typed so that this package never imports ``fast_lightning.diffusion``:
+
+- ``model.schedule.alphas_cumprod`` (T,), ``model.schedule.num_train_timesteps``,
+  ``model.schedule.q_sample(x0, t, eps)``, ``model.schedule.make_diffusers_scheduler(cls, **kw)``;
+- ``model.predict_eps(x, t, cond, mask) -> eps_hat`` with ``t`` a LongTensor (B,);
+- ``model.farm`` (``None`` when FARM is disabled) and ``model.farm_x0(x, mask, t) -> x0_an``.
+
+Randomness: sample ``i`` draws ALL of its noise from ``generators[i]`` (a per-sample draw of shape
+(C, h, w) in float32 on the generator's device, then stacked and moved to the working device/dtype), and
+the draws happen in the same order whatever the batch size. Sample ``i`` is therefore identical whether it
+is generated alone or inside a batch (as long as the network itself is batch-independent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+RENOISE_MODES = ("every", "band", "none")
+DEFAULT_RENOISE_BAND = (250, 750)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def check_renoise(renoise: str, band: Sequence[int | float]) -> tuple[str, tuple[float, float]]:
+    """Validate the background re-noising options; errors name the config keys users edit."""
+    if renoise not in RENOISE_MODES:
+        raise ValueError(f"sampling.renoise must be one of {list(RENOISE_MODES)}, got {renoise!r}")
+    try:
+        lo, hi = (float(v) for v in band)
+    except (TypeError, ValueError):
+        raise ValueError(f"sampling.renoise_band must be two numbers [low, high], got {band!r}") from None
+    if not lo < hi:
+        raise ValueError(f"sampling.renoise_band must satisfy low < high, got {band!r}")
+    return renoise, (lo, hi)
+
+
+class SamplingRun:
+    """State of one sampler call: validated inputs, noise source, NFE counter.
+
+    Subclasses of :class:`Sampler` build their loop from these few operations so that FARM injection,
+    background re-noising and per-sample randomness are identical for AIAS and the baselines.
+    """
+
+    def __init__(self, sampler: "Sampler", model, background: Tensor, mask: Tensor, cond: Tensor,
+                 generators: Sequence[torch.Generator]):
+        if background.dim() != 4:
+            raise ValueError(f"background must be (B, C, h, w), got shape {tuple(background.shape)}")
+        b, c, h, w = background.shape
+        if mask.dim() != 4 or mask.shape[0] != b or mask.shape[1] != 1 or mask.shape[2:] != background.shape[2:]:
+            raise ValueError(f"mask must be (B, 1, h, w) = ({b}, 1, {h}, {w}), got {tuple(mask.shape)}")
+        if cond.dim() != 1 or cond.shape[0] != b:
+            raise ValueError(f"cond must be a LongTensor (B,) with B={b}, got shape {tuple(cond.shape)}")
+        if isinstance(generators, torch.Generator) or len(generators) != b:
+            raise ValueError(f"generators must be a list of {b} torch.Generator (one per sample)")
+        if not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError("generators must contain torch.Generator objects only")
+
+        self.sampler = sampler
+        self.model = model
+        self.device = background.device
+        self.dtype = background.dtype  # working dtype of every tensor (the model-space dtype)
+        self.background = background
+        self.mask = mask.to(device=self.device, dtype=self.dtype)
+        self.cond = cond.to(self.device)
+        self.generators = list(generators)
+        self.shape = (c, h, w)
+        self.batch = b
+        self.T = int(model.schedule.num_train_timesteps)
+        # Kernel math in float64 on CPU: the coefficients are scalars, tensors stay in the model dtype.
+        self.alphas_cumprod = model.schedule.alphas_cumprod.detach().to("cpu", torch.float64)
+        self.use_farm = bool(sampler.farm) and getattr(model, "farm", None) is not None
+        self.nfe = 0
+        self.total = 0  # expected NFE, set by the sampler for the progress callback
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def abar(self, t: int) -> float:
+        """abar at index t (alphas_cumprod[t]); t = -1 means fully clean (abar = 1)."""
+        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+
+    def tvec(self, t: int) -> Tensor:
+        return torch.full((self.batch,), int(t), dtype=torch.long, device=self.device)
+
+    def randn(self) -> Tensor:
+        """N(0, I) of shape (B, C, h, w): sample i from generators[i] (float32 draw, then cast)."""
+        draws = [torch.randn(self.shape, generator=g, device=g.device, dtype=torch.float32)
+                 for g in self.generators]
+        return torch.stack(draws).to(device=self.device, dtype=self.dtype)
+
+    # -- the shared steps --------------------------------------------------------------------------
+    def inject(self, x: Tensor, t: int) -> Tensor:
+        """FARM anomaly-aware noise: x_in = (1-M) x + M (sqrt(abar_t) FARM(x, M, t) + sqrt(1-abar_t) z).
+
+        Returns ``x`` unchanged (and draws nothing) when FARM is off or absent.
+        """
+        if not self.use_farm:
+            return x
+        ab = self.abar(t)
+        x0_an = self.model.farm_x0(x, self.mask, self.tvec(t)).to(self.dtype)
+        x_an = math.sqrt(ab) * x0_an + math.sqrt(1.0 - ab) * self.randn()
+        return (1 - self.mask) * x + self.mask * x_an
+
+    def eps(self, x: Tensor, t: int) -> Tensor:
+        """One network evaluation (counted in ``nfe``; reported to the progress callback)."""
+        out = self.model.predict_eps(x, self.tvec(t), self.cond, self.mask).to(self.dtype)
+        self.nfe += 1
+        if self.sampler.progress is not None:
+            self.sampler.progress(self.nfe, self.total)
+        return out
+
+    def x0_hat(self, x: Tensor, eps: Tensor, t: int) -> Tensor:
+        """x0 = (x - sqrt(1-abar_t) eps) / sqrt(abar_t); no clipping (latents are unbounded)."""
+        ab = self.abar(t)
+        return (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
+
+    def renoise_active(self, t_e: int) -> bool:
+        mode = self.sampler.renoise
+        if mode == "none":
+            return False
+        if mode == "band":
+            lo, hi = self.sampler.renoise_band
+            return lo < t_e < hi
+        return True
+
+    def renoise(self, x: Tensor, t_e: int) -> Tensor:
+        """Replace the non-mask region by q(x_{t_e} | background); t_e = -1 uses the clean background."""
+        if not self.renoise_active(t_e):
+            return x
+        if t_e < 0:
+            bg_t = self.background
+        else:
+            bg_t = self.model.schedule.q_sample(self.background, self.tvec(t_e), self.randn()).to(self.dtype)
+        return (1 - self.mask) * bg_t + self.mask * x
+
+
+class Sampler:
+    """Base class: common options and the call contract; subclasses implement ``_sample(run)``.
+
+    Args:
+        farm: inject FARM's anomaly-aware noise before every network evaluation (when ``model.farm`` is
+            not None). The paper's ablation shows FARM is the component that matters most.
+        renoise: background re-noising of the non-mask region after each step from
+            ``q_sample(background, t_e)``: ``"every"`` (paper, default), ``"band"`` (only while
+            ``band[0] < t_e < band[1]``, as in the authors' code) or ``"none"``.
+        renoise_band: the open interval used by ``"band"``; default (250, 750).
+        progress: optional ``progress(done_nfe, total_nfe)`` called after every network evaluation.
+
+    Sampling runs under ``torch.no_grad()`` (not inference_mode, so callers may still use the outputs in
+    autograd later, e.g. as segmentation training inputs). The model's train/eval mode is not touched.
+    """
+
+    name = "base"
+
+    def __init__(self, *, farm: bool = True, renoise: str = "every",
+                 renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND,
+                 progress: ProgressFn | None = None):
+        self.farm = bool(farm)
+        self.renoise, self.renoise_band = check_renoise(renoise, renoise_band)
+        self.progress = progress
+        self.nfe = 0
+
+    def min_steps(self) -> int:
+        return 1
+
+    def expected_nfe(self, num_train_timesteps: int) -> int:
+        raise NotImplementedError
+
+    def _sample(self, run: SamplingRun) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model, background: Tensor, mask: Tensor, cond: Tensor,
+                 generators: Sequence[torch.Generator]) -> Tensor:
+        """Generate inside ``mask`` and paste back: ``mask * x + (1 - mask) * background``."""
+        run = SamplingRun(self, model, background, mask, cond, generators)
+        run.total = self.expected_nfe(run.T)
+        with torch.no_grad():
+            x = self._sample(run)
+            out = run.mask * x + (1 - run.mask) * background
+        self.nfe = run.nfe
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(farm={self.farm}, renoise={self.renoise!r}, "
+                f"renoise_band={self.renoise_band})")

@@ -1,0 +1,128 @@
+"""Trainer glue shared by both LightningModules: logger, checkpoint IO, resume, precision, callbacks.
+
+One place decides how runs are logged (W&B offline by default), how checkpoints are written
+(write-then-rename, so a full disk never destroys the previous checkpoint) and how RESUME is validated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from fast_lightning.runs import atomic_write_bytes
+
+
+class CheckpointError(ValueError):
+    """Corrupt or mismatched checkpoint; never silently replaced by a fresh start."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into memory, then write-then-rename: an interrupted or failed write leaves the old file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    return os.environ.get("WANDB_MODE") or str(cfg.logger.wandb.mode)
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, kind: str):
+    """WandbLogger (offline unless the user asks for online); False when disabled."""
+    w = cfg.logger.wandb
+    mode = wandb_mode(cfg)
+    if not w.enabled or mode == "disabled":
+        return False
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    save_dir = Path(w.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        name=f"{kind}/{cfg.class_name}/{run_dir.name}", save_dir=str(save_dir), project=str(w.project),
+        entity=w.entity, offline=(mode == "offline"), group=f"{kind}-{cfg.class_name}", job_type=kind,
+        config={"run_dir": str(run_dir)}, mode=mode,
+    )
+
+
+def log_hyperparams(logger, cfg: DictConfig) -> None:
+    if logger:
+        from omegaconf import OmegaConf
+
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, callbacks: list,
+                  checkpoint_every: int | None = None, val_every: int | None = None, **overrides) -> L.Trainer:
+    t = cfg.trainer
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = list(callbacks)
+    if checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:07d}", every_n_train_steps=int(checkpoint_every),
+                                         save_top_k=1, monitor="step", mode="max", save_last=True,
+                                         auto_insert_metric_name=False, save_on_train_epoch_end=False))
+    logger = build_logger(cfg, run_dir, kind)
+    kwargs = dict(
+        accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
+        precision=str(t.precision), max_steps=int(max_steps), max_epochs=-1, logger=logger, callbacks=callbacks,
+        log_every_n_steps=int(t.log_every_n_steps), enable_progress_bar=bool(t.enable_progress_bar),
+        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], enable_model_summary=False,
+        fast_dev_run=bool(t.fast_dev_run), num_sanity_val_steps=0,
+    )
+    if val_every:
+        kwargs.update(val_check_interval=int(val_every), check_val_every_n_epoch=None)
+    kwargs.update(overrides)
+    trainer = L.Trainer(**kwargs)
+    log_hyperparams(logger, cfg)
+    return trainer
+
+
+def finish_logger(trainer: L.Trainer | None) -> None:
+    """Close the W&B run even when training failed (lightning-hydra-template does this in a finally)."""
+    if trainer is None:
+        return
+    for logger in trainer.loggers:
+        exp = getattr(logger, "_experiment", None)
+        if exp is not None and hasattr(exp, "finish"):
+            exp.finish()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (-> checkpoints/last.ckpt), or a ``latest`` link."""
+    p = Path(os.path.realpath(path))
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt"
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (looked for {p}); pass a .ckpt file or a run directory")
+    return Path(os.path.realpath(p))
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a fast-lightning/Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def run_dir_of_checkpoint(path: Path) -> Path:
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def precision_for(cfg: DictConfig) -> str:
+    return str(cfg.trainer.precision)

@@ -1,0 +1,293 @@
+"""Tests for fast_lightning.sampling: AIAS kernel algebra, sampler contract, baselines, config errors.
+
+The model is a tiny deterministic fake following the duck-typed interface the samplers program against
+(schedule / predict_eps / farm / farm_x0), so these tests never depend on fast_lightning.diffusion.
+"""
+
+import math
+
+import pytest
+import torch
+
+import fast_lightning  # noqa: F401  (compat shim first)
+from diffusers import DDPMScheduler
+
+from fast_lightning.sampling import (
+    SAMPLERS,
+    AIASSampler,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    Sampler,
+    aias_boundaries,
+    build_sampler,
+    segment_coefficients,
+)
+
+SCHED_KW = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def _alphas_cumprod(T):
+    return DDPMScheduler(num_train_timesteps=T, **SCHED_KW).alphas_cumprod.float()
+
+
+@pytest.fixture(scope="module")
+def ac1000():
+    return _alphas_cumprod(1000)
+
+
+class FakeSchedule:
+    def __init__(self, T):
+        s = DDPMScheduler(num_train_timesteps=T, **SCHED_KW)
+        self.betas = s.betas.float()
+        self.alphas_cumprod = s.alphas_cumprod.float()
+        self.num_train_timesteps = T
+
+    def q_sample(self, x0, t, eps):
+        ab = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1).to(x0.dtype)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def make_diffusers_scheduler(self, cls, **kw):
+        return cls(num_train_timesteps=self.num_train_timesteps, **SCHED_KW, **kw)
+
+
+class FakeModel:
+    """predict_eps: fixed random 1x1 conv over (x, mask) + tanh of t and cond; FARM: a fixed smooth map."""
+
+    def __init__(self, T=50, C=3, farm=True):
+        g = torch.Generator().manual_seed(1234)
+        self.schedule = FakeSchedule(T)
+        self.w = torch.randn(C, C, generator=g) * 0.4
+        self.wm = torch.randn(C, generator=g) * 0.3
+        self.farm = torch.nn.Identity() if farm else None
+        self.T = T
+        self.calls = 0
+
+    def predict_eps(self, x, t, cond, mask):
+        assert t.dtype == torch.long and t.shape == (x.shape[0],)
+        self.calls += 1
+        h = torch.einsum("oc,bchw->bohw", self.w, x) + self.wm.view(1, -1, 1, 1) * mask
+        tt = torch.tanh(t.float() / self.T).view(-1, 1, 1, 1)
+        return torch.tanh(h) + 0.2 * tt + 0.05 * cond.float().view(-1, 1, 1, 1)
+
+    def farm_x0(self, x, mask, t):
+        tt = (t.float() / self.T).view(-1, 1, 1, 1)
+        return mask * (0.5 * torch.tanh(x) - 0.3 + 0.1 * tt)
+
+
+def _inputs(B=2, C=3, S=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    background = torch.rand(B, C, S, S, generator=g) * 2 - 1
+    mask = torch.zeros(B, 1, S, S)
+    mask[:, :, 2:6, 3:7] = 1
+    cond = torch.arange(1, B + 1, dtype=torch.long)
+    return background, mask, cond
+
+
+def _gens(B, seed=7):
+    return [torch.Generator().manual_seed(seed + i) for i in range(B)]
+
+
+def _posterior_step(ac, t):
+    """Single DDPM posterior step at t (x_t -> x_{t-1}): (B_t, A_t, s_t^2) in float64."""
+    ab = float(ac[t])
+    abp = float(ac[t - 1]) if t > 0 else 1.0
+    alpha = ab / abp
+    beta = 1 - alpha
+    return (math.sqrt(alpha) * (1 - abp) / (1 - ab), math.sqrt(abp) * beta / (1 - ab),
+            (1 - abp) * beta / (1 - ab))
+
+
+# ---------------------------------------------------------------------------------------- coefficients
+@pytest.mark.parametrize("ts,te", [(999, 874), (500, 375), (125, 1), (10, 9), (3, -1), (0, -1)])
+def test_exact_kernel_equals_composed_posterior_steps(ac1000, ts, te):
+    ac = ac1000.double()
+    p, s, v = 1.0, 0.0, 0.0  # x = p x_ts + s x0 + N(0, v)
+    for t in range(ts, te, -1):
+        B, A, s2 = _posterior_step(ac, t)
+        p, s, v = B * p, B * s + A, B * B * v + s2
+    pi, sigma, var = segment_coefficients(ac1000, ts, te, "exact")
+    for got in (pi, sigma, var):
+        assert got.dtype == torch.float64 and got.dim() == 0
+    assert pi.item() == pytest.approx(p, rel=1e-9, abs=1e-12)
+    assert sigma.item() == pytest.approx(s, rel=1e-9, abs=1e-12)
+    assert var.item() == pytest.approx(v, rel=1e-8, abs=1e-12)
+
+
+def test_single_step_variants_coincide_and_match_ddpm(ac1000):
+    for t in (999, 400, 1, 0):
+        B, A, s2 = _posterior_step(ac1000.double(), t)
+        for variant in ("exact", "paper"):
+            pi, sigma, var = segment_coefficients(ac1000, t, t - 1, variant)
+            assert (pi.item(), sigma.item(), var.item()) == pytest.approx((B, A, s2), rel=1e-9, abs=1e-14)
+
+
+def test_paper_variant_reproduces_reference_numbers(ac1000):
+    b = aias_boundaries(1000, 10)
+    ts, te = b[-2], b[-1]
+    assert (ts, te) == (125, 1)
+    pi_p, sig_p, var_p = segment_coefficients(ac1000, ts, te, "paper")
+    pi_e, sig_e, var_e = segment_coefficients(ac1000, ts, te, "exact")
+    # reference: last segment std 0.222 (paper) vs 0.041 (exact); measured 0.22233 / 0.04106
+    assert var_p.sqrt().item() == pytest.approx(0.2223, abs=5e-4)
+    assert var_e.sqrt().item() == pytest.approx(0.0411, abs=5e-4)
+    assert pi_p.item() == pytest.approx(pi_e.item(), rel=1e-9)  # Pi is the same product in both
+    assert sig_p.item() == pytest.approx(0.98760, abs=1e-4)
+    assert sig_e.item() == pytest.approx(0.98849, abs=1e-4)
+    # the printed index only differs for multi-step segments; first segment differs less
+    _, _, v1p = segment_coefficients(ac1000, 999, 874, "paper")
+    _, _, v1e = segment_coefficients(ac1000, 999, 874, "exact")
+    assert v1p.sqrt().item() == pytest.approx(0.8610, abs=5e-4)
+    assert v1e.sqrt().item() == pytest.approx(0.8584, abs=5e-4)
+
+
+def test_exact_tail_to_clean_and_errors(ac1000):
+    pi, sigma, var = segment_coefficients(ac1000, 125, -1, "exact")
+    assert (pi.item(), sigma.item(), var.item()) == pytest.approx((0.0, 1.0, 0.0), abs=1e-12)
+    with pytest.raises(ValueError, match="sampling.variant"):
+        segment_coefficients(ac1000, 10, 5, "ddim")
+    with pytest.raises(ValueError):
+        segment_coefficients(ac1000, 5, 10, "exact")
+    with pytest.raises(ValueError):
+        segment_coefficients(ac1000, 1000, 10, "exact")
+
+
+def test_boundaries():
+    assert aias_boundaries(1000, 10) == [999, 874, 749, 624, 500, 375, 250, 125, 1]
+    assert len(aias_boundaries(1000, 50)) == 49
+    assert aias_boundaries(1000, 3) == [999, 1]
+    assert aias_boundaries(50, 50) == list(range(49, 0, -1))
+    assert aias_boundaries(1000, 10, t_end=-1)[-1] == -1 and len(aias_boundaries(1000, 10, t_end=-1)) == 11
+    with pytest.raises(ValueError, match=r"sampling.steps.*>= 3"):
+        aias_boundaries(1000, 2)
+    with pytest.raises(ValueError, match="sampling.steps"):
+        aias_boundaries(50, 51)
+
+
+# ---------------------------------------------------------------------------------------- samplers
+def _own_ddpm_loop(model, background, mask, cond, generators):
+    """Reference ancestral DDPM (posterior beta-tilde), no FARM / re-noising, same per-sample draws."""
+    ac = model.schedule.alphas_cumprod.double()
+
+    def randn():
+        return torch.stack([torch.randn(background.shape[1:], generator=g) for g in generators])
+
+    x = randn()
+    for t in range(model.schedule.num_train_timesteps - 1, -1, -1):
+        ab = float(ac[t])
+        eps = model.predict_eps(x, torch.full((x.shape[0],), t, dtype=torch.long), cond, mask)
+        x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+        B, A, s2 = _posterior_step(ac, t)
+        x = B * x + A * x0
+        if t > 0:
+            x = x + math.sqrt(s2) * randn()
+    return mask * x + (1 - mask) * background
+
+
+def test_aias_with_every_timestep_is_ddpm():
+    T = 40
+    model = FakeModel(T=T)
+    bg, mask, cond = _inputs(B=2)
+    ref = _own_ddpm_loop(model, bg, mask, cond, _gens(2))
+    out = AIASSampler(steps=T, variant="exact", farm=False, renoise="none")(model, bg, mask, cond, _gens(2))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # with FARM and re-noising the draws still align with the diffusers DDPM baseline
+    a = AIASSampler(steps=T, variant="exact")(model, bg, mask, cond, _gens(2))
+    d = DDPMSampler()(model, bg, mask, cond, _gens(2))
+    torch.testing.assert_close(a, d, atol=1e-4, rtol=1e-4)
+    # and the paper variant is exact for unit segments too
+    p = AIASSampler(steps=T, variant="paper")(model, bg, mask, cond, _gens(2))
+    torch.testing.assert_close(a, p, atol=1e-5, rtol=1e-5)
+
+
+ALL_SAMPLERS = [
+    lambda: AIASSampler(steps=5),
+    lambda: AIASSampler(steps=5, variant="paper", renoise="band", renoise_band=(10, 40)),
+    lambda: DDPMSampler(),
+    lambda: DDIMSampler(steps=5),
+    lambda: DDIMSampler(steps=5, eta=1.0),
+    lambda: DPMSolverSampler(steps=5),
+]
+
+
+@pytest.mark.parametrize("make", ALL_SAMPLERS)
+def test_contract_paste_back_determinism_per_index(make):
+    model = FakeModel(T=50)
+    bg, mask, cond = _inputs(B=3)
+    out = make()(model, bg, mask, cond, _gens(3))
+    assert out.shape == bg.shape and out.dtype == bg.dtype and torch.isfinite(out).all()
+    keep = (mask == 0).expand_as(bg)
+    assert torch.equal(out[keep], bg[keep])
+    inside = (mask == 1).expand_as(bg)
+    assert (out[inside] - bg[inside]).abs().mean() > 1e-2
+    again = make()(model, bg, mask, cond, _gens(3))
+    assert torch.equal(out, again)
+    alone = make()(model, bg[:1], mask[:1], cond[:1], _gens(1))
+    torch.testing.assert_close(alone[0], out[0], atol=1e-5, rtol=1e-5)
+    other_seed = make()(model, bg, mask, cond, _gens(3, seed=99))
+    assert not torch.allclose(other_seed, out)
+
+
+@pytest.mark.parametrize("steps", [3, 5, 10, 50])
+def test_aias_nfe(steps):
+    model = FakeModel(T=50)
+    bg, mask, cond = _inputs(B=1)
+    seen = []
+    s = AIASSampler(steps=steps, progress=lambda done, total: seen.append((done, total)))
+    s(model, bg, mask, cond, _gens(1))
+    assert s.nfe == steps == model.calls
+    assert seen[-1] == (steps, steps)
+
+
+def test_baseline_nfe_and_farm_switch():
+    bg, mask, cond = _inputs(B=1)
+    for sampler, expected in [(DDIMSampler(steps=7), 7), (DPMSolverSampler(steps=6), 6), (DDPMSampler(), 50)]:
+        model = FakeModel(T=50)
+        sampler(model, bg, mask, cond, _gens(1))
+        assert sampler.nfe == expected == model.calls
+    # FARM off (flag) == FARM absent (model.farm is None)
+    a = AIASSampler(steps=5, farm=False)(FakeModel(T=50), bg, mask, cond, _gens(1))
+    b = AIASSampler(steps=5)(FakeModel(T=50, farm=False), bg, mask, cond, _gens(1))
+    c = AIASSampler(steps=5)(FakeModel(T=50), bg, mask, cond, _gens(1))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_steps_above_T_rejected_at_call():
+    model = FakeModel(T=50)
+    bg, mask, cond = _inputs(B=1)
+    for s in (AIASSampler(steps=51), DDIMSampler(steps=51)):
+        with pytest.raises(ValueError, match="sampling.steps"):
+            s(model, bg, mask, cond, _gens(1))
+    with pytest.raises(ValueError, match="generators"):
+        AIASSampler(steps=3)(model, bg, mask, cond, _gens(2))
+
+
+# ---------------------------------------------------------------------------------------- build_sampler
+def test_build_sampler():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(dict(name="aias", steps=10, variant="paper", renoise="band",
+                                renoise_band=[250, 750], farm=True, t_end=1, eta=0.0))
+    s = build_sampler(cfg)
+    assert isinstance(s, AIASSampler) and s.steps == 10 and s.variant == "paper" and s.renoise == "band"
+    assert isinstance(build_sampler({"name": "ddim", "steps": 20, "eta": 0.5}), DDIMSampler)
+    assert isinstance(build_sampler({"name": "dpmsolver", "steps": 20}), DPMSolverSampler)
+    assert isinstance(build_sampler({"name": "ddpm", "steps": 10}), DDPMSampler)
+    assert set(SAMPLERS) == {"aias", "ddpm", "ddim", "dpmsolver"}
+    assert all(issubclass(c, Sampler) for c in SAMPLERS.values())
+
+
+@pytest.mark.parametrize("cfg,key", [
+    ({"name": "plms"}, r"sampling\.name.*aias.*ddim.*ddpm.*dpmsolver"),
+    ({"name": "aias", "steps": 0}, r"sampling\.steps"),
+    ({"name": "ddim", "steps": 0}, r"sampling\.steps"),
+    ({"name": "aias", "steps": 2}, r"sampling\.steps.*3"),
+    ({"name": "aias", "steps": 2.5}, r"sampling\.steps"),
+    ({"name": "aias", "variant": "fast"}, r"sampling\.variant"),
+    ({"name": "aias", "renoise": "sometimes"}, r"sampling\.renoise"),
+    ({"name": "aias", "renoise_band": [750, 250]}, r"sampling\.renoise_band"),
+    ({"name": "ddim", "eta": -1}, r"sampling\.eta"),
+])
+def test_build_sampler_errors_name_the_key(cfg, key):
+    with pytest.raises(ValueError, match=key):
+        build_sampler(cfg)
