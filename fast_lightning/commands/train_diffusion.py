@@ -64,7 +64,8 @@ def main(args: list[str]) -> int:
         log.info(f"resuming from {ckpt_path}")
     module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), dm.type_names, str(cfg.class_name))
     module.sample_dir = run_dir / "samples"
-    module.set_log_batch(*pick_log_batch(dm, int(cfg.diffusion.num_log_samples)))
+    if int(cfg.diffusion.num_log_samples) > 0:
+        module.set_log_batch(*pick_log_batch(dm, int(cfg.diffusion.num_log_samples)))
     params = {"denoiser": parameter_count(module.model.denoiser),
               "farm": parameter_count(module.model.farm) if module.model.farm is not None else 0}
     log.info(f"diffusion model for {cfg.class_name}: {params} parameters, types {dm.type_names}, "
@@ -83,8 +84,7 @@ def main(args: list[str]) -> int:
     finally:
         finish_logger(trainer)
     if trainer.is_global_zero:
-        if not (run_dir / "checkpoints" / "last.ckpt").exists() or trainer.global_step % int(cfg.diffusion.checkpoint_every):
-            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         elapsed = time.time() - start
         steps = int(trainer.global_step) - start_step
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}

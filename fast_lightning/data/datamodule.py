@@ -105,13 +105,13 @@ class AnomalyDataModule(L.LightningDataModule):
 
     # ---- loaders -----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        world, step = self._world_and_step()
+        world, _ = self._world_and_step()
         if self.stage == "diffusion":
             batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset()
         else:
             batch, max_steps, dataset = int(self.cfg.segmentation.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
         # one global stream of sample indices; a resumed run starts where the interrupted one stopped
-        sampler = StepSampler(step * batch * world, (max_steps + 1) * batch * world)
+        sampler = StepSampler(lambda: self._world_and_step()[1] * batch * world, (max_steps + 1) * batch * world)
         return self._loader(dataset, batch, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

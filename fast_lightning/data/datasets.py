@@ -64,10 +64,19 @@ def augment_pair(image, mask, generator, hflip=True, vflip=True, rot90=True):
 
 
 class StepSampler(Sampler[int]):
-    """Global sample indices start*batch .. total: restarting at a step reproduces the same stream."""
+    """Global sample indices from ``start()`` to ``total``: the stream depends only on the training step.
 
-    def __init__(self, start: int, total: int):
-        self.start, self.total = int(start), int(total)
+    ``start`` is read at every ``__iter__``, so a resumed run (or an epoch Lightning restarts after a
+    mid-epoch resume) continues at the current step instead of replaying or skipping samples.
+    """
+
+    def __init__(self, start, total: int):
+        self._start = start if callable(start) else (lambda: int(start))
+        self.total = int(total)
+
+    @property
+    def start(self) -> int:
+        return int(self._start())
 
     def __iter__(self):
         return iter(range(self.start, self.total))

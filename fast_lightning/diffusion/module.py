@@ -77,8 +77,13 @@ class DiffusionModule(L.LightningModule):
             if total is not None:
                 self.log("train/grad_norm", total, on_step=True)
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # EMA right after the weights change, before any callback (checkpointing) sees the step
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
     @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def update_ema(self) -> None:
         decay = float(self.cfg.diffusion.optim.ema_decay)
         n = int(self.ema_updates) + 1
         decay = min(decay, (1 + n) / (10 + n))  # warm start: EMA follows quickly early on
@@ -88,6 +93,8 @@ class DiffusionModule(L.LightningModule):
         for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
             b_ema.copy_(b)
         self.ema_updates += 1
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         every = int(self.cfg.diffusion.sample_every)
         if every and self.global_step % every == 0 and self.global_step > 0:
             self.log_samples()
