@@ -54,7 +54,7 @@ def new_run_id() -> str:
 
 
 def run_dir_for(cfg: DictConfig, kind: str, run_id: str | None = None) -> Path:
-    return Path(cfg.run_root) / kind / str(cfg.class_name) / (run_id or new_run_id())
+    return Path(cfg.run_root) / kind / str(cfg.class_name) / (run_id or cfg.get("run_id") or new_run_id())
 
 
 def create_run_dir(cfg: DictConfig, kind: str, run_id: str | None = None) -> Path:
