@@ -1,0 +1,323 @@
+"""`make train-seg CLASS=<c> [SYNTH ARCH ENCODER DATA PROFILE RESUME]`: segmenter on synthesized anomalies.
+
+Training pairs come from the chosen synthesizer (made on the training device from normal images); the
+threshold is chosen on the validation part of the REAL-test split; test metrics are computed ONCE, on the
+best checkpoint (val/pixel_ap), on the remaining real-test images. Writes runs/seg/<class>/<run-id>/ with
+config.yaml, split.json, metrics.json, samples.png, panels/ and checkpoints/{best,last}.ckpt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from fast_lightning.cli import UserError
+from fast_lightning.commands.common import config_from_args
+from fast_lightning.data.datamodule import AnomalyDataModule
+from fast_lightning.runs import (
+    atomic_write_json,
+    create_run_dir,
+    run_dir_for,
+    save_config,
+    seed_everything,
+    update_latest,
+)
+from fast_lightning.training import (
+    CheckpointError,
+    build_trainer,
+    finish_logger,
+    read_checkpoint,
+    resolve_checkpoint,
+    run_dir_of_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "FAST_LIGHTNING_SEG_RUN_DIR"  # lets DDP child processes (re-launched scripts) share rank 0's run dir
+EVALUATED_ON = "real-test split (never seen by any generator)"
+MONITOR = "val/pixel_ap"
+
+
+# ---- helpers shared with eval-seg ---------------------------------------------------------------------------
+def check_model_config(cfg: DictConfig) -> None:
+    """Arch / encoder / resolution problems as UserErrors naming the config keys, before any work is done."""
+    from fast_lightning.segmentation.models import check_resolution
+
+    s = cfg.segmentation
+    try:
+        check_resolution(int(cfg.data.resolution), str(s.arch), str(s.encoder))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def split_counts(dm: AnomalyDataModule) -> dict:
+    """Image counts per split, after checking that evaluation images never reach a generator or training."""
+    sp = dm.split
+
+    def paths(records):
+        return {os.path.realpath(r.image) for r in records}
+
+    val, test, gen, normal = paths(sp.val), paths(sp.test), paths(sp.generator_train), paths(sp.normal_train)
+    problems = []
+    if val & test:
+        problems.append(f"{len(val & test)} image(s) in both val and test")
+    if (val | test) & gen:
+        problems.append(f"{len((val | test) & gen)} evaluation image(s) in generator_train")
+    if (val | test) & normal:
+        problems.append(f"{len((val | test) & normal)} evaluation image(s) in the normal training images")
+    if problems:
+        raise UserError("split is not disjoint: " + "; ".join(problems) + f" (data_root={dm.cfg.data_root})")
+    return {
+        "train_normal_images": len(sp.normal_train),
+        "generator_train_images": len(sp.generator_train),
+        "val_images": len(sp.val),
+        "val_defect_images": sum(r.is_anomalous for r in sp.val),
+        "test_images": len(sp.test),
+        "test_defect_images": sum(r.is_anomalous for r in sp.test),
+        "val_test_disjoint": True,
+        "eval_disjoint_from_generator_train": True,
+    }
+
+
+def synth_info(synth, cfg: DictConfig) -> dict:
+    """What produced the training pairs: class, diffusion checkpoint + sampler (fast), folder (fast_cached)."""
+    inner = getattr(synth, "synth", synth)
+    info: dict = {"implementation": type(inner).__name__}
+    meta = getattr(getattr(inner, "synth", None), "meta", None)
+    if isinstance(meta, dict):
+        info["diffusion_checkpoint"] = meta.get("path")
+        info["diffusion_global_step"] = meta.get("global_step")
+        info["sampler"] = {"name": str(cfg.sampling.name), "steps": int(cfg.sampling.steps)}
+    if getattr(inner, "folder", None) is not None:
+        info["cached_dir"] = str(inner.folder)
+    return info
+
+
+def as_floats(metrics: dict | None) -> dict | None:
+    """Plain floats for JSON (nan stays nan: undefined on that split, see docs/METRICS.md)."""
+    if metrics is None:
+        return None
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def metric_table(rows: dict[str, dict | None], keys) -> str:
+    names = list(rows)
+    lines = [f"{'metric':<24}" + "".join(f"{n:>12}" for n in names)]
+    for k in keys:
+        cells = []
+        for n in names:
+            v = (rows[n] or {}).get(k)
+            cells.append(f"{v:>12.4f}" if isinstance(v, float) and not math.isnan(v) else f"{'nan' if v is not None else '-':>12}")
+        lines.append(f"{k:<24}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# ---- callbacks ----------------------------------------------------------------------------------------------
+class TimedSynthesizer:
+    """Wraps the injected synthesizer to measure the time training waits for synthesis (rank-local)."""
+
+    def __init__(self, synth, name: str):
+        self.synth, self.name = synth, name
+        self.seconds, self.calls = 0.0, 0
+
+    def __call__(self, normals, foreground, generator):
+        cuda = normals.is_cuda
+        if cuda:
+            torch.cuda.synchronize(normals.device)
+        start = time.perf_counter()
+        out = self.synth(normals, foreground, generator)
+        if cuda:
+            torch.cuda.synchronize(normals.device)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+    def __getattr__(self, item):  # describe(), nfe, ... of the wrapped synthesizer
+        return getattr(self.synth, item)
+
+
+class TrainTimer(Callback):
+    """Wall time of the training loop (data + synthesis + step), excluding validation passes."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._last = 0.0, 0, None
+
+    def _now(self, pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self._last = self._now(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = self._now(pl_module)
+        if self._last is not None:
+            self.seconds += now - self._last
+            self.steps += 1
+        self._last = now
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.state.fn == "fit":
+            self._last = self._now(pl_module)
+
+
+class FinalValidation(Callback):
+    """Validate (and so checkpoint) at the last step even when max_steps is not a multiple of val_every."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class SampleSheet(Callback):
+    """samples.png: the first training batch exactly as the segmenter saw it (image row, mask row)."""
+
+    def __init__(self, path: Path, max_items: int = 16):
+        self.path, self.max_items, self.done = Path(path), max_items, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.done:
+            return
+        self.done = True
+        if not trainer.is_global_zero:
+            return
+        from fast_lightning.evaluation.plots import save_grid
+
+        n = min(self.max_items, batch["image"].shape[0])
+        img = batch["image"][:n].detach().float().cpu().clamp(0, 1)
+        if img.shape[1] != 3:
+            img = img[:, :1].expand(-1, 3, -1, -1)
+        mask = batch["mask"][:n].detach().float().cpu().expand(-1, 3, -1, -1)
+        save_grid(torch.cat([img, mask]), n, self.path, row_titles=("image", "mask"))
+
+
+# ---- command ----------------------------------------------------------------------------------------------
+def _run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from). DDP children reuse the launcher's run dir via the environment."""
+    ckpt_path = None
+    if cfg.resume:
+        try:
+            ckpt_path = resolve_checkpoint(cfg.resume)
+            meta = read_checkpoint(ckpt_path).get("fast_lightning", {})
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from exc
+        if meta.get("kind") != "segmentation":
+            raise UserError(f"RESUME={cfg.resume} is not a segmentation checkpoint (kind={meta.get('kind')!r})")
+        run_dir = run_dir_of_checkpoint(ckpt_path)
+        save_config(cfg, run_dir)
+    elif (not cfg.get("run_id") and os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0"
+          and Path(os.environ[RUN_DIR_ENV]).parent == run_dir_for(cfg, "seg", "x").parent):
+        # a DDP child re-running this script: the launcher (rank 0) created the run dir with a random id
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    else:  # an explicit run_id is the same on every rank
+        run_dir = create_run_dir(cfg, "seg")
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    return run_dir, ckpt_path
+
+
+def main(args: list[str]) -> int:
+    cfg = config_from_args(args)
+    s = cfg.segmentation
+    check_model_config(cfg)
+    synth_name = str(s.synth)
+    run_dir, ckpt_path = _run_dir(cfg)
+    seed_everything(int(cfg.seed))
+    start = time.time()
+
+    dm = AnomalyDataModule(cfg, stage="segmentation", run_dir=run_dir)
+    dm.setup()
+    counts = split_counts(dm)
+    if counts["val_images"] == 0 or counts["test_images"] == 0:
+        raise UserError(f"the real-test split of {cfg.class_name} gives {counts['val_images']} validation and "
+                        f"{counts['test_images']} test images; both must be non-empty (data.val_fraction="
+                        f"{cfg.data.val_fraction}, data.generator_fraction={cfg.data.generator_fraction})")
+    if counts["val_defect_images"] == 0:
+        log.warning("the validation split holds no defect image: the IoU threshold stays 0.5 and val metrics are nan")
+
+    from fast_lightning.synthesis import build_seg_synthesizer
+
+    synth = TimedSynthesizer(build_seg_synthesizer(synth_name, cfg, dm), synth_name)
+    dm.synthesizer = synth
+
+    from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
+
+    module = SegmentationModule(OmegaConf.to_container(cfg, resolve=True), str(cfg.class_name), synth_name)
+    module.panel_dir = run_dir / "panels"
+    max_steps = int(s.max_steps)
+    val_every = max(1, min(int(s.val_every), max_steps))
+    # best.ckpt: weights + threshold only (a third of the size: no optimizer state), what test/eval-seg use;
+    # last.ckpt: the full training state, what RESUME uses
+    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
+                              save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
+                              save_on_train_epoch_end=False)
+    last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
+                              save_on_train_epoch_end=False)
+    timer = TrainTimer()
+    callbacks = [ckpt_cb, last_cb, timer, FinalValidation(), SampleSheet(run_dir / "samples.png")]
+    log.info(f"segmenter {s.arch}/{s.encoder} for {cfg.class_name} on synth={synth_name}: "
+             f"{counts['train_normal_images']} normal train images, val {counts['val_images']}, "
+             f"test {counts['test_images']} real images at {cfg.data.resolution}px -> {run_dir}")
+    trainer = None
+    try:
+        trainer = build_trainer(cfg, run_dir, "seg", max_steps, callbacks=callbacks, val_every=val_every)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        fit_seconds = time.time() - start
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():  # no validation ran (e.g. fast_dev_run): still leave a checkpoint behind
+            trainer.save_checkpoint(last)
+        best = ckpt_cb.best_model_path if ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).is_file() else None
+        # the ONE test pass: best checkpoint (weights + its validation threshold), real-test images
+        trainer.test(module, datamodule=dm, ckpt_path=best)
+    finally:
+        finish_logger(trainer)
+    if not trainer.is_global_zero:
+        return 0
+    meta = module.loaded_meta or {}
+    test_metrics = as_floats(module.test_metrics)
+    val_metrics = as_floats(meta.get("val_metrics") if best else module.val_metrics)
+    summary = {
+        "kind": "segmentation",
+        "class_name": str(cfg.class_name),
+        "data_root": str(cfg.data_root),
+        "resolution": int(cfg.data.resolution),
+        "synthesizer": synth_name,
+        "synthesizer_info": synth_info(synth, cfg),
+        "arch": str(s.arch),
+        "encoder": str(s.encoder),
+        "encoder_weights": s.encoder_weights,
+        "profile": str(cfg.profile),
+        "precision": str(cfg.trainer.precision),
+        "evaluated_on": EVALUATED_ON,
+        "threshold": float(module.threshold),
+        "threshold_source": "F1-optimal pixel threshold on the validation split (best checkpoint)",
+        "test": test_metrics,
+        "val": val_metrics,
+        "best_step": int(meta.get("global_step", trainer.global_step)) if best else int(trainer.global_step),
+        "train_steps": int(trainer.global_step),
+        "checkpoint": str(best or last),
+        "counts": counts,
+        "test_images_evaluated": module.test_counts,
+        "seconds": round(time.time() - start, 1),
+        "fit_seconds": round(fit_seconds, 1),
+        "train_loop_seconds": round(timer.seconds, 2),
+        "synthesis_seconds": round(synth.seconds, 2),
+        "synthesis_wait_share": round(synth.seconds / timer.seconds, 4) if timer.seconds > 0 else None,
+        "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "metric_notes": "values in [0,1]; nan = undefined on this split (see docs/METRICS.md); "
+                        "iou/miou/acc at the validation threshold, the rest threshold-free",
+    }
+    atomic_write_json(run_dir / "metrics.json", summary)
+    update_latest(run_dir)
+    print(metric_table({"val (best)": val_metrics, "test": test_metrics}, METRIC_KEYS))
+    print(f"threshold {summary['threshold']:.4f} (chosen on val); test: {counts['test_images']} real images "
+          f"({counts['test_defect_images']} with defects); synthesis wait share {summary['synthesis_wait_share']}")
+    print(f"segmentation run: {run_dir}  (metrics: {run_dir / 'metrics.json'}, checkpoint: {summary['checkpoint']})")
+    return 0

@@ -1,0 +1,319 @@
+"""SegmentationModule: an smp segmenter trained on synthesized anomalies, judged on REAL defects.
+
+Design decisions (see docs/METRICS.md for the metric definitions):
+
+- Input normalisation happens inside the module: images arrive in [0, 1] from the DataModule and are
+  standardised with ImageNet mean/std (the statistics smp's pretrained encoders expect; harmless for random
+  init). A checkpoint therefore needs no external preprocessing to be reused.
+- The model outputs one LOGIT channel; every metric is fed ``sigmoid(logits.float())`` (probabilities in
+  [0, 1]) because torchmetrics re-applies a sigmoid per batch to scores outside [0, 1].
+- The pixel threshold for IoU / mIoU / Acc is the F1-optimal threshold on the VALIDATION split. It lives in
+  the ``threshold`` buffer, so it is saved in every checkpoint and the test pass (and ``make eval-seg``) use
+  the threshold chosen together with the weights they load; test images never influence it.
+- Evaluation state is kept per image on CPU (probabilities float32, masks uint8, dataset index). Under DDP,
+  Lightning gives each rank a DistributedSampler shard that is PADDED with repeated images; at epoch end the
+  shards are all-gathered (via the strategy, so NCCL works), de-duplicated by dataset index and sorted, and
+  every rank feeds the identical full set into ``SegmentationMetrics`` (no torchmetrics sync needed). The
+  metrics and the threshold are therefore exact and identical on all ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from fast_lightning.evaluation.metrics import SegmentationMetrics
+from fast_lightning.segmentation.losses import build_loss
+from fast_lightning.segmentation.models import build_segmenter
+
+# Metrics are computed from the all-gathered, de-duplicated set and are identical on every rank, so logging
+# them without sync_dist is correct; silence Lightning's generic advice to sync.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PANEL_ROWS = ("image", "ground truth", "predicted", "probability")
+METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
+               "iou_threshold", "image_auroc")
+
+
+def heatmap(prob: torch.Tensor) -> torch.Tensor:
+    """(1,H,W) probabilities -> (3,H,W) black-red-yellow-white map (easier to read than grey)."""
+    p = prob.float().clamp(0, 1)
+    return torch.cat([(3 * p).clamp(0, 1), (3 * p - 1).clamp(0, 1), (3 * p - 2).clamp(0, 1)], 0)
+
+
+def pick_panel_indices(labels: list[str], n: int) -> list[int]:
+    """A fixed, bounded, varied set of dataset indices: defect types round-robin, one good image last."""
+    if n <= 0 or not labels:
+        return []
+    by_type: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_type.setdefault(lab, []).append(i)
+    good = by_type.pop("good", [])
+    want_good = 1 if good and n >= 2 and by_type else (n if not by_type else 0)
+    chosen: list[int] = []
+    queues = [list(v) for _, v in sorted(by_type.items())]
+    while len(chosen) < n - want_good and any(queues):
+        for q in queues:
+            if q and len(chosen) < n - want_good:
+                chosen.append(q.pop(0))
+    chosen += good[: n - len(chosen)]
+    return chosen
+
+
+class SegmentationModule(L.LightningModule):
+    """Binary anomaly segmenter (smp) with DiceFocal loss and exact real-defect metrics."""
+
+    def __init__(self, config: dict, class_name: str | None = None, synthesizer: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        s = self.cfg.segmentation
+        channels = int(self.cfg.data.channels)
+        self.model = build_segmenter(str(s.arch), str(s.encoder), s.encoder_weights, in_channels=channels)
+        self.loss_fn = build_loss(OmegaConf.to_container(s.loss, resolve=True))
+        if channels == 3:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:  # grayscale: the mean of the RGB statistics for every channel
+            mean, std = (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # F1-optimal pixel threshold on validation; saved in checkpoints, used by test / eval-seg
+        self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))
+        self.register_buffer("threshold_chosen", torch.tensor(False))
+        self._eval_state: dict[str, list[torch.Tensor]] = {}
+        self.val_metrics: dict[str, float] | None = None
+        self.test_metrics: dict[str, float] | None = None
+        self.test_counts: dict[str, int] | None = None  # images actually evaluated by the last test pass
+        self.val_history: list[dict] = []
+        self.loaded_meta: dict | None = None
+        self.panel_dir: Path | None = None   # PNG panels go here when set (the command sets run_dir/panels)
+        self.panel_dataset = None            # labelled val dataset; defaults to trainer.datamodule's
+        self._panel_cache: tuple[list[int], torch.Tensor, torch.Tensor, list[str]] | None = None
+
+    # ---- model ---------------------------------------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B,C,H,W) in [0,1] -> anomaly logits (B,1,H,W)."""
+        x = self.normalize(images)
+        if x.is_cuda:  # channels_last: faster convolutions under bf16 on tensor cores
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel anomaly probability in [0, 1], float32."""
+        return torch.sigmoid(self(images).float())
+
+    def configure_optimizers(self):
+        s = self.cfg.segmentation
+        opt = torch.optim.AdamW(self.model.parameters(), lr=float(s.lr), weight_decay=float(s.weight_decay))
+        total = max(1, int(s.max_steps))
+        warmup = max(1, min(50, total // 20))
+
+        def factor(step: int) -> float:  # short linear warmup, then cosine down to 5% of lr
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        loss = self.loss_fn(logits, masks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite segmentation loss at step {self.global_step}; "
+                                     "try a lower segmentation.lr or trainer.precision=32-true")
+        n = images.shape[0]
+        synthetic = batch.get("synthetic")
+        share = synthetic.float().mean() if synthetic is not None else images.new_zeros(())
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
+        self.log_dict({"train/synthetic_share": share.float(), "train/anomaly_pixel_share": masks.float().mean(),
+                       "train/lr": float(self.trainer.optimizers[0].param_groups[0]["lr"])},
+                      on_step=True, batch_size=n)
+        return loss
+
+    # ---- evaluation state (per image, CPU) ------------------------------------------------------------
+    def _reset_eval(self) -> None:
+        self._eval_state = {"index": [], "probs": [], "masks": []}
+
+    def _accumulate(self, batch: dict) -> None:
+        probs = self.predict_proba(batch["image"])
+        n = probs.shape[0]
+        index = batch.get("index")
+        if index is None:  # plain loaders without an index: number the images in arrival order
+            start = sum(int(t.numel()) for t in self._eval_state["index"])
+            index = torch.arange(start, start + n)
+        self._eval_state["index"].append(torch.as_tensor(index).detach().long().cpu().view(-1))
+        self._eval_state["probs"].append(probs.detach().cpu())
+        self._eval_state["masks"].append((batch["mask"] > 0.5).to(torch.uint8).cpu())
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate a per-rank tensor over all ranks (ranks may hold different counts)."""
+        world = int(self.trainer.world_size) if self._trainer is not None else 1
+        if world == 1:
+            return t
+        dev = self.device
+        counts = self.all_gather(torch.tensor([t.shape[0]], device=dev)).view(-1).cpu()
+        m = int(counts.max())
+        pad = torch.zeros((m - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=dev)
+        full = self.all_gather(torch.cat([t.to(dev), pad])).cpu()
+        return torch.cat([full[r, : int(counts[r])] for r in range(world)])
+
+    def _collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All ranks' images, de-duplicated by dataset index (DistributedSampler pads shards), sorted."""
+        st = self._eval_state
+        res = int(self.cfg.data.resolution)
+        index = torch.cat(st["index"]) if st.get("index") else torch.zeros(0, dtype=torch.long)
+        probs = torch.cat(st["probs"]) if st.get("probs") else torch.zeros(0, 1, res, res)
+        masks = torch.cat(st["masks"]) if st.get("masks") else torch.zeros(0, 1, res, res, dtype=torch.uint8)
+        index, probs, masks = self._gather(index), self._gather(probs.float()), self._gather(masks)
+        order = torch.argsort(index, stable=True)
+        index, probs, masks = index[order], probs[order], masks[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        return index[keep], probs[keep], masks[keep]
+
+    def _metrics(self, probs: torch.Tensor, masks: torch.Tensor, choose_threshold: bool) -> dict[str, float]:
+        metric = SegmentationMetrics(sync_on_compute=False)
+        metric.update(probs, masks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # degenerate sets -> nan, documented
+            if choose_threshold:
+                thr = metric.best_threshold() if int(masks.sum()) > 0 else float(self.threshold)
+            else:
+                thr = float(self.threshold)
+            out = metric.compute(threshold=thr)
+        return {k: float(out[k]) for k in METRIC_KEYS}
+
+    def _log_metrics(self, prefix: str, metrics: dict[str, float]) -> None:
+        # identical values on every rank (computed from the gathered set): no sync_dist needed
+        self.log_dict({f"{prefix}/{k}": float(metrics[k]) for k in METRIC_KEYS}, on_step=False, on_epoch=True,
+                      sync_dist=False, batch_size=1)
+
+    # ---- validation ------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._accumulate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        index, probs, masks = self._collect()
+        self._reset_eval()
+        if probs.shape[0] == 0:
+            return
+        has_defects = int(masks.sum()) > 0
+        metrics = self._metrics(probs, masks, choose_threshold=True)
+        if has_defects:
+            self.threshold.fill_(float(metrics["iou_threshold"]))
+            self.threshold_chosen.fill_(True)
+        elif not bool(self.threshold_chosen):
+            warnings.warn("the validation split holds no defect pixel: the IoU threshold stays at 0.5",
+                          RuntimeWarning, stacklevel=2)
+        self.val_metrics = metrics
+        self.val_history.append(dict(metrics, step=int(self.global_step), num_images=int(probs.shape[0])))
+        self._log_metrics("val", metrics)
+        self.log("val/threshold", float(self.threshold), on_step=False, on_epoch=True, batch_size=1)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._log_panels(index, probs)
+
+    # ---- test ------------------------------------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval()
+        if not bool(self.threshold_chosen):
+            warnings.warn("testing a model whose threshold was never chosen on validation: IoU/mIoU/Acc use 0.5",
+                          RuntimeWarning, stacklevel=2)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._accumulate(batch)
+
+    def on_test_epoch_end(self) -> None:
+        _, probs, masks = self._collect()
+        self._reset_eval()
+        if probs.shape[0] == 0:
+            raise RuntimeError("the test split is empty: nothing to evaluate")
+        self.test_metrics = self._metrics(probs, masks, choose_threshold=False)
+        self.test_counts = {"images": int(masks.shape[0]), "defect_images": int((masks.flatten(1) > 0).any(1).sum())}
+        self._log_metrics("test", self.test_metrics)
+
+    # ---- image panels ----------------------------------------------------------------------------------
+    def _panel_source(self) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]] | None:
+        """Fixed panel images (loaded once): bounded by segmentation.num_log_images."""
+        if self._panel_cache is not None:
+            return self._panel_cache
+        n = int(self.cfg.segmentation.num_log_images)
+        ds = self.panel_dataset
+        if ds is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "labelled_dataset"):
+                return None
+            ds = dm.labelled_dataset("val")
+        records = getattr(ds, "records", None)
+        labels = [r.label for r in records] if records is not None else ["?"] * len(ds)
+        idx = pick_panel_indices(labels, n)
+        if not idx:
+            return None
+        items = [ds[i] for i in idx]
+        images = torch.stack([x["image"] for x in items]).float()
+        masks = torch.stack([x["mask"] for x in items]).float()
+        self._panel_cache = (idx, images, masks, [labels[i] for i in idx])
+        return self._panel_cache
+
+    def _log_panels(self, index: torch.Tensor, probs: torch.Tensor) -> None:
+        source = self._panel_source()
+        if source is None:
+            return
+        idx, images, gt, labels = source
+        pos = {int(v): k for k, v in enumerate(index.tolist())}
+        if any(i not in pos for i in idx):
+            return
+        p = probs[[pos[i] for i in idx]]
+        thr = float(self.threshold)
+        rgb = images if images.shape[1] == 3 else images[:, :1].expand(-1, 3, -1, -1)
+        rows = [rgb, gt.expand(-1, 3, -1, -1), (p >= thr).float().expand(-1, 3, -1, -1),
+                torch.stack([heatmap(x) for x in p])]
+        if self.panel_dir is not None:
+            from fast_lightning.evaluation.plots import save_grid
+
+            save_grid(torch.cat(rows), len(idx), Path(self.panel_dir) / f"step_{self.global_step:07d}.png",
+                      row_titles=PANEL_ROWS)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                tiles = [torch.cat([r[k] for r in rows], dim=-1) for k in range(len(idx))]
+                logger.log_image("val/panels", images=[t.clamp(0, 1) for t in tiles],
+                                 caption=[f"{lab} #{i}: image | GT | pred@{thr:.3f} | prob" for i, lab in zip(idx, labels)],
+                                 step=self.global_step)
+
+    # ---- checkpoint metadata -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        s = self.cfg.segmentation
+        checkpoint["fast_lightning"] = {
+            "kind": "segmentation",
+            "class_name": self.hparams.class_name,
+            "synthesizer": self.hparams.synthesizer,
+            "arch": str(s.arch), "encoder": str(s.encoder),
+            "resolution": int(self.cfg.data.resolution), "channels": int(self.cfg.data.channels),
+            "threshold": float(self.threshold), "threshold_chosen_on": "validation" if bool(self.threshold_chosen) else None,
+            "val_metrics": dict(self.val_metrics) if self.val_metrics else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loaded_meta = dict(checkpoint.get("fast_lightning") or {}, global_step=int(checkpoint.get("global_step", 0)))

@@ -1,0 +1,302 @@
+"""SegmentationModule (training, validation threshold, test), train-seg / eval-seg end to end.
+
+Hand-computed metric values live in tests/test_metrics.py; here the module must feed them correctly: the
+threshold is chosen on VALIDATION, stored in the checkpoint, and used unchanged by test and eval-seg.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+import fast_lightning  # noqa: F401  (torchvision shim)
+from fast_lightning.config import load_config
+
+from conftest import make_fake_mvtec
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
+               "iou_threshold", "image_auroc")
+
+# the hand-computed case of tests/test_metrics.py: best F1 0.75 at threshold 0.4
+PROBS = torch.tensor([[0.9, 0.6, 0.3, 0.1], [0.7, 0.2, 0.2, 0.0], [0.5, 0.4, 0.05, 0.05]]).view(3, 1, 2, 2)
+TARGET = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.float32).view(3, 1, 2, 2)
+
+
+def smoke_cfg(*overrides: str):
+    return load_config(["profile=smoke", "class_name=widget", "trainer.enable_progress_bar=false",
+                        "logger.wandb.enabled=false", *overrides])
+
+
+def make_module(*overrides: str):
+    from fast_lightning.segmentation.module import SegmentationModule
+
+    cfg = smoke_cfg(*overrides)
+    return SegmentationModule(OmegaConf.to_container(cfg, resolve=True), "widget", "test")
+
+
+def tiny_trainer(tmp_path, **kw):
+    import lightning as L
+
+    base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    base.update(kw)
+    return L.Trainer(**base)
+
+
+class Items(Dataset):
+    def __init__(self, images, masks, repeat: int = 1):
+        self.images, self.masks, self.repeat = images, masks, repeat
+
+    def __len__(self):
+        return len(self.images) * self.repeat
+
+    def __getitem__(self, i):
+        j = i % len(self.images)
+        return {"image": self.images[j], "mask": self.masks[j], "index": j}
+
+
+class ProbabilityIsTheImage(torch.nn.Module):
+    """Stub segmenter: channel 0 of the (un-normalised) input IS the anomaly probability."""
+
+    def forward(self, x):
+        return torch.logit(x[:, :1].clamp(1e-6, 1 - 1e-6))
+
+
+def stub_module(tmp_path):
+    m = make_module()
+    m.model = ProbabilityIsTheImage()
+    m.mean.zero_()
+    m.std.fill_(1.0)
+    return m
+
+
+# ---- unit: training, threshold, de-duplication ------------------------------------------------------------
+def test_training_step_loss_decreases(tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    torch.manual_seed(0)
+    module = make_module("segmentation.lr=0.002", "segmentation.max_steps=20")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 32, 32, generator=g) * 0.3 + 0.5
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[0, :, 4:12, 6:16] = 1
+    masks[1, :, 18:26, 10:22] = 1
+    masks[2, :, 8:20, 20:28] = 1
+    images = torch.where(masks.bool(), images * 0.2, images)  # dark defects
+    losses = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    loader = DataLoader(Items(images, masks, repeat=20), batch_size=4, shuffle=False)
+    trainer = tiny_trainer(tmp_path, max_steps=20, callbacks=[Record()])
+    trainer.fit(module, train_dataloaders=loader)
+    assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert "train/loss" in trainer.callback_metrics and "train/synthetic_share" in trainer.callback_metrics
+
+
+def test_forward_outputs_probabilities_and_normalises_inside():
+    module = make_module().eval()
+    x = torch.rand(2, 3, 32, 32)
+    p = module.predict_proba(x)
+    assert p.shape == (2, 1, 32, 32) and p.dtype == torch.float32
+    assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+    imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    assert torch.allclose(module.normalize(imagenet_mean), torch.zeros(1, 3, 1, 1), atol=1e-6)
+
+
+def test_threshold_chosen_on_validation_is_stored_and_used_in_test(tmp_path):
+    module = stub_module(tmp_path)
+    images = PROBS.expand(-1, 3, -1, -1).contiguous()
+    val = DataLoader(Items(images, TARGET), batch_size=2)
+    trainer = tiny_trainer(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(module, dataloaders=val)
+    assert float(module.threshold) == pytest.approx(0.4, abs=1e-5) and bool(module.threshold_chosen)
+    v = module.val_metrics
+    assert v["pixel_auroc"] == pytest.approx(24 / 27, abs=1e-5)
+    assert v["pixel_ap"] == pytest.approx(1 / 3 + 2 / 9 + 1 / 5, abs=1e-5)
+    assert v["pixel_f1_max"] == pytest.approx(0.75, abs=1e-5)
+    assert v["iou"] == pytest.approx(3 / 5) and v["acc"] == pytest.approx(1.0)
+    assert v["image_auroc"] == pytest.approx(0.5)
+
+    # the threshold travels in the checkpoint (a buffer) and test uses it, not test's own optimum
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    fresh = stub_module(tmp_path)
+    assert float(fresh.threshold) == 0.5
+    state = torch.load(ckpt, weights_only=False)
+    fresh.load_state_dict(state["state_dict"])
+    assert float(fresh.threshold) == pytest.approx(0.4, abs=1e-5)
+    assert state["fast_lightning"]["kind"] == "segmentation"
+    # test on data whose own F1-optimal threshold differs: probs shifted up by 0.15
+    test_images = (PROBS + 0.15).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+    test = DataLoader(Items(test_images, TARGET), batch_size=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_trainer(tmp_path).test(fresh, dataloaders=test)
+    t = fresh.test_metrics
+    assert t["iou_threshold"] == pytest.approx(0.4, abs=1e-5)
+    # at 0.4 on shifted probs: positives 1 .75 .55 all >= .4 (TP 3); negatives >= .4: .85 .65 .45 (FP 3)
+    # -> IoU 3/6. Test's own optimum (.55) or the default .5 would give 3/5.
+    assert t["iou"] == pytest.approx(3 / 6) and t["acc"] == pytest.approx(1.0)
+    assert t["pixel_f1_max_threshold"] == pytest.approx(0.55, abs=1e-5)  # test's own optimum, reported only
+
+
+def test_eval_state_is_deduplicated_by_index():
+    """DistributedSampler pads shards with repeated images: each image must count once."""
+    module = stub_module(None)
+    module._reset_eval()
+    for idx in ([0, 1], [2, 0]):  # image 0 seen twice
+        batch = {"image": PROBS[idx].expand(-1, 3, -1, -1), "mask": TARGET[idx], "index": torch.tensor(idx)}
+        module._accumulate(batch)
+    index, probs, masks = module._collect()
+    assert index.tolist() == [0, 1, 2]
+    assert torch.allclose(probs, PROBS, atol=1e-5) and torch.equal(masks.float(), TARGET)
+
+
+def test_panel_indices_fixed_and_bounded():
+    from fast_lightning.segmentation.module import pick_panel_indices
+
+    labels = ["crack", "crack", "dent", "good", "good", "dent"]
+    assert pick_panel_indices(labels, 3) == [0, 2, 3]
+    assert pick_panel_indices(labels, 100) == [0, 2, 1, 5, 3, 4]
+    assert pick_panel_indices(labels, 0) == [] and pick_panel_indices(["good", "good"], 1) == [0]
+
+
+# ---- command-line errors (no training) -----------------------------------------------------------------------
+def run_cli(args, capsys):
+    from fast_lightning.cli import main
+
+    rc = main(args)
+    return rc, capsys.readouterr().err
+
+
+def test_bad_arch_names_the_key(tmp_path, capsys):
+    make_fake_mvtec(tmp_path / "data")
+    rc, err = run_cli(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
+                       f"run_root={tmp_path / 'runs'}", "segmentation.arch=NoSuchNet"], capsys)
+    assert rc == 2 and "segmentation.arch" in err and "NoSuchNet" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resolution_not_divisible_gives_clear_error(tmp_path, capsys):
+    make_fake_mvtec(tmp_path / "data")
+    rc, err = run_cli(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
+                       f"run_root={tmp_path / 'runs'}", "segmentation.arch=FPN", "data.resolution=48"], capsys)
+    assert rc == 2 and "data.resolution=48" in err and "FPN" in err and "32" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eval_seg_rejects_missing_and_foreign_checkpoints(tmp_path, capsys):
+    rc, err = run_cli(["eval-seg", f"ckpt={tmp_path / 'nope.ckpt'}"], capsys)
+    assert rc == 2 and "not found" in err
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    rc, err = run_cli(["eval-seg", f"ckpt={bad}"], capsys)
+    assert rc == 2 and "corrupt" in err
+    other = tmp_path / "diffusion.ckpt"
+    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion"}}, other)
+    rc, err = run_cli(["eval-seg", f"ckpt={other}"], capsys)
+    assert rc == 2 and "not a segmentation checkpoint" in err
+
+
+# ---- end to end (subprocesses, tiny) -------------------------------------------------------------------------
+def cli(*args, timeout=600):
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "fast_lightning", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def check_metrics_file(run_dir: Path, synth: str) -> dict:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["synthesizer"] == synth and m["evaluated_on"].startswith("real-test")
+    for part in ("test", "val"):
+        assert set(METRIC_KEYS) <= set(m[part]), part
+        for k, v in m[part].items():
+            assert (0.0 <= v <= 1.0) or (math.isnan(v) and k in ("image_auroc",)), (part, k, v)
+    assert 0.0 <= m["threshold"] <= 1.0 and m["test"]["iou_threshold"] == pytest.approx(m["threshold"])
+    c = m["counts"]
+    assert c["val_test_disjoint"] and c["eval_disjoint_from_generator_train"]
+    assert c["test_images"] > 0 and c["val_images"] > 0 and m["test_images_evaluated"]["images"] == c["test_images"]
+    split = json.loads((run_dir / "split.json").read_text())
+    gen = {r["image"] for r in split["generator_train"]}
+    val, test = {r["image"] for r in split["val"]}, {r["image"] for r in split["test"]}
+    assert not (val & test) and not ((val | test) & gen)
+    assert len(test) == c["test_images"] and len(gen) == c["generator_train_images"]
+    for name in ("config.yaml", "samples.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "panels").glob("step_*.png"))
+    return m
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("segdata")
+    make_fake_mvtec(root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("synth", ["draem", "cutpaste", "real_third"])
+def test_train_seg_end_to_end_and_eval_reproduces(synth, fake_root, tmp_path):
+    runs = tmp_path / "runs"
+    cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+        f"segmentation.synth={synth}", "trainer.enable_progress_bar=false")
+    latest = runs / "seg" / "widget" / "latest"
+    assert latest.is_symlink()
+    m = check_metrics_file(latest.resolve(), synth)
+    if synth != "draem":
+        return
+    cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
+    e = json.loads((latest / "eval_metrics.json").read_text())
+    assert e["threshold"] == pytest.approx(m["threshold"]) and e["split_matches_training"] is True
+    for k in METRIC_KEYS:
+        a, b = m["test"][k], e["test"][k]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_train_seg_ddp_two_cpu_processes_matches_single_device_eval(fake_root, tmp_path):
+    """Padded DistributedSampler shards + all-gather + de-dup give the same numbers as one device."""
+    runs = tmp_path / "runs"
+    cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+        "segmentation.synth=cutpaste", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+        "trainer.enable_progress_bar=false")
+    runs_made = [p for p in (runs / "seg" / "widget").iterdir() if p.name != "latest"]
+    assert len(runs_made) == 1  # both ranks wrote into the same run directory
+    latest = runs / "seg" / "widget" / "latest"
+    m = check_metrics_file(latest.resolve(), "cutpaste")
+    cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
+    e = json.loads((latest / "eval_metrics.json").read_text())
+    for k in METRIC_KEYS:
+        assert m["test"][k] == pytest.approx(e["test"][k], abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_train_seg_fast_from_smoke_diffusion(fake_root, tmp_path):
+    runs = tmp_path / "runs"
+    cli("train-diffusion", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+        "trainer.enable_progress_bar=false")
+    cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+        "segmentation.synth=fast", "trainer.enable_progress_bar=false")
+    m = check_metrics_file((runs / "seg" / "widget" / "latest").resolve(), "fast")
+    info = m["synthesizer_info"]
+    assert info["diffusion_checkpoint"].startswith(str(runs.resolve() / "diffusion" / "widget"))
+    assert 0.0 <= m["synthesis_wait_share"] <= 1.0
