@@ -1,0 +1,275 @@
+"""`make bench-sampling CLASS=<c> [CKPT]`: AIAS vs DDIM vs DDPM speed on one trained model, one batch.
+
+One process, one model, the same full-resolution batch (normal train images + masks from the synthesis
+mask sampler) for AIAS-10 (exact and paper), AIAS-50, DDIM-10, DDIM-50 and DDPM-T (T = the model's
+training steps; DDPM may use fewer images, ``ddpm_images``). Each sampler gets a warm-up call first.
+Time inside the denoiser is measured by wrapping ``model.predict_eps`` (CUDA synchronised), so
+"outside the denoiser" = FARM + kernel/blending + background re-noising + windowing + paste-back.
+
+Options (key=value, not config keys): out=reports/bench_sampling.json, plot=<png, default next to out>,
+batch=4 (alias bench.batch), ddpm_images=1, repeats=3 (best of; DDPM runs once), seed=0.
+Writes the JSON and a bar chart (seconds/image, log scale, annotated with NFE), both atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from fast_lightning.cli import UserError
+from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.runs import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SPEEDUP_TARGET = 80.0  # AIAS-10 vs DDPM-1000, per image
+OVERHEAD_TARGET = 0.15  # (total - denoiser) / denoiser for AIAS-10
+
+
+class CallTimer:
+    """Replaces ``model.<attr>`` (e.g. predict_eps) by a timed call (instance attribute; ``restore()`` undoes it)."""
+
+    def __init__(self, model, attr: str, device: torch.device) -> None:
+        self.model, self.attr, self.device = model, attr, device
+        self.original = getattr(model, attr)
+        self.seconds = 0.0
+        self.calls = 0
+        setattr(model, attr, self)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, *args, **kwargs):
+        self.sync()
+        start = time.perf_counter()
+        out = self.original(*args, **kwargs)
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+    def restore(self) -> None:
+        self.model.__dict__.pop(self.attr, None)
+
+
+def bench_plan(cfg, T: int, batch: int, ddpm_images: int) -> list[tuple[str, dict, int]]:
+    """(name, sampling overrides, number of images) in run order."""
+    plan = [
+        ("aias-10-exact", dict(name="aias", steps=10, variant="exact"), batch),
+        ("aias-10-paper", dict(name="aias", steps=10, variant="paper"), batch),
+        ("aias-50-exact", dict(name="aias", steps=50, variant="exact"), batch),
+        ("ddim-10", dict(name="ddim", steps=10), batch),
+        ("ddim-50", dict(name="ddim", steps=50), batch),
+        (f"ddpm-{T}", dict(name="ddpm", steps=T), ddpm_images),
+    ]
+    if ddpm_images != batch:  # same batch size as DDPM for a like-for-like speedup
+        plan.insert(1, (f"aias-10-exact@{ddpm_images}", dict(name="aias", steps=10, variant="exact"), ddpm_images))
+    return plan
+
+
+def fixed_batch(cfg, split, meta, n: int, seed: int) -> tuple[list, list, torch.Tensor, list[str]]:
+    """n normal train images at their own resolution (or synthesis.out_resolution), masks, types."""
+    from fast_lightning.data.datasets import foreground_mask
+    from fast_lightning.data.io import load_image
+    from fast_lightning.synthesis.pipeline import build_mask_sampler
+
+    out_res = cfg.synthesis.out_resolution
+    size = int(out_res) if out_res else None
+    masks_src = build_mask_sampler(cfg, split, size=size)
+    normals = split.normal_train
+    if not normals:
+        raise UserError("no normal train images to benchmark on")
+    images, masks, cond, paths = [], [], [], []
+    k = len(meta.get("type_names", []))
+    for i in range(n):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        path = normals[i % len(normals)].image
+        img = load_image(path, size, int(cfg.data.channels), str(cfg.data.image_interpolation))
+        m, tid, _ = masks_src.sample_typed(tuple(img.shape[-2:]), g, foreground_mask(img, str(cfg.data.foreground)))
+        if tid == 0 and k:
+            tid = 1 + int(torch.randint(k, (1,), generator=g))
+        images.append(img)
+        masks.append(m)
+        cond.append(tid)
+        paths.append(str(path))
+    return images, masks, torch.tensor(cond, dtype=torch.long), paths
+
+
+def _plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    spi = [results[n]["seconds_per_image"] for n in names]
+    inside = [results[n]["seconds_per_image"] * (1 - results[n]["outside_denoiser_share"]) for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 4.2))
+    ax.bar(names, spi, color="#c9d6ea", label="total")
+    ax.bar(names, inside, color="#3b6fb6", width=0.5, label="inside the denoiser")
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per image (log)")
+    ax.set_title(title, fontsize=9)
+    for i, n in enumerate(names):
+        ax.annotate(f"NFE {results[n]['nfe']}\n{spi[i]:.3g}s", (i, spi[i]), ha="center", va="bottom", fontsize=7,
+                    xytext=(0, 2), textcoords="offset points")
+    ax.set_ylim(top=max(spi) * 6)
+    ax.legend(fontsize=8, loc="upper left")
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(args: list[str]) -> int:
+    from fast_lightning.data.datamodule import load_split
+    from fast_lightning.diffusion.denoiser import parameter_count
+    from fast_lightning.diffusion.module import load_fast_diffusion
+    from fast_lightning.sampling import build_sampler
+    from fast_lightning.synthesis.pipeline import (
+        AnomalySynthesizer,
+        SynthesisError,
+        check_checkpoint_compatible,
+        resolve_diffusion_checkpoint,
+    )
+
+    opts, rest = pop_options(args, {"out": "reports/bench_sampling.json", "plot": "", "batch": 4,
+                                    "bench.batch": 0, "ddpm_images": 1, "repeats": 3, "seed": 0})
+    cfg = config_from_args(rest)
+    batch = int(opts["bench.batch"]) or int(opts["batch"])
+    ddpm_images = min(int(opts["ddpm_images"]), batch)
+    repeats = max(1, int(opts["repeats"]))
+    if batch < 1 or ddpm_images < 1:
+        raise UserError(f"batch and ddpm_images must be >= 1, got batch={batch}, ddpm_images={ddpm_images}")
+    out = Path(str(opts["out"]))
+    plot = Path(str(opts["plot"])) if opts["plot"] else out.with_suffix(".png")
+
+    accel = str(cfg.trainer.accelerator)
+    device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
+    try:
+        ckpt = resolve_diffusion_checkpoint(cfg)
+        model, meta = load_fast_diffusion(ckpt)
+        _, split = load_split(cfg)
+        check_checkpoint_compatible(meta, cfg, split.types)
+        images, masks, cond, paths = fixed_batch(cfg, split, meta, batch, int(opts["seed"]))
+    except SynthesisError as exc:
+        raise UserError(str(exc)) from exc
+    model = model.to(device).eval().requires_grad_(False)
+    amp = torch.bfloat16 if str(cfg.trainer.precision).startswith("bf16") else None
+    T = int(model.num_train_timesteps)
+    timer = CallTimer(model, "predict_eps", device)
+    farm_timer = CallTimer(model, "farm_x0", device)
+    results: dict[str, dict] = {}
+    base = {k: v for k, v in dict(cfg.sampling).items()}
+    try:
+        # global warm-up: thread pools, allocator and kernels before anything is timed
+        warm_synth = AnomalySynthesizer(model, build_sampler(dict(base, name="aias", steps=10)), meta,
+                                        autocast_dtype=amp)
+        for _ in range(2):
+            warm_synth.synthesize(images, masks, cond, [torch.Generator().manual_seed(i) for i in range(batch)])
+        entries = []
+        for name, over, n_img in bench_plan(cfg, T, batch, ddpm_images):
+            sampler = build_sampler(dict(base, **over))
+            synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
+            # warm-up (DDPM: a 10-step DDIM call on the same batch warms the same kernels)
+            warm = synth if over["name"] != "ddpm" else AnomalySynthesizer(
+                model, build_sampler(dict(base, name="ddim", steps=10)), meta, autocast_dtype=amp)
+            warm.synthesize(images[:n_img], masks[:n_img], cond[:n_img],
+                            [torch.Generator().manual_seed(i) for i in range(n_img)])
+            entries.append((name, over, n_img, sampler, synth))
+
+        def timed(synth, n_img: int, seed_offset: int) -> tuple[float, float, float]:
+            gens = [torch.Generator().manual_seed(1000 * seed_offset + i) for i in range(n_img)]
+            timer.reset()
+            farm_timer.reset()
+            timer.sync()
+            start = time.perf_counter()
+            synth.synthesize(images[:n_img], masks[:n_img], cond[:n_img], gens)
+            timer.sync()
+            return time.perf_counter() - start, timer.seconds, farm_timer.seconds
+
+        # rounds over all samplers (best of `repeats`): a burst of load on a shared machine hits one round,
+        # not one sampler; DDPM is timed once
+        best: dict[str, tuple[float, float, float]] = {}
+        for r in range(repeats):
+            for name, over, n_img, _, synth in entries:
+                if over["name"] == "ddpm" and r > 0:
+                    continue
+                got = timed(synth, n_img, r + 1)
+                if name not in best or got[0] < best[name][0]:
+                    best[name] = got
+        for name, over, n_img, sampler, _ in entries:
+            total, inside, farm = best[name]
+            outside = max(0.0, total - inside)
+            results[name] = {
+                "sampler": over["name"], "variant": over.get("variant"), "nfe": int(sampler.nfe), "images": n_img,
+                "seconds": round(total, 6), "denoiser_seconds": round(inside, 6),
+                "seconds_per_image": total / n_img, "images_per_second": n_img / total if total > 0 else None,
+                "outside_denoiser_share": outside / total if total > 0 else 0.0,
+                "overhead_vs_denoiser": outside / inside if inside > 0 else None,
+                "farm_seconds": round(farm, 6), "farm_vs_denoiser": farm / inside if inside > 0 else None,
+                "rest_vs_denoiser": max(0.0, outside - farm) / inside if inside > 0 else None,
+            }
+            log.info(f"{name:>18}: NFE {sampler.nfe:4d}, {total / n_img:.4f} s/image, "
+                     f"outside denoiser {100 * outside / max(total, 1e-12):.1f}% of the time "
+                     f"(FARM {100 * farm / max(inside, 1e-12):.1f}% + rest {100 * max(0.0, outside - farm) / max(inside, 1e-12):.1f}%"
+                     f" of the denoiser time)")
+    finally:
+        timer.restore()
+        farm_timer.restore()
+
+    aias = results["aias-10-exact"]
+    ddpm = results[f"ddpm-{T}"]
+    same = results.get(f"aias-10-exact@{ddpm_images}", aias)
+    speedup = ddpm["seconds_per_image"] / same["seconds_per_image"]
+    speedup_batched = ddpm["seconds_per_image"] / aias["seconds_per_image"]
+    overhead = aias["overhead_vs_denoiser"]
+    h, w = images[0].shape[-2:]
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "precision": "bf16 autocast" if amp is not None else "fp32",
+        "checkpoint": str(ckpt), "class_name": cfg.class_name, "checkpoint_step": meta.get("global_step"),
+        "model_window": meta.get("window"), "resolution": int(meta["resolution"]), "image_size": [int(h), int(w)],
+        "num_train_timesteps": T, "batch": batch, "ddpm_images": ddpm_images, "repeats": repeats,
+        "parameters": {"denoiser": parameter_count(model.denoiser),
+                       "farm": parameter_count(model.farm) if model.farm is not None else 0},
+        "samplers": results,
+        f"speedup_aias10_vs_ddpm{T}": speedup,
+        f"speedup_aias10_batched_vs_ddpm{T}": speedup_batched,
+        "aias10_overhead_vs_denoiser": overhead,
+        "aias10_farm_vs_denoiser": aias["farm_vs_denoiser"],
+        "aias10_blend_paste_vs_denoiser": aias["rest_vs_denoiser"],
+        "checks": {
+            f"aias10_at_least_{int(SPEEDUP_TARGET)}x_faster_than_ddpm{T}": bool(speedup >= SPEEDUP_TARGET),
+            f"aias10_outside_denoiser_under_{int(OVERHEAD_TARGET * 100)}pct_of_denoiser":
+                bool(overhead is not None and overhead < OVERHEAD_TARGET),
+        },
+        "notes": [
+            f"speedup uses AIAS-10 timed on the DDPM batch size ({ddpm_images}); "
+            f"the batched figure uses AIAS-10 at batch {batch}; DDPM is timed once, the others best of {repeats} "
+            "(on a shared machine a burst of load inflates DDPM and so the speedup)",
+            "outside the denoiser = FARM + AIAS kernel / blending + background re-noising + windowing and "
+            "paste-back at full resolution; inside = model.predict_eps (CUDA-synchronised); farm_vs_denoiser "
+            "and rest_vs_denoiser split the overhead into FARM and everything else",
+            "images are " + ", ".join(Path(p).name for p in paths),
+        ],
+    }
+    atomic_write_json(out, report)
+    _plot(results, plot, f"{cfg.class_name}: {meta.get('window')} model at {meta['resolution']} px on "
+                          f"{report['device']}, images {h}x{w}")
+    print(json.dumps({"speedup_aias10_vs_ddpm": round(speedup, 1), "aias10_overhead_vs_denoiser":
+                      round(overhead, 3) if overhead is not None else None, **report["checks"]}))
+    print(f"benchmark: {out}  plot: {plot}")
+    return 0

@@ -1,0 +1,96 @@
+"""Synthesis: windowed FAST synthesis + paste-back, the `make synthesize` writer, and segmentation
+synthesizers (batched ``synth(normals, foreground, generator) -> (images, masks)``).
+
+``build_seg_synthesizer(name, cfg, datamodule)`` is the one entry point the segmentation stage uses:
+``fast`` (online FAST, pooled), ``fast_cached`` (pairs from `make synthesize`), and the baselines
+``draem``, ``cutpaste``, ``real_third``. Model code is imported lazily, only for the FAST synthesizers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fast_lightning.synthesis.baselines import (
+    SYNTHESIZERS,
+    CutPasteSynthesizer,
+    DraemSynthesizer,
+    RealThirdSynthesizer,
+    color_jitter,
+    procedural_texture,
+)
+from fast_lightning.synthesis.pipeline import (
+    AnomalySynthesizer,
+    CachedSegSynthesizer,
+    FastSegSynthesizer,
+    SynthesisError,
+    TypedMaskSampler,
+    build_mask_sampler,
+    check_checkpoint_compatible,
+    read_manifest,
+    resolve_diffusion_checkpoint,
+)
+
+SEG_SYNTHESIZERS = ("fast", "fast_cached", *SYNTHESIZERS)
+
+
+def resolve_cached_dir(cfg) -> Path:
+    """``segmentation.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
+    given = cfg.segmentation.get("fast_cached_dir")
+    folder = Path(str(given)) if given else Path(str(cfg.run_root)) / "synthetic" / str(cfg.class_name) / "latest"
+    real = Path(os.path.realpath(folder))
+    if not (real / "manifest.jsonl").is_file():
+        hint = (f"segmentation.fast_cached_dir={given} holds no manifest.jsonl" if given else
+                f"{folder} does not exist or holds no manifest.jsonl")
+        raise SynthesisError(f"synth=fast_cached needs pairs from `make synthesize CLASS={cfg.class_name}`: {hint}")
+    return real
+
+
+def build_seg_synthesizer(name: str, cfg, datamodule):
+    """The segmentation synthesizer ``name`` for ``cfg`` (masks at ``data.resolution``).
+
+    ``datamodule``: an AnomalyDataModule (its split gives the generator-train masks / real pairs).
+    """
+    datamodule.setup()
+    split = datamodule.split
+    size = int(cfg.data.resolution)
+    syn = cfg.synthesis
+    if name == "fast":
+        ckpt = resolve_diffusion_checkpoint(cfg)
+        return FastSegSynthesizer(ckpt, cfg, build_mask_sampler(cfg, split, size),
+                                  buffer_size=int(syn.seg_buffer_size), refresh=syn.seg_refresh,
+                                  type_names=list(split.types))
+    if name == "fast_cached":
+        return CachedSegSynthesizer(resolve_cached_dir(cfg), size, int(cfg.data.channels))
+    if name == "draem":
+        masks = (build_mask_sampler(cfg, split, size) if str(syn.draem_masks) == "configured"
+                 else build_mask_sampler(cfg, split, size, sources=["perlin"]))
+        return DraemSynthesizer(mask_sampler=masks, texture_source=str(syn.draem_texture))
+    if name == "cutpaste":
+        return CutPasteSynthesizer(variant=str(syn.cutpaste_variant))
+    if name == "real_third":
+        images, masks = datamodule.labelled_dataset("generator_train").stacked()
+        return RealThirdSynthesizer(images, masks)
+    raise SynthesisError(f"unknown segmentation.synth {name!r}; choose from {', '.join(SEG_SYNTHESIZERS)}")
+
+
+__all__ = [
+    "SYNTHESIZERS",
+    "SEG_SYNTHESIZERS",
+    "AnomalySynthesizer",
+    "CachedSegSynthesizer",
+    "CutPasteSynthesizer",
+    "DraemSynthesizer",
+    "FastSegSynthesizer",
+    "RealThirdSynthesizer",
+    "SynthesisError",
+    "TypedMaskSampler",
+    "build_mask_sampler",
+    "build_seg_synthesizer",
+    "check_checkpoint_compatible",
+    "color_jitter",
+    "procedural_texture",
+    "read_manifest",
+    "resolve_cached_dir",
+    "resolve_diffusion_checkpoint",
+]

@@ -1,0 +1,299 @@
+"""Synthesis: windowed synthesis + exact paste-back, mask sampler, segmentation synthesizers, the writer,
+and (slow) `synthesize` / `bench-sampling` end to end on a smoke-trained model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fast_lightning  # noqa: F401
+from fast_lightning.config import load_config
+from fast_lightning.data import make_split, read_class
+from fast_lightning.diffusion import build_fast_diffusion
+from fast_lightning.sampling import build_sampler
+from fast_lightning.synthesis import (
+    AnomalySynthesizer,
+    CachedSegSynthesizer,
+    FastSegSynthesizer,
+    SynthesisError,
+    TypedMaskSampler,
+    build_mask_sampler,
+    build_seg_synthesizer,
+)
+from fast_lightning.synthesis.writer import SynthesisWriter
+
+from tests.conftest import make_fake_mvtec
+
+ROOT = Path(__file__).resolve().parents[1]
+TYPES = ["crack", "dent"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(["profile=smoke"])
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    torch.manual_seed(0)
+    return build_fast_diffusion(cfg.diffusion, 3, len(TYPES), TYPES).eval()
+
+
+def make_synth(model, cfg, window: str, steps: int = 3) -> AnomalySynthesizer:
+    meta = {"window": window, "resolution": int(cfg.diffusion.resolution), "config": cfg, "type_names": TYPES}
+    return AnomalySynthesizer(model, build_sampler({"name": "aias", "steps": steps}), meta)
+
+
+def items():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 40, 56, generator=g), torch.rand(3, 70, 30, generator=g), torch.rand(3, 36, 36, generator=g)]
+    masks = [torch.zeros(1, *im.shape[-2:]) for im in images]
+    masks[0][:, 10:15, 20:31] = 1
+    masks[1][:, 50:52, 3:25] = 1  # thin
+    masks[2][:, 5:9, 5:9] = 1
+    masks[2][:, 25:30, 20:33] = 1  # two blobs
+    return images, masks
+
+
+def gens(indices):
+    return [torch.Generator().manual_seed(1000 + i) for i in indices]
+
+
+@pytest.mark.parametrize("window", ["crop", "full"])
+def test_paste_back_is_exact_outside_the_mask(model, cfg, window):
+    synth = make_synth(model, cfg, window)
+    images, masks = items()
+    out, out_masks = synth.synthesize(images, masks, [1, 2, 1], gens(range(3)))
+    for img, m, o, om in zip(images, masks, out, out_masks):
+        assert o.shape == img.shape and o.dtype == img.dtype
+        assert torch.equal(om, m)  # every mask fits its window here
+        outside = ~m.bool().expand_as(img)
+        assert torch.equal(o[outside], img[outside])
+        assert not torch.equal(o[~outside], img[~outside])
+        assert float(o.min()) >= 0 and float(o.max()) <= 1
+
+
+def test_thin_mask_survives_downscaling(model, cfg):
+    synth = make_synth(model, cfg, "full")  # 150x120 -> 32x32: a 1-px line must still be synthesized
+    img = torch.rand(3, 150, 120, generator=torch.Generator().manual_seed(1))
+    m = torch.zeros(1, 150, 120)
+    m[:, 75, 10:100] = 1
+    (o,), _ = synth.synthesize([img], [m], [2], gens([0]))
+    line = m.bool().expand_as(img)
+    assert (o[line] != img[line]).float().mean() > 0.5
+    assert torch.equal(o[~line], img[~line])
+
+
+def test_crop_window_is_centred_on_the_mask_and_clips_oversized_masks(model, cfg):
+    synth = make_synth(model, cfg, "crop")
+    m = torch.zeros(1, 40, 120)
+    m[:, 18:22, 5:115] = 1  # wider than the shorter side: cannot fit one square window
+    win = synth.window_for(m)
+    assert win.h == win.w == 40 and win.y == 0 and 40 <= win.x + 40 <= 120
+    img = torch.rand(3, 40, 120)
+    (o,), (om,) = synth.synthesize([img], [m], [1], gens([0]))
+    assert bool((om <= m).all()) and 0 < om.sum() < m.sum()
+    outside = ~om.bool().expand_as(img)
+    assert torch.equal(o[outside], img[outside])
+    small = torch.zeros(1, 400, 300)
+    small[:, 100:110, 200:205] = 1
+    w = synth.window_for(small)
+    assert w.h == round(300 * float(cfg.diffusion.crop.scale)) and w.y <= 100 and w.y + w.h >= 110
+
+
+@pytest.mark.parametrize("window", ["crop", "full"])
+def test_item_does_not_depend_on_batch(model, cfg, window):
+    synth = make_synth(model, cfg, window)
+    images, masks = items()
+    batched, _ = synth.synthesize(images, masks, [1, 2, 1], gens(range(3)))
+    for i in (2, 0):
+        (alone,), _ = synth.synthesize([images[i]], [masks[i]], [[1, 2, 1][i]], gens([i]))
+        assert torch.allclose(alone, batched[i], atol=1e-5)
+
+
+@pytest.mark.parametrize("window", ["crop", "full"])
+def test_synthesize_tensors_batched_path(model, cfg, window):
+    synth = make_synth(model, cfg, window)
+    normals = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    masks = torch.zeros(3, 1, 32, 32)
+    masks[:, :, 8:14, 10:20] = 1
+    out, om = synth.synthesize_tensors(normals, masks, torch.tensor([1, 2, 1]), gens(range(3)))
+    assert out.shape == normals.shape and om.shape == masks.shape
+    outside = ~om.bool().expand_as(normals)
+    assert torch.equal(out[outside], normals[outside])
+    assert not torch.equal(out[~outside], normals[~outside])
+
+
+@pytest.fixture(scope="module")
+def fake_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthdata")
+    make_fake_mvtec(root)
+    return root, make_split(read_class(root, "widget"))
+
+
+def test_build_mask_sampler_sources_types_and_errors(cfg, fake_split, tmp_path):
+    _, split = fake_split
+    ms = build_mask_sampler(cfg, split, 32, sources=["real"])
+    assert isinstance(ms, TypedMaskSampler)
+    fg = torch.zeros(1, 32, 32)
+    fg[:, 4:28, 4:28] = 1
+    for i in range(4):
+        m, tid, label = ms.sample_typed(32, torch.Generator().manual_seed(i), fg)
+        assert m.shape == (1, 32, 32) and m.sum() > 0 and bool((m <= fg).all())
+        assert tid in (1, 2) and label.startswith("real:") and split.types[tid - 1] in label
+    m, tid, label = build_mask_sampler(cfg, split, None, sources=["perlin"]).sample_typed((40, 56), torch.Generator().manual_seed(0))
+    assert m.shape == (1, 40, 56) and tid == 0 and label == "perlin"
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    from fast_lightning.data.io import save_image
+
+    blob = torch.zeros(1, 20, 20)
+    blob[:, 5:12, 6:10] = 1
+    save_image(blob, folder / "a.png")
+    fcfg = load_config(["profile=smoke", f"synthesis.masks.folder={folder}"])
+    m, tid, label = build_mask_sampler(fcfg, split, 32, sources=["folder"]).sample_typed(32, torch.Generator().manual_seed(0))
+    assert m.sum() > 0 and label.startswith("folder")
+    with pytest.raises(SynthesisError, match="synthesis.masks.folder"):
+        build_mask_sampler(cfg, split, 32, sources=["folder"])
+    with pytest.raises(SynthesisError, match="weights"):
+        build_mask_sampler(load_config(["profile=smoke", "synthesis.masks.weights=[1.0]"]), split, 32)
+    with pytest.raises(SynthesisError, match="unknown mask source"):
+        build_mask_sampler(cfg, split, 32, sources=["blobs"])
+
+
+@pytest.mark.parametrize("buffer_size,refresh", [(0, None), (8, 2)])
+def test_fast_seg_synthesizer_contract(model, cfg, fake_split, buffer_size, refresh):
+    _, split = fake_split
+    meta = {"window": "crop", "resolution": 32, "config": cfg, "type_names": TYPES}
+    syn = FastSegSynthesizer((model, meta), cfg, build_mask_sampler(cfg, split, 32), buffer_size=buffer_size,
+                             refresh=refresh, sampler=build_sampler({"name": "aias", "steps": 3}))
+    normals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    fg = torch.zeros(4, 1, 32, 32)
+    fg[:, :, 6:26, 4:28] = 1
+    for step in range(2):
+        images, masks = syn(normals, fg, torch.Generator().manual_seed(step))
+        assert images.shape == normals.shape and masks.shape == (4, 1, 32, 32)
+        assert bool((masks.flatten(1).sum(1) > 0).all()) and bool((masks <= fg).all())
+        if buffer_size == 0:  # pooled pairs may come from an earlier batch of normals (same here anyway)
+            outside = ~masks.bool().expand_as(normals)
+            assert torch.equal(images[outside], normals[outside])
+    if buffer_size:
+        assert syn._filled == 6  # 4 to fill the first batch, then `refresh` per call
+
+
+def test_writer_resume_bookkeeping_and_cached_synthesizer(tmp_path):
+    w = SynthesisWriter(tmp_path)
+    w.prepare()
+    img, m = torch.rand(3, 20, 24), torch.zeros(1, 20, 24)
+    m[:, 4:9, 5:12] = 1
+    for i, rank in ((2, 1), (0, 0), (1, 1)):
+        w.write_pair({"index": i, "source": "x.png"}, img, m, rank=rank)
+    (tmp_path / "images" / "000001.png").unlink()  # pair 1 lost its image: redo it
+    with open(w.rank_manifest(0), "a") as fh:
+        fh.write('{"index": 3, "ima')  # a line cut by a crash
+    assert sorted(w.completed()) == [0, 2]
+    rows = w.merge()
+    assert [r["index"] for r in rows] == [0, 2] and not list(tmp_path.glob("manifest.rank*"))
+    cached = CachedSegSynthesizer(tmp_path, resolution=16)
+    assert len(cached) == 2
+    normals = torch.zeros(5, 3, 16, 16)
+    images, masks = cached(normals, None, torch.Generator().manual_seed(0))
+    assert images.shape == (5, 3, 16, 16) and masks.shape == (5, 1, 16, 16) and bool((masks.flatten(1).sum(1) > 0).all())
+
+
+def test_build_seg_synthesizer_baselines_and_missing_checkpoint(fake_split, tmp_path):
+    from fast_lightning.data.datamodule import AnomalyDataModule
+    from fast_lightning.synthesis import CutPasteSynthesizer, DraemSynthesizer, RealThirdSynthesizer
+
+    root, _ = fake_split
+    cfg = load_config(["profile=smoke", "class_name=widget", f"data_root={root}", f"run_root={tmp_path}"])
+    dm = AnomalyDataModule(cfg)
+    assert isinstance(build_seg_synthesizer("draem", cfg, dm), DraemSynthesizer)
+    assert isinstance(build_seg_synthesizer("cutpaste", cfg, dm), CutPasteSynthesizer)
+    real = build_seg_synthesizer("real_third", cfg, dm)
+    assert isinstance(real, RealThirdSynthesizer) and len(real) == 2
+    with pytest.raises(SynthesisError, match="make train-diffusion CLASS=widget"):
+        build_seg_synthesizer("fast", cfg, dm)
+    with pytest.raises(SynthesisError, match="make synthesize"):
+        build_seg_synthesizer("fast_cached", cfg, dm)
+    with pytest.raises(SynthesisError, match="unknown segmentation.synth"):
+        build_seg_synthesizer("nope", cfg, dm)
+
+
+# ---- end to end (real commands) ------------------------------------------------------------------------
+
+def _run(*args, check=True):
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "fast_lightning", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_synthesize_and_bench_end_to_end(tmp_path, capsys):
+    from fast_lightning.cli import main
+    from fast_lightning.data.io import load_image, load_mask
+
+    data = tmp_path / "data"
+    make_fake_mvtec(data)
+    runs = tmp_path / "runs"
+    common = ["class_name=widget", f"data_root={data}", f"run_root={runs}", "profile=smoke",
+              "trainer.precision=32-true"]
+    _run("train-diffusion", *common, "diffusion.max_steps=2", "diffusion.sample_every=0",
+         "diffusion.num_log_samples=0")
+    ckpt = runs / "diffusion" / "widget" / "latest"
+    assert (ckpt / "checkpoints" / "last.ckpt").is_file()
+
+    # first run: 3 pairs, then "interrupted" and resumed to 6
+    _run("synthesize", *common, "synthesis.n=3", "synthesis.batch_size=2")
+    run_dir = (runs / "synthetic" / "widget" / "latest").resolve()
+    first = {i: (run_dir / "images" / f"{i:06d}.png").stat().st_mtime_ns for i in range(3)}
+    _run("synthesize", *common, "synthesis.n=6", "synthesis.batch_size=4", f"resume={run_dir}")
+    assert (runs / "synthetic" / "widget" / "latest").resolve() == run_dir
+    rows = [json.loads(x) for x in (run_dir / "manifest.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(6))
+    assert {i: (run_dir / "images" / f"{i:06d}.png").stat().st_mtime_ns for i in range(3)} == first
+    for key in ("image", "mask", "source", "mask_source", "type", "sampler", "steps", "variant", "seed"):
+        assert key in rows[0]
+    for r in rows:
+        syn = load_image(run_dir / r["image"])
+        mask = load_mask(run_dir / r["mask"])
+        src = load_image(r["source"])
+        assert syn.shape == src.shape == (3, 40, 48) and mask.sum() > 0
+        outside = ~mask.bool().expand_as(src)
+        assert torch.equal(syn[outside], src[outside])
+    for name in ("config.yaml", "split.json", "preview.png", "run.json"):
+        assert (run_dir / name).is_file()
+
+    # clear errors (in process: quicker)
+    def err(*args):
+        capsys.readouterr()
+        assert main(["synthesize", *common, *args]) == 2
+        return capsys.readouterr().err
+
+    assert "synthesis.n" in err("synthesis.n=0")
+    assert "STEPS=2" in err("sampling.steps=2")
+    make_fake_mvtec(data, class_name="gadget", seed=1)
+    msg = err("class_name=gadget", f"synthesis.ckpt={ckpt}")
+    assert "'widget'" in msg and "'gadget'" in msg
+    assert "channels" in err("data.channels=1")
+
+    out = tmp_path / "bench.json"
+    assert main(["bench-sampling", *common, f"out={out}", "batch=2", "ddpm_images=1", "repeats=1"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["samplers"]) >= {"aias-10-exact", "aias-10-paper", "aias-50-exact", "ddim-10", "ddim-50",
+                                       "ddpm-1000"}
+    for entry in report["samplers"].values():
+        for key in ("nfe", "seconds_per_image", "images_per_second", "outside_denoiser_share", "overhead_vs_denoiser"):
+            assert key in entry
+    assert report["samplers"]["ddpm-1000"]["nfe"] == 1000 and report["samplers"]["aias-10-exact"]["nfe"] == 10
+    assert "speedup_aias10_vs_ddpm1000" in report and len(report["checks"]) == 2
+    assert out.with_suffix(".png").is_file()
