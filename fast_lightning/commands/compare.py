@@ -1,0 +1,139 @@
+"""`make compare CLASS=<c> [SYNTHS=fast,draem,cutpaste,real_third] [SEEDS=3]`: one segmenter per synthesizer
+and seed under identical settings -> reports/<CLASS>/comparison.{md,csv,png} + a sample sheet.
+
+Runs are named by a hash of their settings, so re-running reuses finished runs (``redo=true`` recomputes).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from fast_lightning.cli import UserError
+from fast_lightning.commands import train_diffusion, train_seg
+from fast_lightning.commands.common import config_from_args, pop_options, reuse_or_run, settings_hash
+from fast_lightning.evaluation.reports import (
+    REPORT_METRICS,
+    aggregate,
+    bar_plot,
+    markdown_table,
+    read_metrics,
+    sample_sheet,
+    text_table,
+    write_csv,
+)
+from fast_lightning.runs import atomic_write_text
+
+DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third"
+
+
+def parse_synths(text: str) -> list[str]:
+    from fast_lightning.synthesis import SEG_SYNTHESIZERS
+
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    bad = [s for s in names if s not in SEG_SYNTHESIZERS]
+    if not names or bad:
+        raise UserError(f"SYNTHS={text!r}: unknown {bad or 'empty list'}; choose from {', '.join(SEG_SYNTHESIZERS)}")
+    return names
+
+
+def ensure_diffusion(cfg, rest: list[str], redo: bool) -> Path:
+    """The class's diffusion checkpoint (synthesis.ckpt or runs/diffusion/<c>/latest); trained when missing."""
+    from fast_lightning.synthesis import SynthesisError, resolve_diffusion_checkpoint
+
+    try:
+        return resolve_diffusion_checkpoint(cfg)
+    except SynthesisError:
+        if cfg.synthesis.ckpt:
+            raise
+    run_id = f"auto-{settings_hash(rest)}"
+    run_dir = Path(cfg.run_root) / "diffusion" / str(cfg.class_name) / run_id
+    print(f"no diffusion checkpoint for {cfg.class_name}: training one first ({cfg.profile} profile)")
+    reuse_or_run("train-diffusion", run_dir, "metrics.json", train_diffusion.main, rest + [f"run_id={run_id}"], redo)
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def synthesizer_rows(cfg, synths: list[str], n: int = 6) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Real generator-train defects vs each synthesizer's output on the same normal images."""
+    from fast_lightning.data.datamodule import AnomalyDataModule
+    from fast_lightning.synthesis import build_seg_synthesizer
+
+    dm = AnomalyDataModule(cfg, stage="segmentation")
+    dm.setup()
+    real_imgs, real_masks = dm.labelled_dataset("generator_train").stacked()
+    rows = [("real (gen. third)", real_imgs[:n], real_masks[:n])]
+    ds = dm.normal_dataset()
+    items = [ds.load(i % len(ds.normals)) for i in range(n)]
+    normals = torch.stack([x[0] for x in items])
+    fg = torch.stack([x[1] for x in items])
+    for name in synths:
+        synth = build_seg_synthesizer(name, cfg, dm)
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        with torch.no_grad():
+            imgs, masks = synth(normals, fg, g)
+        rows.append((name, imgs.float(), masks.float()))
+    return rows
+
+
+def run_study(cfg, rest: list[str], synths: list[str], seeds: int, redo: bool, tag: str) -> list[dict]:
+    if "fast" in synths:
+        ckpt = ensure_diffusion(cfg, rest, redo)
+        rest = rest + [f"synthesis.ckpt={ckpt}"]
+    key = settings_hash(rest)
+    rows = []
+    for synth in synths:
+        for seed in range(seeds):
+            run_id = f"{tag}-{key}-{synth}-s{seed}"
+            run_dir = Path(cfg.run_root) / "seg" / str(cfg.class_name) / run_id
+            args = rest + [f"segmentation.synth={synth}", f"seed={seed}", f"run_id={run_id}"]
+            reuse_or_run(f"train-seg synth={synth} seed={seed}", run_dir, "metrics.json", train_seg.main, args, redo)
+            m = read_metrics(run_dir)
+            rows.append({"synth": synth, "seed": seed, "test": m["test"], "run_dir": str(run_dir), "metrics": m})
+    return rows
+
+
+def main(args: list[str]) -> int:
+    opts, rest = pop_options(args, {"synths": DEFAULT_SYNTHS, "seeds": 3, "redo": "false", "out": ""})
+    cfg = config_from_args(rest)
+    synths = parse_synths(opts["synths"])
+    seeds = int(opts["seeds"])
+    if seeds < 1:
+        raise UserError(f"SEEDS must be >= 1, got {seeds}")
+    redo = str(opts["redo"]).lower() == "true"
+    start = time.time()
+    rows = run_study(cfg, rest, synths, seeds, redo, tag="compare")
+    agg = aggregate(rows, "synth")
+    out = Path(opts["out"] or Path("reports") / str(cfg.class_name))
+    out.mkdir(parents=True, exist_ok=True)
+    first = rows[0]["metrics"]
+    counts = first.get("counts", {})
+    title = (f"{cfg.class_name}: segmenter {first['arch']}/{first['encoder']} trained on each synthesizer, "
+             f"tested on real defects ({seeds} seed{'s' if seeds > 1 else ''})")
+    write_csv(agg, "synthesizer", out / "comparison.csv")
+    bar_plot(agg, out / "comparison.png", title)
+    sheet = sample_sheet(synthesizer_rows(cfg, synths), out / "samples.png")
+    md = [
+        f"# {title}", "",
+        f"- data: `{cfg.data_root}/{cfg.class_name}`, profile `{cfg.profile}`, {cfg.data.resolution} px, "
+        f"{cfg.segmentation.max_steps} steps per run, synthetic share {cfg.segmentation.synth_ratio} of each batch",
+        f"- evaluated on: {first.get('evaluated_on')}: {counts.get('test_images')} test images "
+        f"({counts.get('test_defect_images')} with defects); threshold for IoU/Acc chosen on "
+        f"{counts.get('val_images')} separate validation images",
+        "- cells: mean ± sample std over seeds; best per column in bold; `real_third` trains on the generator "
+        "third's REAL labels (an upper-bound reference, not a synthesizer)", "",
+        markdown_table(agg, "synthesizer"), "",
+        f"![metrics]({(out / 'comparison.png').name})  ", f"![samples]({Path(sheet).name})", "",
+        "Metric definitions: docs/METRICS.md. Runs:", "",
+        *[f"- {r['synth']} seed {r['seed']}: `{r['run_dir']}`" for r in rows],
+    ]
+    atomic_write_text(out / "comparison.md", "\n".join(md) + "\n")
+    print()
+    print(title)
+    print(text_table(agg, "synthesizer"))
+    print(f"\nreport: {out / 'comparison.md'} (+ .csv, .png, samples.png) in {time.time() - start:.0f} s")
+    return 0
+
+
+__all__ = ["main", "run_study", "synthesizer_rows", "REPORT_METRICS"]

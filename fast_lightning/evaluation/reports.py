@@ -1,0 +1,167 @@
+"""Comparison tables (mean and spread over seeds), bar plots and sample sheets for reports/.
+
+Everything is written atomically; numbers come from the runs' metrics.json files (real-test split).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fast_lightning.runs import atomic_write_bytes, atomic_write_text
+
+REPORT_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "iou", "acc", "image_auroc")
+METRIC_LABELS = {
+    "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "best F1", "iou": "IoU@val-thr",
+    "miou": "mIoU (anomaly)", "acc": "Acc (anomaly)", "image_auroc": "image AUROC",
+}
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+    return mean, std, len(vals)
+
+
+def aggregate(rows: list[dict], group_key: str, metrics: Sequence[str] = REPORT_METRICS) -> dict[str, dict]:
+    """rows: {group_key: name, 'test': {metric: value}} -> name -> metric -> (mean, std, n)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(row[group_key]), []).append(row)
+    return {name: {m: _mean_std([(r.get("test") or {}).get(m) for r in rs]) for m in metrics}
+            for name, rs in groups.items()}
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
+def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:
+    header = f"| {first_col} | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |"
+    sep = "|---|" + "---|" * len(metrics)
+    best = {m: max((v[m][0] for v in agg.values() if v[m][2]), default=None) for m in metrics}
+    lines = [header, sep]
+    for name, vals in agg.items():
+        cells = []
+        for m in metrics:
+            cell = _fmt(*vals[m])
+            if vals[m][2] and best[m] is not None and vals[m][0] == best[m] and len(agg) > 1:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def text_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:
+    width = max(len(first_col), *(len(k) for k in agg)) if agg else len(first_col)
+    cols = [METRIC_LABELS.get(m, m) for m in metrics]
+    head = f"{first_col:<{width}}  " + "  ".join(f"{c:>15}" for c in cols)
+    rows = [head, "-" * len(head)]
+    for name, vals in agg.items():
+        rows.append(f"{name:<{width}}  " + "  ".join(f"{_fmt(*vals[m]):>15}" for m in metrics))
+    return "\n".join(rows)
+
+
+def write_csv(agg: dict[str, dict], first_col: str, path: Path, metrics: Sequence[str] = REPORT_METRICS) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([first_col] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n_runs"])
+    for name, vals in agg.items():
+        n = max(v[2] for v in vals.values())
+        writer.writerow([name] + [f"{vals[m][i]:.6f}" for m in metrics for i in (0, 1)] + [n])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def bar_plot(agg: dict[str, dict], path: Path, title: str, metrics: Sequence[str] = REPORT_METRICS) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(agg)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.2))
+    for i, name in enumerate(names):
+        means = [agg[name][m][0] for m in metrics]
+        stds = [agg[name][m][1] if agg[name][m][2] > 1 else 0.0 for m in metrics]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, [0 if math.isnan(v) else v for v in means], width, yerr=stds, capsize=3, label=name)
+    ax.set_xticks(range(len(metrics)), [METRIC_LABELS.get(m, m) for m in metrics], rotation=15)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test metric (real defects)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def line_plot(xs: Sequence, series: dict[str, Sequence[float]], path: Path, title: str, xlabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labels = [str(x) for x in xs]
+    for name, ys in series.items():
+        ax.plot(labels, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test metric (real defects)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def outline(images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1)) -> torch.Tensor:
+    """Draw each mask's boundary on its image (so a sheet shows where the defect is without hiding it)."""
+    import torch.nn.functional as F
+
+    img = images.detach().float().cpu().clone()
+    if img.shape[1] == 1:
+        img = img.expand(-1, 3, -1, -1).clone()
+    m = (masks.detach().float().cpu() > 0.5).float()
+    dil = F.max_pool2d(m, 3, 1, 1)
+    ero = -F.max_pool2d(-m, 3, 1, 1)
+    edge = (dil - ero).clamp(0, 1)
+    col = torch.tensor(color).view(1, 3, 1, 1)
+    return img * (1 - edge) + col * edge
+
+
+def sample_sheet(rows: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, ncols: int = 6) -> Path:
+    """One row per source: (title, images (N,C,H,W) [0,1], masks (N,1,H,W)); masks outlined in red."""
+    from fast_lightning.evaluation.plots import save_grid
+
+    tiles, titles = [], []
+    for title, images, masks in rows:
+        n = min(ncols, images.shape[0])
+        shown = outline(images[:n], masks[:n])
+        if n < ncols:
+            shown = torch.cat([shown, torch.ones(ncols - n, 3, *shown.shape[-2:])])
+        tiles.append(shown)
+        titles.append(title)
+    return save_grid(torch.cat(tiles), ncols, path, row_titles=titles)
