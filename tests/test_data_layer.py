@@ -165,8 +165,12 @@ def test_generator_train_items(fake_mvtec, window):
 
 
 def test_step_sampler_resumes_the_same_stream():
-    full = list(StepSampler(0, 40))
-    assert list(StepSampler(24, 40)) == full[24:]
+    full = list(StepSampler(0, batch_size=4, max_steps=10))
+    assert full == list(range(40))
+    assert list(StepSampler(6, batch_size=4, max_steps=10)) == full[24:]
+    # two ranks split each global step's block of B*W indices; together they cover it exactly
+    r0, r1 = (list(StepSampler(1, 4, 3, num_replicas=2, rank=r)) for r in (0, 1))
+    assert r0 == [8, 9, 10, 11, 16, 17, 18, 19] and r1 == [12, 13, 14, 15, 20, 21, 22, 23]
 
 
 def test_datamodule_diffusion_and_segmentation(fake_mvtec, tmp_path):

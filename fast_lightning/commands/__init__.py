@@ -16,4 +16,5 @@ COMMANDS = {
     "ablate": ("fast_lightning.commands.ablate", "AIAS steps and FARM on/off against downstream metrics"),
     "sweep": ("fast_lightning.commands.sweep", "register a W&B sweep and start an agent (needs W&B login)"),
     "sweep-local": ("fast_lightning.commands.sweep_local", "run a W&B sweep YAML locally without a server"),
+    "sweep-trial": ("fast_lightning.commands.sweep_trial", "one synthesis-sweep trial: cached train-diffusion + train-seg on synth=fast"),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from fast_lightning.training import (
 )
 
 log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "FAST_LIGHTNING_DIFFUSION_RUN_DIR"  # DDP children started by Lightning reuse rank 0's run dir
 
 
 def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,8 +57,12 @@ def main(args: list[str]) -> int:
         ckpt_path = resolve_checkpoint(cfg.resume)
         run_dir = run_dir_of_checkpoint(ckpt_path)
         save_config(cfg, run_dir)
+    elif (os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0"
+          and "TORCHELASTIC_RUN_ID" not in os.environ):  # torchrun ranks share a dir only through run_id
+        run_dir = Path(os.environ[RUN_DIR_ENV])  # DDP child re-launched by Lightning: rank 0's run dir
     else:
         run_dir = create_run_dir(cfg, "diffusion")
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     seed_everything(int(cfg.seed))
     dm = AnomalyDataModule(cfg, stage="diffusion", run_dir=run_dir)
     dm.setup()
@@ -83,8 +90,9 @@ def main(args: list[str]) -> int:
         raise UserError(f"{exc}; {kept}") from exc
     finally:
         finish_logger(trainer)
+    # collective (barrier inside) under DDP: every rank calls it, only rank 0 writes
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if trainer.is_global_zero:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         elapsed = time.time() - start
         steps = int(trainer.global_step) - start_step
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}

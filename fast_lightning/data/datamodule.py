@@ -55,7 +55,11 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def _is_rank_zero(self) -> bool:
         trainer = getattr(self, "trainer", None)
-        return trainer is None or trainer.is_global_zero
+        if trainer is None:  # before fit: a DDP child knows its rank from the launcher's environment
+            from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+            return getattr(rank_zero_only, "rank", 0) == 0
+        return trainer.is_global_zero
 
     @property
     def type_names(self) -> list[str]:
@@ -105,13 +109,15 @@ class AnomalyDataModule(L.LightningDataModule):
 
     # ---- loaders -----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        world, _ = self._world_and_step()
+        trainer = getattr(self, "trainer", None)
+        world = max(1, trainer.world_size) if trainer is not None else 1
+        rank = int(trainer.global_rank) if trainer is not None else 0
         if self.stage == "diffusion":
             batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset()
         else:
             batch, max_steps, dataset = int(self.cfg.segmentation.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
         # one global stream of sample indices; a resumed run starts where the interrupted one stopped
-        sampler = StepSampler(lambda: self._world_and_step()[1] * batch * world, (max_steps + 1) * batch * world)
+        sampler = StepSampler(lambda: self._world_and_step()[1], batch, max_steps + 1, num_replicas=world, rank=rank)
         return self._loader(dataset, batch, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

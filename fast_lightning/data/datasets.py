@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from fast_lightning.data.foreground import estimate_foreground
 from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor
@@ -63,26 +63,32 @@ def augment_pair(image, mask, generator, hflip=True, vflip=True, rot90=True):
     return image.contiguous(), mask.contiguous()
 
 
-class StepSampler(Sampler[int]):
-    """Global sample indices from ``start()`` to ``total``: the stream depends only on the training step.
-
-    ``start`` is read at every ``__iter__``, so a resumed run (or an epoch Lightning restarts after a
-    mid-epoch resume) continues at the current step instead of replaying or skipping samples.
+class StepSampler(DistributedSampler):
+    """Step-indexed sample stream: at training step s, rank r of W trains on global indices
+    ``s*B*W + r*B ... s*B*W + (r+1)*B - 1``. The stream depends only on the step, so a resumed run (even
+    under DDP, or an epoch Lightning restarts after a mid-epoch resume) continues exactly where the
+    interrupted one stopped. ``step`` is read at every ``__iter__``. Being a DistributedSampler, Lightning
+    uses it as is instead of wrapping it in a shuffling DistributedSamplerWrapper.
     """
 
-    def __init__(self, start, total: int):
-        self._start = start if callable(start) else (lambda: int(start))
-        self.total = int(total)
-
-    @property
-    def start(self) -> int:
-        return int(self._start())
+    def __init__(self, step, batch_size: int, max_steps: int, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ needs a dataset and an initialised process group; we need neither
+        self._step = step if callable(step) else (lambda: int(step))
+        self.batch_size, self.max_steps = int(batch_size), int(max_steps)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.epoch, self.shuffle, self.drop_last, self.seed = 0, False, False, 0
 
     def __iter__(self):
-        return iter(range(self.start, self.total))
+        b, w = self.batch_size, self.num_replicas
+        for s in range(int(self._step()), self.max_steps):
+            base = s * b * w + self.rank * b
+            yield from range(base, base + b)
 
     def __len__(self) -> int:
-        return max(0, self.total - self.start)
+        return max(0, self.max_steps - int(self._step())) * self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # the stream is step-indexed: epochs change nothing
 
 
 class GeneratorTrainDataset(Dataset):
