@@ -51,13 +51,13 @@ demo: $(STAMP) ## THE main job: demo data -> diffusion -> AIAS-10 synthesis -> s
 train-diffusion: $(STAMP) ## train FAST diffusion (FARM) for CLASS [DATA PROFILE RESUME] -> runs/diffusion/CLASS/
 	$(RUN) train-diffusion $(COMMON) $(ARGS)
 
-synthesize: $(STAMP) ## synthesize N pairs for CLASS [N STEPS SAMPLER VARIANT CKPT] -> runs/synthetic/CLASS/
+synthesize: $(STAMP) ## synthesize N pairs for CLASS [N STEPS SAMPLER VARIANT CKPT RESUME] -> runs/synthetic/CLASS/
 	$(RUN) synthesize $(COMMON) $(SAMPLING) $(call opt,$(N),synthesis.n) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
 
 bench-sampling: $(STAMP) ## AIAS vs DDIM vs DDPM speed on one model [CKPT] -> reports/bench_sampling.json + .png
 	$(RUN) bench-sampling $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
 
-train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third) [ARCH ENCODER] -> runs/seg/CLASS/
+train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third) [ARCH ENCODER RESUME] -> runs/seg/CLASS/
 	$(RUN) train-seg $(COMMON) $(call opt,$(SYNTH),segmentation.synth) $(call opt,$(ARCH),segmentation.arch) $(call opt,$(ENCODER),segmentation.encoder) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
 
 eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test split
