@@ -38,10 +38,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj):
+def json_default(obj):
+    """numpy/torch scalars and paths in JSON files."""
     if hasattr(obj, "item"):
         return obj.item()
     if isinstance(obj, Path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fast_lightning.data.io import save_image
-from fast_lightning.runs import atomic_write_text
+from fast_lightning.runs import atomic_write_text, json_default
 
 MANIFEST = "manifest.jsonl"
 
@@ -57,7 +57,7 @@ class SynthesisWriter:
         save_image(mask, self.masks_dir / name)
         row = {"index": index, "image": f"images/{name}", "mask": f"masks/{name}", **{k: v for k, v in row.items()
                                                                                     if k != "index"}}
-        line = json.dumps(row, default=_json_default) + "\n"
+        line = json.dumps(row, default=json_default) + "\n"
         path = self.rank_manifest(rank)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -89,15 +89,8 @@ class SynthesisWriter:
         """Rank parts + the old manifest -> manifest.jsonl (sorted, deduplicated); parts removed after."""
         rows = self.completed()
         ordered = [rows[k] for k in sorted(rows)]
-        atomic_write_text(self.manifest_path, "".join(json.dumps(r, default=_json_default) + "\n" for r in ordered))
+        atomic_write_text(self.manifest_path, "".join(json.dumps(r, default=json_default) + "\n" for r in ordered))
         for part in self.run_dir.glob("manifest.rank*.jsonl"):
             part.unlink(missing_ok=True)
         return ordered
 
-
-def _json_default(obj):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
