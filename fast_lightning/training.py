@@ -7,6 +7,7 @@ One place decides how runs are logged (W&B offline by default), how checkpoints 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from fast_lightning.runs import atomic_write_bytes
+
+
+# Lightning notices that are expected here and only bury the useful output: the EMA copy is in eval mode on
+# purpose, the diffusion module has no validation loop, and the sample stream is step-indexed (resumable).
+for _pattern in (r".*module\(s\) in eval mode.*", r".*isinstance\(treespec, LeafSpec\).*",
+                 r".*have no `validation_step`.*", r".*dataloader is not resumable.*",
+                 r".*does not have many workers.*", r".*exists and is not empty.*"):
+    warnings.filterwarnings("ignore", message=_pattern)
+os.environ.setdefault("LITLOGGER_DISABLE_TIP", "1")
 
 
 class CheckpointError(ValueError):
