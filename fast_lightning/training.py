@@ -26,7 +26,6 @@ for _pattern in (r".*module\(s\) in eval mode.*", r".*isinstance\(treespec, Leaf
                  r".*have no `validation_step`.*", r".*dataloader is not resumable.*",
                  r".*does not have many workers.*", r".*exists and is not empty.*"):
     warnings.filterwarnings("ignore", message=_pattern)
-os.environ.setdefault("LITLOGGER_DISABLE_TIP", "1")
 
 
 class CheckpointError(ValueError):
