@@ -58,3 +58,32 @@ def test_ablate_smoke(fake_mvtec, tmp_path, monkeypatch):
     text = (out / "ablation.md").read_text()
     assert "AIAS-2" in text and "AIAS-5" in text and "FARM off" in text
     assert (out / "ablation.png").is_file()
+
+
+def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvtec, tmp_path, monkeypatch):
+    """`latest` from another profile (64 px) must not be used by a smoke (32 px) study: train one instead."""
+    import os
+
+    import torch
+
+    from fast_lightning.commands.common import config_from_args
+
+    old = tmp_path / "runs" / "diffusion" / "widget" / "cpu-run" / "checkpoints"
+    old.mkdir(parents=True)
+    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion", "class_name": "widget",
+                                                     "resolution": 64, "channels": 3}}, old / "last.ckpt")
+    os.symlink("cpu-run", tmp_path / "runs" / "diffusion" / "widget" / "latest")
+    calls = []
+
+    def fake_train(args):
+        run_id = next(a.split("=", 1)[1] for a in args if a.startswith("run_id="))
+        run_dir = tmp_path / "runs" / "diffusion" / "widget" / run_id
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text("{}")
+        calls.append(args)
+        return 0
+
+    monkeypatch.setattr(compare.train_diffusion, "main", fake_train)
+    rest = _common(tmp_path, fake_mvtec)
+    ckpt = compare.ensure_diffusion(config_from_args(rest), rest, redo=False)
+    assert len(calls) == 1 and ckpt.parent.parent.name.startswith("auto-")

@@ -40,17 +40,23 @@ def parse_synths(text: str) -> list[str]:
 
 
 def ensure_diffusion(cfg, rest: list[str], redo: bool) -> Path:
-    """The class's diffusion checkpoint (synthesis.ckpt or runs/diffusion/<c>/latest); trained when missing."""
-    from fast_lightning.synthesis import SynthesisError, resolve_diffusion_checkpoint
+    """A diffusion checkpoint matching these settings: synthesis.ckpt, else runs/diffusion/<c>/latest when it
+    is compatible (class, resolution, channels), else one trained now with the same profile and data."""
+    from fast_lightning.synthesis import SynthesisError, check_checkpoint_compatible, resolve_diffusion_checkpoint
+    from fast_lightning.training import read_checkpoint
 
     try:
-        return resolve_diffusion_checkpoint(cfg)
-    except SynthesisError:
+        ckpt = resolve_diffusion_checkpoint(cfg)
+        meta = dict(read_checkpoint(ckpt).get("fast_lightning", {}), path=str(ckpt))
+        check_checkpoint_compatible(meta, cfg)
+        return ckpt
+    except SynthesisError as exc:
         if cfg.synthesis.ckpt:
             raise
+        reason = str(exc)
     run_id = f"auto-{settings_hash(rest)}"
     run_dir = Path(cfg.run_root) / "diffusion" / str(cfg.class_name) / run_id
-    print(f"no diffusion checkpoint for {cfg.class_name}: training one first ({cfg.profile} profile)")
+    print(f"no usable diffusion checkpoint ({reason}): training one for these settings ({cfg.profile} profile)")
     reuse_or_run("train-diffusion", run_dir, "metrics.json", train_diffusion.main, rest + [f"run_id={run_id}"], redo)
     return run_dir / "checkpoints" / "last.ckpt"
 
