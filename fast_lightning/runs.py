@@ -66,6 +66,22 @@ def create_run_dir(cfg: DictConfig, kind: str, run_id: str | None = None) -> Pat
     return run_dir
 
 
+def training_run_dir(cfg: DictConfig, kind: str) -> Path:
+    """A new run directory, except in a DDP child that Lightning re-launched (LOCAL_RANK > 0): it reuses rank 0's,
+    passed through the environment, since its own random run id would differ. torchrun/SLURM ranks start
+    independently and share a directory only through an explicit ``run_id``."""
+    env = f"FAST_LIGHTNING_{kind.upper()}_RUN_DIR"
+    inherited = os.environ.get(env)
+    if (inherited and not cfg.get("run_id") and os.environ.get("LOCAL_RANK", "0") != "0"
+            and "TORCHELASTIC_RUN_ID" not in os.environ
+            and Path(inherited).parent == run_dir_for(cfg, kind, "x").parent):
+        run_dir = Path(inherited)
+    else:
+        run_dir = create_run_dir(cfg, kind)
+    os.environ[env] = str(run_dir)
+    return run_dir
+
+
 def save_config(cfg: DictConfig, run_dir: Path) -> Path:
     return atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 

@@ -131,7 +131,3 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def run_dir_of_checkpoint(path: Path) -> Path:
     path = Path(path)
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-def precision_for(cfg: DictConfig) -> str:
-    return str(cfg.trainer.precision)

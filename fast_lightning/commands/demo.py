@@ -87,7 +87,7 @@ def main(args: list[str]) -> int:
 
     cfg_sheet = config_from_args(base + [f"segmentation.fast_cached_dir={syn_dir}"])
     sample_sheet(synthesizer_rows(cfg_sheet, list(DEMO_SYNTHS)), out / "demo_samples.png")
-    title = f"demo_part (SYNTHETIC demo data): segmenter trained per synthesizer, tested on held-out demo defects"
+    title = "demo_part (SYNTHETIC demo data): segmenter trained per synthesizer, tested on held-out demo defects"
     bar_plot(agg, out / "demo_results.png", title)
     counts = rows[0]["metrics"].get("counts", {})
     md = [f"# {title}", "",
@@ -104,6 +104,6 @@ def main(args: list[str]) -> int:
     print(text_table(agg, "synthesizer", ("pixel_auroc", "pixel_ap", "iou", "image_auroc")))
     print(f"\nreport: {out / 'demo.md'}  plots: {out / 'demo_results.png'}, {out / 'demo_samples.png'}")
     print(f"synthetic pairs: {syn_dir}/images  sample grids: {diff_dir}/samples")
-    print(f"W&B offline runs: ./wandb/offline-run-*  (upload with `wandb sync wandb/offline-run-*`)")
+    print("W&B offline runs: ./wandb/offline-run-*  (upload with `wandb sync wandb/offline-run-*`)")
     print(f"done in {(time.time() - start) / 60:.1f} min")
     return 0

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -17,7 +15,7 @@ from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.diffusion.denoiser import parameter_count
 from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError, check_resume_compatible
-from fast_lightning.runs import atomic_write_json, create_run_dir, save_config, seed_everything, update_latest
+from fast_lightning.runs import atomic_write_json, save_config, seed_everything, training_run_dir, update_latest
 from fast_lightning.training import (
     build_trainer,
     finish_logger,
@@ -27,8 +25,6 @@ from fast_lightning.training import (
 )
 
 log = logging.getLogger(__name__)
-
-RUN_DIR_ENV = "FAST_LIGHTNING_DIFFUSION_RUN_DIR"  # DDP children started by Lightning reuse rank 0's run dir
 
 
 def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,12 +53,8 @@ def main(args: list[str]) -> int:
         ckpt_path = resolve_checkpoint(cfg.resume)
         run_dir = run_dir_of_checkpoint(ckpt_path)
         save_config(cfg, run_dir)
-    elif (os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0"
-          and "TORCHELASTIC_RUN_ID" not in os.environ):  # torchrun ranks share a dir only through run_id
-        run_dir = Path(os.environ[RUN_DIR_ENV])  # DDP child re-launched by Lightning: rank 0's run dir
     else:
-        run_dir = create_run_dir(cfg, "diffusion")
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+        run_dir = training_run_dir(cfg, "diffusion")
     seed_everything(int(cfg.seed))
     dm = AnomalyDataModule(cfg, stage="diffusion", run_dir=run_dir)
     dm.setup()

@@ -23,10 +23,9 @@ from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.runs import (
     atomic_write_json,
-    create_run_dir,
-    run_dir_for,
     save_config,
     seed_everything,
+    training_run_dir,
     update_latest,
 )
 from fast_lightning.training import (
@@ -40,7 +39,6 @@ from fast_lightning.training import (
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_ENV = "FAST_LIGHTNING_SEG_RUN_DIR"  # lets DDP child processes (re-launched scripts) share rank 0's run dir
 EVALUATED_ON = "real-test split (never seen by any generator)"
 MONITOR = "val/pixel_ap"
 
@@ -213,13 +211,8 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
             raise UserError(f"RESUME={cfg.resume} is not a segmentation checkpoint (kind={meta.get('kind')!r})")
         run_dir = run_dir_of_checkpoint(ckpt_path)
         save_config(cfg, run_dir)
-    elif (not cfg.get("run_id") and os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0"
-          and Path(os.environ[RUN_DIR_ENV]).parent == run_dir_for(cfg, "seg", "x").parent):
-        # a DDP child re-running this script: the launcher (rank 0) created the run dir with a random id
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-    else:  # an explicit run_id is the same on every rank
-        run_dir = create_run_dir(cfg, "seg")
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+    else:
+        run_dir = training_run_dir(cfg, "seg")
     return run_dir, ckpt_path
 
 

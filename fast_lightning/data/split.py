@@ -8,7 +8,6 @@ on images that neither the generator nor threshold selection touched.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -96,7 +95,3 @@ def make_split(index: ClassIndex, generator_fraction: float = 1 / 3, val_fractio
         split.val.extend(r for i, r in enumerate(rest) if i in val_idx)
         split.test.extend(r for i, r in enumerate(rest) if i not in val_idx)
     return split
-
-
-def load_split_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -7,7 +7,6 @@ DataModule's step-indexed sample stream, a resumed run continues exactly like an
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
