@@ -24,7 +24,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling \
+.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train \
         train-seg eval-seg compare ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
@@ -34,10 +34,10 @@ help: ## list the targets and their variables
 venv: $(STAMP) ## create/refresh .venv (idempotent; other targets call it)
 
 test: $(STAMP) ## run the whole test suite (CPU, tiny configs, W&B disabled; slow tests included)
-	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-fast: $(STAMP) ## the test suite without tests marked slow
-	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" --durations=15 $(ARGS)
 
 check-data: $(STAMP) ## validate DATA/CLASS: counts per split and type, exit 1 naming any broken file
 	$(RUN) check-data $(COMMON) $(ARGS)
@@ -56,6 +56,9 @@ synthesize: $(STAMP) ## synthesize N pairs for CLASS [N STEPS SAMPLER VARIANT CK
 
 bench-sampling: $(STAMP) ## AIAS vs DDIM vs DDPM speed on one model [CKPT] -> reports/bench_sampling.json + .png
 	$(RUN) bench-sampling $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
+
+bench-train: $(STAMP) ## training steps/s fp32 vs bf16 on this machine (and what precision=auto picks) -> reports/bench_train.{json,png}
+	$(RUN) bench-train $(call opt,$(filter-out auto,$(PROFILE)),profile) $(ARGS)
 
 train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third) [ARCH ENCODER RESUME] -> runs/seg/CLASS/
 	$(RUN) train-seg $(COMMON) $(call opt,$(SYNTH),segmentation.synth) $(call opt,$(ARCH),segmentation.arch) $(call opt,$(ENCODER),segmentation.encoder) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)

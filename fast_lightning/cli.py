@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(message)s")
+    from fast_lightning.hardware import configure_threads
+
+    configure_threads()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(args) or 0)

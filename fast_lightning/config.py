@@ -6,6 +6,7 @@ otherwise accept ``lr=abc`` or create ``--lr`` silently (see engineering notes o
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -121,7 +122,29 @@ def load_config(
     _check_types(cfg, prof, prefix="")
     cfg = OmegaConf.merge(cfg, prof, patch)
     cfg.profile = resolved
+    resolve_hardware(cfg)
     OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+_announced: set[str] = set()
+
+
+def resolve_hardware(cfg: DictConfig) -> DictConfig:
+    """Replace ``trainer.precision: auto`` by what this machine runs fastest; say so once per process.
+
+    The resolved value is what the run's config.yaml records, so every reader (Trainer, synthesis, benches)
+    sees the same precision.
+    """
+    from fast_lightning.hardware import resolve_precision
+
+    requested = str(cfg.trainer.precision)
+    resolved, why = resolve_precision(requested, str(cfg.trainer.accelerator))
+    cfg.trainer.precision = resolved
+    message = f"precision: {requested} -> {resolved} ({why})" if requested != resolved else ""
+    if message and message not in _announced:
+        _announced.add(message)
+        logging.getLogger("fast_lightning").info(message)
     return cfg
 
 
@@ -133,6 +156,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     patch = OmegaConf.from_dotlist(overrides)
     _check_types(cfg, patch)
     merged = OmegaConf.merge(cfg, patch)
+    resolve_hardware(merged)
     OmegaConf.set_struct(merged, True)
     return merged
 

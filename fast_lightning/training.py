@@ -7,6 +7,7 @@ One place decides how runs are logged (W&B offline by default), how checkpoints 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 
+from fast_lightning.progress import SparseProgress, is_terminal
 from fast_lightning.runs import atomic_write_bytes
 
 
@@ -41,6 +43,83 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+
+
+class StepTimer(Callback):
+    """Where a training step's wall time goes: waiting for the batch (loading, transfer, on-device synthesis in
+    ``on_after_batch_transfer``) vs the step itself. Validation passes are excluded."""
+
+    def __init__(self) -> None:
+        self.data_seconds = self.step_seconds = 0.0
+        self.steps = 0
+        self._batch_end: float | None = None
+        self._batch_start: float | None = None
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._batch_end = self._now(pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = self._now(pl_module)
+        if self._batch_end is not None:
+            self.data_seconds += self._batch_start - self._batch_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batch_end = self._now(pl_module)
+        if self._batch_start is not None:
+            self.step_seconds += self._batch_end - self._batch_start
+            self.steps += 1
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._batch_end = self._now(pl_module)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the training loop (data + step)."""
+        return self.data_seconds + self.step_seconds
+
+    def summary(self) -> dict:
+        total = self.seconds
+        return {"train_loop_seconds": round(total, 2), "data_wait_seconds": round(self.data_seconds, 2),
+                "data_wait_share": round(self.data_seconds / total, 4) if total > 0 else None,
+                "timed_steps": self.steps,
+                "steps_per_second_in_loop": round(self.steps / total, 3) if total > 0 else None}
+
+
+class LogProgress(Callback):
+    """Training progress as sparse plain lines (see fast_lightning.progress) when the output is not a terminal."""
+
+    def __init__(self, kind: str, max_steps: int) -> None:
+        self.kind, self.max_steps = kind, int(max_steps)
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.bar = SparseProgress(total=self.max_steps, initial=int(trainer.global_step),
+                                      desc=f"train-{self.kind}", unit="steps")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.bar is None:
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.bar.set_postfix_str(f"loss {float(loss):.4g}")
+        self.bar.update(int(trainer.global_step) - self.bar.n)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def step_timer(trainer: L.Trainer) -> StepTimer:
+    return next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
 
 
 def wandb_mode(cfg: DictConfig) -> str:
@@ -81,11 +160,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:07d}", every_n_train_steps=int(checkpoint_every),
                                          save_top_k=1, monitor="step", mode="max", save_last=True,
                                          auto_insert_metric_name=False, save_on_train_epoch_end=False))
+    callbacks.append(StepTimer())
+    progress_bar = bool(t.enable_progress_bar)
+    if progress_bar and not is_terminal():  # logs get sparse lines, not hundreds of bar redraws
+        callbacks.append(LogProgress(kind, max_steps))
+        progress_bar = False
     logger = build_logger(cfg, run_dir, kind)
     kwargs = dict(
         accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
         precision=str(t.precision), max_steps=int(max_steps), max_epochs=-1, logger=logger, callbacks=callbacks,
-        log_every_n_steps=int(t.log_every_n_steps), enable_progress_bar=bool(t.enable_progress_bar),
+        log_every_n_steps=int(t.log_every_n_steps), enable_progress_bar=progress_bar,
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], enable_model_summary=False,
         fast_dev_run=bool(t.fast_dev_run), num_sanity_val_steps=0,
     )

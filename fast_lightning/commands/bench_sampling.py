@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.hardware import autocast_dtype, cpu_model, cpu_native_bf16, describe_cpu_isa
 from fast_lightning.runs import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def main(args: list[str]) -> int:
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc
     model = model.to(device).eval().requires_grad_(False)
-    amp = torch.bfloat16 if str(cfg.trainer.precision).startswith("bf16") else None
+    amp = autocast_dtype(str(cfg.trainer.precision))
     T = int(model.num_train_timesteps)
     timer = CallTimer(model, "predict_eps", device)
     farm_timer = CallTimer(model, "farm_x0", device)
@@ -238,8 +238,9 @@ def main(args: list[str]) -> int:
     overhead = aias["overhead_vs_denoiser"]
     h, w = images[0].shape[-2:]
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "precision": "bf16 autocast" if amp is not None else "fp32",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)",
+        "cpu": {"model": cpu_model(), "isa": describe_cpu_isa(), "native_bf16": cpu_native_bf16()},
+        "torch": torch.__version__, "precision": str(cfg.trainer.precision),
         "checkpoint": str(ckpt), "class_name": cfg.class_name, "checkpoint_step": meta.get("global_step"),
         "model_window": meta.get("window"), "resolution": int(meta["resolution"]), "image_size": [int(h), int(w)],
         "num_train_timesteps": T, "batch": batch, "ddpm_images": ddpm_images, "repeats": repeats,

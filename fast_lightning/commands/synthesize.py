@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import load_split
+from fast_lightning.hardware import cuda_selected, dataloader_workers
 from fast_lightning.runs import atomic_write_json, resolve_run_path, run_dir_for, save_config, update_latest
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def main(args: list[str]) -> int:
             pending, [r.image for r in split.normal_train], mask_sampler, list(meta.get("type_names", [])),
             seed=int(cfg.seed), channels=int(cfg.data.channels), out_resolution=int(out_res) if out_res else None,
             foreground=str(cfg.data.foreground), interpolation=str(cfg.data.image_interpolation))
-        workers = int(cfg.data.num_workers)
+        workers = dataloader_workers(int(cfg.data.num_workers), on_cpu=not cuda_selected(cfg.trainer.accelerator))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                              collate_fn=collate_items, persistent_workers=False)
         module = SynthesisPredictor(model, sampler, meta, int(cfg.seed), run_fields)

@@ -22,6 +22,7 @@ from fast_lightning.training import (
     read_checkpoint,
     resolve_checkpoint,
     run_dir_of_checkpoint,
+    step_timer,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def main(args: list[str]) -> int:
             "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+            "precision": str(cfg.trainer.precision), "torch_threads": torch.get_num_threads(),
+            **step_timer(trainer).summary(),
             "parameters": params, "type_names": dm.type_names, "final": metrics,
             "note": "training losses on the generator-train split (not a test metric)",
         }
@@ -103,6 +106,7 @@ def main(args: list[str]) -> int:
             module.to(trainer.strategy.root_device)
             module.log_samples_to_disk("final")
         update_latest(run_dir)
-        print(json.dumps({k: summary[k] for k in ("global_step", "steps_per_second", "peak_rss_mb")}))
+        print(json.dumps({k: summary[k] for k in ("global_step", "steps_per_second", "data_wait_share", "precision",
+                                                  "peak_rss_mb")}))
         print(f"diffusion run: {run_dir}  (checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'})")
     return 0

@@ -35,6 +35,7 @@ from fast_lightning.training import (
     read_checkpoint,
     resolve_checkpoint,
     run_dir_of_checkpoint,
+    step_timer,
 )
 
 log = logging.getLogger(__name__)
@@ -141,32 +142,6 @@ class TimedSynthesizer:
         return getattr(self.synth, item)
 
 
-class TrainTimer(Callback):
-    """Wall time of the training loop (data + synthesis + step), excluding validation passes."""
-
-    def __init__(self):
-        self.seconds, self.steps, self._last = 0.0, 0, None
-
-    def _now(self, pl_module) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-
-    def on_train_start(self, trainer, pl_module):
-        self._last = self._now(pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        now = self._now(pl_module)
-        if self._last is not None:
-            self.seconds += now - self._last
-            self.steps += 1
-        self._last = now
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.state.fn == "fit":
-            self._last = self._now(pl_module)
-
-
 class FinalValidation(Callback):
     """Validate (and so checkpoint) at the last step even when max_steps is not a multiple of val_every."""
 
@@ -253,8 +228,7 @@ def main(args: list[str]) -> int:
                               save_on_train_epoch_end=False)
     last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
                               save_on_train_epoch_end=False)
-    timer = TrainTimer()
-    callbacks = [ckpt_cb, last_cb, timer, FinalValidation(), SampleSheet(run_dir / "samples.png")]
+    callbacks = [ckpt_cb, last_cb, FinalValidation(), SampleSheet(run_dir / "samples.png")]
     log.info(f"segmenter {s.arch}/{s.encoder} for {cfg.class_name} on synth={synth_name}: "
              f"{counts['train_normal_images']} normal train images, val {counts['val_images']}, "
              f"test {counts['test_images']} real images at {cfg.data.resolution}px -> {run_dir}")
@@ -273,6 +247,7 @@ def main(args: list[str]) -> int:
         finish_logger(trainer)
     if not trainer.is_global_zero:
         return 0
+    timer = step_timer(trainer)
     meta = module.loaded_meta or {}
     test_metrics = as_floats(module.test_metrics)
     val_metrics = as_floats(meta.get("val_metrics") if best else module.val_metrics)
@@ -300,7 +275,7 @@ def main(args: list[str]) -> int:
         "test_images_evaluated": module.test_counts,
         "seconds": round(time.time() - start, 1),
         "fit_seconds": round(fit_seconds, 1),
-        "train_loop_seconds": round(timer.seconds, 2),
+        **timer.summary(),
         "synthesis_seconds": round(synth.seconds, 2),
         "synthesis_wait_share": round(synth.seconds / timer.seconds, 4) if timer.seconds > 0 else None,
         "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from fast_lightning.data.io import mask_to_binary, open_image
 from fast_lightning.data.records import DataError, read_class
 from fast_lightning.data.split import make_split
+from fast_lightning.progress import progress as progress_bar
 
 
 @dataclass
@@ -35,7 +35,7 @@ def check_class(root: str | Path, class_name: str, generator_fraction: float = 1
         return report
     report.errors.extend(index.problems)
     records = index.train_good + index.test
-    for rec in tqdm(records, desc=f"checking {class_name}", disable=not progress, unit="img"):
+    for rec in progress_bar(records, desc=f"checking {class_name}", disable=not progress, unit="img"):
         try:
             img = open_image(rec.image)
         except DataError as exc:

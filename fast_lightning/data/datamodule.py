@@ -24,6 +24,7 @@ from fast_lightning.data.datasets import (
 )
 from fast_lightning.data.records import ClassIndex, read_class
 from fast_lightning.data.split import Split, make_split
+from fast_lightning.hardware import cuda_selected, dataloader_workers
 
 Synthesizer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -77,7 +78,7 @@ class AnomalyDataModule(L.LightningDataModule):
         return max(1, trainer.world_size), int(trainer.global_step)
 
     def _loader(self, dataset, batch_size: int, sampler=None, shuffle=False) -> DataLoader:
-        workers = int(self.cfg.data.num_workers)
+        workers = dataloader_workers(int(self.cfg.data.num_workers), on_cpu=not cuda_selected(self.cfg.trainer.accelerator))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)
 

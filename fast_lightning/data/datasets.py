@@ -19,7 +19,11 @@ def item_generator(seed: int, index: int) -> torch.Generator:
 
 
 class NativeCache:
-    """Decoded full-resolution images/masks kept in memory (uint8), per worker process."""
+    """Decoded full-resolution images/masks kept in memory as uint8, per worker process.
+
+    Both return uint8 views: callers crop first and convert only the window to float (converting a whole
+    full-resolution image per item cost more than the crop itself).
+    """
 
     def __init__(self, channels: int):
         self.channels = channels
@@ -30,17 +34,17 @@ class NativeCache:
         if path not in self._images:
             t = pil_to_tensor(open_image(path), self.channels)
             self._images[path] = (t * 255 + 0.5).to(torch.uint8)
-        return self._images[path].float() / 255.0
+        return self._images[path]
 
     def mask(self, path: str | None, like: tuple[int, int]) -> torch.Tensor:
         if path is None:
-            return torch.zeros(1, *like)
+            return torch.zeros(1, *like, dtype=torch.uint8)
         if path not in self._masks:
-            self._masks[path] = load_mask(path).to(torch.uint8)
-        m = self._masks[path].float()
-        if m.shape[-2:] != like:
-            m = F.interpolate(m[None], size=like, mode="nearest")[0]
-        return m
+            m = load_mask(path).to(torch.uint8)
+            if m.shape[-2:] != like:
+                m = F.interpolate(m[None].float(), size=like, mode="nearest")[0].to(torch.uint8)
+            self._masks[path] = m
+        return self._masks[path]
 
 
 def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +132,7 @@ class GeneratorTrainDataset(Dataset):
             side = window_side(h, w, self.crop_scale, bbox)
             y, x = place_window(h, w, side, bbox, generator=g)
             image, mask = image[:, y:y + side, x:x + side], mask[:, y:y + side, x:x + side]
-        image, mask = resize_pair(image, mask, self.resolution)
+        image, mask = resize_pair(image.float() / 255.0, mask.float(), self.resolution)
         image, mask = augment_pair(image, mask, g, **self.augment)
         return {"image": image, "mask": mask, "cond": torch.tensor(self.type_ids.get(rec.label, 0)), "index": index}
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from fast_lightning.data.masks import FolderMaskSource, MaskSampler, PerlinMaskSource, RealMaskBank
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
+from fast_lightning.hardware import autocast_dtype
 
 __all__ = [
     "SynthesisError",
@@ -431,8 +432,7 @@ class FastSegSynthesizer:
             check_checkpoint_compatible(meta, cfg, type_names)
         model = model.eval().requires_grad_(False)
         sampler = sampler if sampler is not None else build_sampler(cfg.sampling)
-        precision = str(_cfg_get(cfg, "trainer", "precision", default="32-true"))
-        amp = torch.bfloat16 if precision.startswith("bf16") else None
+        amp = autocast_dtype(str(_cfg_get(cfg, "trainer", "precision", default="32-true")))
         self.synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
         self.mask_sampler = mask_sampler
         self.num_types = len(self.synth.type_names)

@@ -133,10 +133,9 @@ class ImagesProgress(Callback):
     def on_predict_start(self, trainer, pl_module) -> None:
         self.start, self.count = time.time(), 0
         if trainer.is_global_zero:
-            from tqdm.auto import tqdm
+            from fast_lightning.progress import progress
 
-            self.bar = tqdm(total=self.total, initial=self.initial, unit="img", desc="synthesize",
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = progress(total=self.total, initial=self.initial, unit="img", desc="synthesize")
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         n = len(batch) * max(1, trainer.world_size)
