@@ -4,8 +4,8 @@ Idea: industrial object images are shot on a fairly plain background that fills 
 foreground is what differs from the border colour: colour distance to the median border colour, an Otsu
 (or given) threshold with hysteresis, then morphology (closing, hole filling, largest component(s)).
 Texture classes (carpet, tiles: no background) are detected as degenerate and get an all-ones mask, which
-means "anywhere is on the object". Callers report how often that happens (:func:`warn_foreground_fallback`, once per class);
-where the estimate is not good enough, the user passes masks from a folder (:func:`load_foreground_mask`).
+means "anywhere is on the object". Callers report how often that happens (:func:`warn_foreground_fallback`,
+once per class); where the estimate is not good enough, the user passes masks from a folder (:func:`load_foreground_mask`).
 """
 
 from __future__ import annotations
