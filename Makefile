@@ -69,7 +69,7 @@ eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test s
 compare: $(STAMP) ## segmenter per synthesizer x seed [SYNTHS SEEDS] -> reports/CLASS/comparison.{md,csv,png}
 	$(RUN) compare $(COMMON) $(call opt,$(SYNTHS),synths) $(call opt,$(SEEDS),seeds) $(ARGS)
 
-ablate: $(STAMP) ## AIAS steps (2,5,10,50,DDPM) and FARM on/off vs downstream metrics -> reports/CLASS/ablation.*
+ablate: $(STAMP) ## AIAS steps (2,5,10,50,DDPM), FARM on/off, FARM in tail (old) vs downstream metrics -> reports/CLASS/ablation.*
 	$(RUN) ablate $(COMMON) $(ARGS)
 
 sweep: $(STAMP) ## register SWEEP (experiments/sweeps/*.yaml) with W&B and start an agent (needs login)

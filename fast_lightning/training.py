@@ -151,6 +151,23 @@ def log_hyperparams(logger, cfg: DictConfig) -> None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
 
+def gradient_clip_val(value, key: str) -> float | None:
+    """Lightning's ``gradient_clip_val`` (L2 norm over all parameters) from a config value; 0 or null = off."""
+    from fast_lightning.config import ConfigError
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number >= 0 (0 or null = no clipping), got {value!r}")
+    try:
+        clip = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number >= 0 (0 or null = no clipping), got {value!r}") from None
+    if not clip >= 0 or clip == float("inf"):
+        raise ConfigError(f"{key} must be a finite number >= 0 (0 or null = no clipping), got {value!r}")
+    return clip if clip > 0 else None
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, callbacks: list,
                   checkpoint_every: int | None = None, val_every: int | None = None, **overrides) -> L.Trainer:
     t = cfg.trainer

@@ -174,3 +174,98 @@ def test_foreground_options_and_batch():
     assert (fixed[0].bool() & disk).sum() / (fixed[0].bool() | disk).sum() > 0.9
     batch = estimate_foreground(torch.stack([x, x]))
     assert batch.shape == (2, 1, 96, 96) and torch.equal(batch[0], batch[1])
+
+
+# ---------------------------------------------------------------------------------------- fallback warning
+def _seg_datamodule(root, *extra):
+    from fast_lightning.config import load_config
+    from fast_lightning.data.datamodule import AnomalyDataModule
+
+    cfg = load_config(["profile=smoke", f"data_root={root}", "class_name=widget", *extra])
+    return AnomalyDataModule(cfg, stage="segmentation")
+
+
+def test_foreground_fallback_warned_once_per_class_with_the_share(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from conftest import make_fake_mvtec
+    from fast_lightning.data import foreground
+
+    monkeypatch.setattr(foreground, "_WARNED_CLASSES", set())
+    cdir = make_fake_mvtec(tmp_path)  # 6 normal train images: a part on a plain dark background
+    rng = np.random.default_rng(0)
+    for name in ("001.png", "004.png"):  # two of them: texture everywhere, no plain border
+        Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(cdir / "train" / "good" / name)
+    dm = _seg_datamodule(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="fast_lightning.data.foreground"):
+        ds = dm.normal_dataset()
+        dm.normal_dataset()
+        _seg_datamodule(tmp_path).normal_dataset()  # a second DataModule for the same class: still once
+    warnings = [r.getMessage() for r in caplog.records if "foreground of class 'widget'" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "2/6 normal train images (33%)" in warnings[0] and "data.foreground_dir" in warnings[0]
+    fallbacks = [i for i in range(6) if ds.load(i)[1].min() == 1]
+    assert fallbacks == [1, 4]
+
+
+def test_no_fallback_warning_on_plain_backgrounds_or_when_off(fake_mvtec, monkeypatch, caplog):
+    import logging
+
+    from fast_lightning.data import foreground
+
+    monkeypatch.setattr(foreground, "_WARNED_CLASSES", set())
+    with caplog.at_level(logging.WARNING, logger="fast_lightning.data.foreground"):
+        _seg_datamodule(fake_mvtec).normal_dataset()
+    assert not [r for r in caplog.records if "foreground of class" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------------------- data.foreground_dir
+def test_foreground_masks_from_a_folder(fake_mvtec, tmp_path):
+    folder = tmp_path / "fg"
+    folder.mkdir()
+    # masks at twice the image size (80x96): a left-half rectangle plus a 1-px vertical line on the right
+    for i in range(6):
+        m = np.zeros((80, 96), np.uint8)
+        m[10:70, 4:40] = 255
+        m[:, 80] = 255
+        name = f"{i:03d}.png" if i % 2 == 0 else f"{i:03d}_mask.png"  # both naming styles
+        Image.fromarray(m).save(folder / name)
+    dm = _seg_datamodule(fake_mvtec, f"data.foreground_dir={folder}")
+    ds = dm.normal_dataset()
+    for i in range(6):
+        img, fg = ds.load(i)
+        assert fg.shape == (1, 32, 32) and set(fg.unique().tolist()) <= {0.0, 1.0}
+        assert fg[0, 16, 5] == 1 and fg[0, 16, 20] == 0  # inside / outside the rectangle
+        assert fg[0, :, 26:29].amax(dim=1).sum() >= 30  # the thin line survives the shrink (max-pooling)
+        assert fg.mean() < 0.6  # not the estimate (the disk) and not the whole image
+        disk = estimate_foreground(img)
+        assert not torch.equal(fg, disk)
+
+
+def test_foreground_dir_errors_name_folder_and_stem(fake_mvtec, tmp_path):
+    from fast_lightning.data.records import DataError
+
+    folder = tmp_path / "fg"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(folder / "000.png")
+    with pytest.raises(DataError, match=r"'001'.*data\.foreground_dir=.*fg.*001\.png or 001_mask\.png"):
+        _seg_datamodule(fake_mvtec, f"data.foreground_dir={folder}").normal_dataset()
+    with pytest.raises(DataError, match=r"data\.foreground_dir=.*not a folder"):
+        _seg_datamodule(fake_mvtec, f"data.foreground_dir={tmp_path / 'nope'}").normal_dataset()
+    with pytest.raises(ValueError, match=r"data\.foreground=off.*data\.foreground_dir"):
+        _seg_datamodule(fake_mvtec, "data.foreground='off'", f"data.foreground_dir={folder}").normal_dataset()
+
+
+def test_resize_foreground_nearest_up_maxpool_down():
+    from fast_lightning.data.foreground import resize_foreground
+
+    m = torch.zeros(1, 4, 4)
+    m[0, 1, 2] = 1
+    up = resize_foreground(m, (8, 8))
+    assert up.sum() == 4 and up[0, 2:4, 4:6].sum() == 4  # nearest: one pixel -> a 2x2 block
+    big = torch.zeros(1, 64, 64)
+    big[0, 40, 13] = 1  # a single pixel survives an 8x shrink
+    down = resize_foreground(big, (8, 8))
+    assert down.sum() == 1 and down[0, 5, 1] == 1
+    mixed = resize_foreground(torch.ones(1, 3, 20), (6, 5))
+    assert mixed.shape == (1, 6, 5) and mixed.min() == 1

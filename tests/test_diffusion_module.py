@@ -97,3 +97,99 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     assert torch.equal(torch.load(path, weights_only=False)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+# ---------------------------------------------------------------------------------------- gradient clipping
+@pytest.mark.parametrize("value,expected", [(1.0, 1.0), (0.25, 0.25), (3, 3.0), (0, None), (0.0, None),
+                                            (None, None)])
+def test_gradient_clip_val_off_and_on(value, expected):
+    from fast_lightning.training import gradient_clip_val
+
+    assert gradient_clip_val(value, "diffusion.optim.grad_clip") == expected
+
+
+@pytest.mark.parametrize("value", [-1.0, -0.01, "abc", True, float("inf"), float("nan")])
+def test_gradient_clip_val_rejects_bad_values(value):
+    from fast_lightning.config import ConfigError
+    from fast_lightning.training import gradient_clip_val
+
+    with pytest.raises(ConfigError, match=r"diffusion\.optim\.grad_clip.*>= 0"):
+        gradient_clip_val(value, "diffusion.optim.grad_clip")
+
+
+def _one_clipped_step(tmp_path, clip):
+    """One optimizer step of a tiny module through the real build_trainer; the gradient norm the optimizer used."""
+    import lightning as L
+
+    from fast_lightning.config import load_config
+    from fast_lightning.training import build_trainer
+
+    class RecordingSGD(torch.optim.SGD):
+        seen: list = []
+
+        def step(self, closure=None):
+            with torch.enable_grad():
+                loss = closure()
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            RecordingSGD.seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            super().step()
+            return loss
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return 1e3 * self.lin(batch[0]).sum()  # gradient norm in the thousands
+
+        def configure_optimizers(self):
+            return RecordingSGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            x = torch.ones(8, 4)
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8)
+
+    RecordingSGD.seen = []
+    cfg = load_config(["profile=smoke", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                       "logger.wandb.enabled=false"])
+    module = Tiny()
+    before = module.lin.weight.detach().clone()
+    trainer = build_trainer(cfg, tmp_path, "probe", 1, callbacks=[], enable_checkpointing=False,
+                            gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    assert trainer.gradient_clip_val == clip
+    trainer.fit(module)
+    return RecordingSGD.seen[0], float((module.lin.weight.detach() - before).norm())
+
+
+def test_grad_clip_bounds_the_gradient_norm_of_a_step(tmp_path):
+    norm_off, update_off = _one_clipped_step(tmp_path / "off", None)
+    norm_on, update_on = _one_clipped_step(tmp_path / "on", 0.5)
+    assert norm_off > 100  # unclipped
+    assert norm_on == pytest.approx(0.5, rel=1e-4)  # clipped to the configured norm
+    assert update_on < update_off / 100
+
+
+def test_train_diffusion_passes_grad_clip_to_the_trainer(fake_mvtec, tmp_path, monkeypatch):
+    from fast_lightning.config import ConfigError
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_build_trainer(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train_diffusion, "build_trainer", fake_build_trainer)
+    base = ["profile=smoke", f"data_root={fake_mvtec}", "class_name=widget", f"run_root={tmp_path}",
+            "diffusion.num_log_samples=0"]
+    with pytest.raises(Stop):
+        train_diffusion.main(base + ["diffusion.optim.grad_clip=0.7"])
+    assert seen["gradient_clip_val"] == 0.7 and seen["gradient_clip_algorithm"] == "norm"
+    with pytest.raises(Stop):
+        train_diffusion.main(base + ["diffusion.optim.grad_clip=0"])
+    assert seen["gradient_clip_val"] is None
+    with pytest.raises(ConfigError, match=r"diffusion\.optim\.grad_clip"):
+        train_diffusion.main(base + ["diffusion.optim.grad_clip=-1"])

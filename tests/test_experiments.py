@@ -56,7 +56,10 @@ def test_ablate_smoke(fake_mvtec, tmp_path, monkeypatch):
     assert ablate.main(_common(tmp_path, fake_mvtec) + ["steps=2,5"]) == 0
     out = tmp_path / "reports" / "widget"
     text = (out / "ablation.md").read_text()
-    assert "AIAS-2" in text and "AIAS-5" in text and "FARM off" in text
+    assert "AIAS-2" in text and "AIAS-5" in text and "FARM off" in text and "FARM in tail (old)" in text
+    old_rule = tmp_path / "runs" / "synthetic" / "widget"
+    (syn,) = [p for p in old_rule.iterdir() if p.name.endswith("farmintailold")]
+    assert "farm_min_t: 0" in (syn / "config.yaml").read_text()
     assert (out / "ablation.png").is_file()
 
 

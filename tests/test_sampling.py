@@ -191,10 +191,15 @@ def test_aias_with_every_timestep_is_ddpm():
     ref = _own_ddpm_loop(model, bg, mask, cond, _gens(2))
     out = AIASSampler(steps=T, variant="exact", farm=False, renoise="none")(model, bg, mask, cond, _gens(2))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    # with FARM and re-noising the draws still align with the diffusers DDPM baseline
+    # with FARM and re-noising the draws still align with the diffusers DDPM baseline under the same FARM
+    # rule: the default (no FARM at t < 2) and the old one (FARM at every step, farm_min_t=0)
+    old = AIASSampler(steps=T, variant="exact", farm_min_t=0)(model, bg, mask, cond, _gens(2))
+    torch.testing.assert_close(old, DDPMSampler(farm_min_t=0)(model, bg, mask, cond, _gens(2)),
+                               atol=1e-4, rtol=1e-4)
     a = AIASSampler(steps=T, variant="exact")(model, bg, mask, cond, _gens(2))
     d = DDPMSampler()(model, bg, mask, cond, _gens(2))
     torch.testing.assert_close(a, d, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(a, old, atol=1e-3)  # the rule changes the final pixels
     # and the paper variant is exact for unit segments too
     p = AIASSampler(steps=T, variant="paper")(model, bg, mask, cond, _gens(2))
     torch.testing.assert_close(a, p, atol=1e-5, rtol=1e-5)
@@ -250,6 +255,73 @@ def test_baseline_nfe_and_farm_switch():
     b = AIASSampler(steps=5)(FakeModel(T=50, farm=False), bg, mask, cond, _gens(1))
     c = AIASSampler(steps=5)(FakeModel(T=50), bg, mask, cond, _gens(1))
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def _farm_spy(model):
+    """Record the timestep of every model.farm_x0 call (the sampler passes t as a (B,) LongTensor)."""
+    seen, real = [], model.farm_x0
+
+    def spy(x, mask, t):
+        assert bool((t == t[0]).all())
+        seen.append(int(t[0]))
+        return real(x, mask, t)
+
+    model.farm_x0 = spy
+    return seen
+
+
+@pytest.mark.parametrize("T", [50, 1000])
+def test_aias_farm_only_in_segments(T):
+    """AIAS-10 (t_end=1): FARM once per segment (8), never in the t = 1, 0 tail; farm_min_t=0 = old (10)."""
+    bg, mask, cond = _inputs(B=2)
+    model = FakeModel(T=T)
+    seen = _farm_spy(model)
+    sampler = AIASSampler(steps=10)
+    sampler(model, bg, mask, cond, _gens(2))
+    segment_starts = aias_boundaries(T, 10, 1)[:-1]
+    assert seen == segment_starts and len(seen) == 8 and min(seen) > 1
+    assert sampler.nfe == 10 == model.calls  # the tail still evaluates the network, just without FARM
+
+    model = FakeModel(T=T)
+    seen = _farm_spy(model)
+    AIASSampler(steps=10, farm_min_t=0)(model, bg, mask, cond, _gens(2))
+    assert seen == segment_starts + [1, 0]
+
+
+@pytest.mark.parametrize("make,farm_min_t", [
+    (lambda m: DDPMSampler(farm_min_t=m), 2),
+    (lambda m: DDPMSampler(farm_min_t=m), 10),
+    (lambda m: DDIMSampler(steps=50, farm_min_t=m), 2),
+    (lambda m: DDIMSampler(steps=7, eta=1.0, farm_min_t=m), 20),
+    (lambda m: DPMSolverSampler(steps=50, farm_min_t=m), 2),
+])
+def test_baselines_no_farm_below_farm_min_t(make, farm_min_t):
+    T = 50
+    bg, mask, cond = _inputs(B=1)
+    model = FakeModel(T=T)
+    seen = _farm_spy(model)
+    sampler = make(farm_min_t)
+    sampler(model, bg, mask, cond, _gens(1))
+    sched = sampler.make_scheduler(model)
+    sched.set_timesteps(sampler.expected_nfe(T))
+    timesteps = [int(t) for t in sched.timesteps]
+    assert any(t < farm_min_t for t in timesteps)  # the rule is actually exercised
+    assert seen == [t for t in timesteps if t >= farm_min_t]
+    # farm_min_t=0: FARM before every evaluation again (the old behaviour)
+    model = FakeModel(T=T)
+    seen = _farm_spy(model)
+    make(0)(model, bg, mask, cond, _gens(1))
+    assert seen == timesteps
+
+
+def test_farm_min_t_from_config_and_validated():
+    assert build_sampler({"name": "aias"}).farm_min_t == 2  # default: no FARM in the refinement tail
+    assert build_sampler({"name": "ddim", "farm_min_t": 0}).farm_min_t == 0
+    for bad in (-1, 1.5, "x"):
+        with pytest.raises(ValueError, match=r"sampling\.farm_min_t"):
+            build_sampler({"name": "aias", "farm_min_t": bad})
+    with pytest.raises(ValueError, match=r"sampling\.farm_min_t"):
+        DDIMSampler(steps=5, farm_min_t=-3)
 
 
 def test_steps_above_T_rejected_at_call():

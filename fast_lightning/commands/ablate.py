@@ -3,6 +3,9 @@
 - AIAS steps: the same FARM model sampled with AIAS-{2,5,10,50} and DDPM-1000 (``steps=2,5,10,50,ddpm``).
 - FARM on/off: a second diffusion model trained with ``diffusion.farm.enabled=false`` (plain masked DDPM
   loss), sampled with AIAS-10 without FARM injection.
+- FARM in the tail (old behaviour): the FARM model sampled with AIAS-10 and ``sampling.farm_min_t=0``
+  (FARM injected before every evaluation, including the t = 1, 0 refinement steps), next to the default
+  (no FARM below ``farm_min_t`` = 2). Option ``farm_tail=false`` drops this row.
 Each variant: ``make synthesize`` (N pairs) -> ``make train-seg SYNTH=fast_cached`` with identical settings.
 """
 
@@ -25,6 +28,9 @@ from fast_lightning.evaluation.reports import (
 from fast_lightning.runs import atomic_write_text
 
 
+FARM_TAIL_LABEL = "AIAS-10, FARM in tail (old)"
+
+
 def parse_steps(text: str) -> list[str]:
     items = [s.strip().lower() for s in str(text).split(",") if s.strip()]
     for s in items:
@@ -42,7 +48,8 @@ def sampling_args(step: str) -> list[str]:
 
 
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"steps": "2,5,10,50,ddpm", "farm": "true", "seeds": 1, "redo": "false"})
+    opts, rest = pop_options(args, {"steps": "2,5,10,50,ddpm", "farm": "true", "farm_tail": "true",
+                                    "seeds": 1, "redo": "false"})
     steps = parse_steps(opts["steps"])
     redo = str(opts["redo"]).lower() == "true"
     seeds = int(opts["seeds"])
@@ -57,6 +64,9 @@ def main(args: list[str]) -> int:
     for s in steps:
         label = "DDPM-1000" if s == "ddpm" else f"AIAS-{s}"
         variants.append((label, sampling_args(s), farm_id))
+    step_labels = [v[0] for v in variants]  # the rows of the steps plot
+    if str(opts["farm_tail"]).lower() == "true":
+        variants.append((FARM_TAIL_LABEL, sampling_args("10") + ["sampling.farm_min_t=0"], farm_id))
     if str(opts["farm"]).lower() == "true":
         variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm=false"],
                          nofarm_id))
@@ -70,7 +80,7 @@ def main(args: list[str]) -> int:
     rows = []
     for label, extra, diff_id in variants:
         ckpt = runs / "diffusion" / cls / diff_id / "checkpoints" / "last.ckpt"
-        tag = label.lower().replace(" ", "").replace(",", "-")
+        tag = label.lower().replace(" ", "").replace(",", "-").replace("(", "").replace(")", "")
         syn_id = f"ablate-{key}-{tag}"
         syn_dir = runs / "synthetic" / cls / syn_id
         reuse_or_run(f"synthesize {label}", syn_dir, "summary.json", synthesize.main,
@@ -88,14 +98,15 @@ def main(args: list[str]) -> int:
     out = Path("reports") / cls
     out.mkdir(parents=True, exist_ok=True)
     write_csv(agg, "variant", out / "ablation.csv")
-    step_labels = [v[0] for v in variants if "FARM off" not in v[0]]
     metrics = ("pixel_auroc", "pixel_ap", "iou")
     line_plot([lbl.split("-")[-1] if "AIAS" in lbl else "DDPM" for lbl in step_labels],
               {m: [agg[lbl][m][0] for lbl in step_labels] for m in metrics}, out / "ablation.png",
               f"{cls}: segmenter on FAST pairs vs sampler steps (real-test defects)", "AIAS steps")
     md = [f"# {cls}: ablations (FAST synthesis -> segmenter -> real defects)", "",
           f"- profile `{cfg.profile}`, {cfg.synthesis.n} synthetic pairs per variant, {seeds} seed(s), identical "
-          "segmenter settings; metrics on the real-test split (docs/METRICS.md)", "",
+          "segmenter settings; metrics on the real-test split (docs/METRICS.md)",
+          "- FARM is injected at timesteps t >= `sampling.farm_min_t` (default 2: not in the t = 1, 0 refinement "
+          f"tail); '{FARM_TAIL_LABEL}' injects it at every step (farm_min_t=0)", "",
           markdown_table(agg, "variant"), "", "![steps](ablation.png)", "",
           *[f"- {r['variant']}: `{r['run_dir']}`" for r in rows]]
     atomic_write_text(out / "ablation.md", "\n".join(md) + "\n")

@@ -79,6 +79,7 @@ def bench_plan(cfg, T: int, batch: int, ddpm_images: int) -> list[tuple[str, dic
 
 def fixed_batch(cfg, split, meta, n: int, seed: int) -> tuple[list, list, torch.Tensor, list[str]]:
     """n normal train images at their own resolution (or synthesis.out_resolution), masks, types."""
+    from fast_lightning.data.datamodule import foreground_dir
     from fast_lightning.data.datasets import foreground_mask
     from fast_lightning.data.io import load_image
     from fast_lightning.synthesis.pipeline import build_mask_sampler
@@ -95,7 +96,8 @@ def fixed_batch(cfg, split, meta, n: int, seed: int) -> tuple[list, list, torch.
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         path = normals[i % len(normals)].image
         img = load_image(path, size, int(cfg.data.channels), str(cfg.data.image_interpolation))
-        m, tid, _ = masks_src.sample_typed(tuple(img.shape[-2:]), g, foreground_mask(img, str(cfg.data.foreground)))
+        fg = foreground_mask(img, str(cfg.data.foreground), path, foreground_dir(cfg))
+        m, tid, _ = masks_src.sample_typed(tuple(img.shape[-2:]), g, fg)
         if tid == 0 and k:
             tid = 1 + int(torch.randint(k, (1,), generator=g))
         images.append(img)

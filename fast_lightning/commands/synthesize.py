@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
-from fast_lightning.data.datamodule import load_split
+from fast_lightning.data.datamodule import foreground_dir, load_split, report_foreground
+from fast_lightning.data.datasets import NormalImageDataset
 from fast_lightning.hardware import cuda_selected, dataloader_workers
 from fast_lightning.runs import atomic_write_json, resolve_run_path, run_dir_for, save_config, update_latest
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 
 RUN_DIR_ENV = "FAST_LIGHTNING_SYNTH_RUN_DIR"  # lets DDP worker processes find rank 0's run directory
 # keys that decide what pair i looks like: a resumed run must keep them
-FIXED_KEYS = ("class_name", "seed", "data.channels", "data.foreground", "data.image_interpolation",
-              "sampling", "synthesis.masks", "synthesis.out_resolution")
+FIXED_KEYS = ("class_name", "seed", "data.channels", "data.foreground", "data.foreground_dir",
+              "data.image_interpolation", "sampling", "synthesis.masks", "synthesis.out_resolution")
 
 
 def make_sampler(cfg):
@@ -203,6 +204,11 @@ def main(args: list[str]) -> int:
         if done:
             log.info(f"resuming: {len(done)} pair(s) already complete, {len(pending)} to go")
         log.info(f"interrupted? continue with RESUME={run_dir}")
+    if pending and writes_run_files:  # one warning if the foreground estimate fails on part of the class
+        report_foreground(NormalImageDataset(
+            split.normal_train, resolution=int(cfg.data.resolution), channels=int(cfg.data.channels),
+            foreground=str(cfg.data.foreground), foreground_dir=foreground_dir(cfg),
+            interpolation=str(cfg.data.image_interpolation), augment=False), str(cfg.class_name))
 
     progress = ImagesProgress(total=n, initial=n - len(pending))
     trainer = None
@@ -211,7 +217,8 @@ def main(args: list[str]) -> int:
         dataset = SynthesisIndexDataset(
             pending, [r.image for r in split.normal_train], mask_sampler, list(meta.get("type_names", [])),
             seed=int(cfg.seed), channels=int(cfg.data.channels), out_resolution=int(out_res) if out_res else None,
-            foreground=str(cfg.data.foreground), interpolation=str(cfg.data.image_interpolation))
+            foreground=str(cfg.data.foreground), foreground_dir=foreground_dir(cfg),
+            interpolation=str(cfg.data.image_interpolation))
         workers = dataloader_workers(int(cfg.data.num_workers), on_cpu=not cuda_selected(cfg.trainer.accelerator))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                              collate_fn=collate_items, persistent_workers=False)

@@ -19,6 +19,7 @@ from fast_lightning.runs import atomic_write_json, save_config, seed_everything,
 from fast_lightning.training import (
     build_trainer,
     finish_logger,
+    gradient_clip_val,
     read_checkpoint,
     resolve_checkpoint,
     run_dir_of_checkpoint,
@@ -49,6 +50,7 @@ def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.T
 
 def main(args: list[str]) -> int:
     cfg = config_from_args(args)
+    grad_clip = gradient_clip_val(cfg.diffusion.optim.grad_clip, "diffusion.optim.grad_clip")  # fail early
     ckpt_path = None
     if cfg.resume:
         ckpt_path = resolve_checkpoint(cfg.resume)
@@ -75,7 +77,8 @@ def main(args: list[str]) -> int:
     start_step = 0 if ckpt_path is None else int(read_checkpoint(ckpt_path).get("global_step", 0))
     try:
         trainer = build_trainer(cfg, run_dir, "diffusion", int(cfg.diffusion.max_steps), callbacks=[],
-                                checkpoint_every=int(cfg.diffusion.checkpoint_every))
+                                checkpoint_every=int(cfg.diffusion.checkpoint_every),
+                                gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except NonFiniteLossError as exc:
         last = run_dir / "checkpoints" / "last.ckpt"

@@ -22,11 +22,26 @@ from fast_lightning.data.datasets import (
     NormalImageDataset,
     StepSampler,
 )
+from fast_lightning.data.foreground import warn_foreground_fallback
 from fast_lightning.data.records import ClassIndex, read_class
 from fast_lightning.data.split import Split, make_split
 from fast_lightning.hardware import cuda_selected, dataloader_workers
 
 Synthesizer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def foreground_dir(cfg: DictConfig) -> str | None:
+    """``data.foreground_dir`` as a path string, None when unset (null or empty)."""
+    value = cfg.data.get("foreground_dir")
+    return str(value) if value else None
+
+
+def report_foreground(dataset: NormalImageDataset, class_name: str) -> tuple[int, int]:
+    """Estimate every normal image's foreground (cached in ``dataset``) and warn once per class about the
+    share that fell back to the whole image. Returns (fallbacks, images)."""
+    n_fallback, n = dataset.survey_foreground()
+    warn_foreground_fallback(class_name, n_fallback, n)
+    return n_fallback, n
 
 
 def load_split(cfg: DictConfig) -> tuple[ClassIndex, Split]:
@@ -45,6 +60,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.run_dir = Path(run_dir) if run_dir else None
         self.index: ClassIndex | None = None
         self.split: Split | None = None
+        self._foreground_reported = False
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -96,10 +112,15 @@ class AnomalyDataModule(L.LightningDataModule):
     def normal_dataset(self) -> NormalImageDataset:
         self.setup()
         data = self.cfg.data
-        return NormalImageDataset(self.split.normal_train, resolution=int(data.resolution),
-                                  channels=int(data.channels), foreground=str(data.foreground),
-                                  interpolation=str(data.image_interpolation), seed=int(self.cfg.seed),
-                                  length=10**9)
+        ds = NormalImageDataset(self.split.normal_train, resolution=int(data.resolution),
+                                channels=int(data.channels), foreground=str(data.foreground),
+                                foreground_dir=foreground_dir(self.cfg),
+                                interpolation=str(data.image_interpolation), seed=int(self.cfg.seed),
+                                length=10**9)
+        if not self._foreground_reported and self._is_rank_zero():
+            self._foreground_reported = True
+            report_foreground(ds, str(self.cfg.class_name))
+        return ds
 
     def labelled_dataset(self, which: str) -> LabelledDataset:
         """which: val | test | generator_train (the real_third bank and the synthesis mask bank)."""

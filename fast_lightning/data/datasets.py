@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
-from fast_lightning.data.foreground import estimate_foreground
+from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
 from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor
 from fast_lightning.data.records import Record
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
@@ -141,11 +143,14 @@ class NormalImageDataset(Dataset):
     """Normal train images at the working resolution with their foreground (segmenter training input)."""
 
     def __init__(self, normals: list[Record], *, resolution: int, channels: int = 3, foreground: str = "auto",
-                 interpolation: str = "bicubic", augment: bool = True, seed: int = 0, length: int | None = None):
+                 foreground_dir: str | None = None, interpolation: str = "bicubic", augment: bool = True,
+                 seed: int = 0, length: int | None = None):
         if not normals:
             raise ValueError("no normal training images")
+        check_foreground_options(foreground, foreground_dir)
         self.normals, self.resolution, self.channels = normals, resolution, channels
-        self.foreground, self.interpolation, self.augment = foreground, interpolation, augment
+        self.foreground, self.foreground_dir = foreground, foreground_dir
+        self.interpolation, self.augment = interpolation, augment
         self.seed = seed
         self.length = length or len(normals)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -157,9 +162,18 @@ class NormalImageDataset(Dataset):
         if i not in self._cache:
             rec = self.normals[i]
             img = load_image(rec.image, self.resolution, self.channels, self.interpolation)
-            fg = foreground_mask(img, self.foreground)
+            fg = foreground_mask(img, self.foreground, rec.image, self.foreground_dir)
             self._cache[i] = (img, fg)
         return self._cache[i]
+
+    def survey_foreground(self) -> tuple[int, int]:
+        """Load every image's foreground once (cached; a missing data.foreground_dir mask fails here, early)
+        and count those ESTIMATED as the whole image: (fallbacks, images); 0 fallbacks for off / folder masks."""
+        n = len(self.normals)
+        if self.foreground == "off":
+            return 0, n
+        fallbacks = sum(is_fallback(self.load(i)[1]) for i in range(n))
+        return (0 if self.foreground_dir else fallbacks), n
 
     def __getitem__(self, index: int) -> dict:
         g = item_generator(self.seed, index)
@@ -170,11 +184,25 @@ class NormalImageDataset(Dataset):
         return {"image": img, "mask": torch.zeros_like(fg), "foreground": fg, "index": index}
 
 
-def foreground_mask(image: torch.Tensor, mode: str) -> torch.Tensor:
+def check_foreground_options(mode: str, folder: str | None) -> None:
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"data.foreground must be auto, on or off, got {mode!r}")
+    if folder and mode == "off":
+        raise ValueError(f"data.foreground=off ignores data.foreground_dir={folder!r}: set data.foreground=auto "
+                         "to use the folder's masks, or data.foreground_dir=null")
+
+
+def foreground_mask(image: torch.Tensor, mode: str, path: str | Path | None = None,
+                    folder: str | Path | None = None) -> torch.Tensor:
+    """(1,H,W) foreground of ``image`` (loaded from ``path``): all ones (off), the user's mask for the image's
+    file stem from ``folder`` (data.foreground_dir), else the border-colour estimate."""
+    check_foreground_options(mode, str(folder) if folder else None)
     if mode == "off":
         return torch.ones(1, *image.shape[-2:])
-    if mode not in ("auto", "on"):
-        raise ValueError(f"data.foreground must be auto, on or off, got {mode!r}")
+    if folder:
+        if path is None:
+            raise ValueError("foreground_mask: data.foreground_dir needs the image's path (masks match by file stem)")
+        return load_foreground_mask(folder, Path(path).stem, tuple(image.shape[-2:]))
     return estimate_foreground(image)
 
 

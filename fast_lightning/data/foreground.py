@@ -4,15 +4,27 @@ Idea: industrial object images are shot on a fairly plain background that fills 
 foreground is what differs from the border colour: colour distance to the median border colour, an Otsu
 (or given) threshold with hysteresis, then morphology (closing, hole filling, largest component(s)).
 Texture classes (carpet, tiles: no background) are detected as degenerate and get an all-ones mask, which
-means "anywhere is on the object".
+means "anywhere is on the object". Callers report how often that happens (:func:`warn_foreground_fallback`,
+once per class); where the estimate is not good enough, the user passes masks from a folder (:func:`load_foreground_mask`).
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
+from fast_lightning.data.io import mask_to_binary, open_image
+from fast_lightning.data.records import DataError
+
+log = logging.getLogger(__name__)
+_WARNED_CLASSES: set[str] = set()  # warn_foreground_fallback: once per class and process
+
+FOREGROUND_MASK_NAMES = ("{stem}.png", "{stem}_mask.png")  # data.foreground_dir: one mask per normal image
 MAX_FRACTION = 0.98  # a foreground covering more than this is not an object on a background
 BORDER_NOISY = 0.35  # if this share of the border band is "foreground", the border is not a background
 
@@ -108,3 +120,58 @@ def estimate_foreground(
     img = image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
     fg = _foreground_np(img, border, threshold, float(min_fraction))
     return torch.from_numpy(fg.astype(np.float32))[None].to(image.device)
+
+
+def is_fallback(foreground: torch.Tensor) -> bool:
+    """True when a foreground is the whole image (the estimate's "no plain background" answer)."""
+    return bool((foreground > 0.5).all())
+
+
+def resize_foreground(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1,h,w) {0,1} -> (1,H,W): nearest when enlarging, max-pooling when shrinking (thin parts survive)."""
+    h, w = mask.shape[-2:]
+    H, W = int(size[0]), int(size[1])
+    m = mask[None].float()
+    if h < H or w < W:
+        m = F.interpolate(m, size=(max(h, H), max(w, W)), mode="nearest")
+    if tuple(m.shape[-2:]) != (H, W):
+        m = F.adaptive_max_pool2d(m, (H, W))
+    return (m[0] > 0.5).float()
+
+
+def load_foreground_mask(folder: str | Path, stem: str, size: tuple[int, int]) -> torch.Tensor:
+    """The user's foreground mask for the image named ``stem`` (``data.foreground_dir``), as (1,H,W) {0,1}.
+
+    Looks for ``<stem>.png`` then ``<stem>_mask.png`` in ``folder``; white (or any nonzero) = foreground.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data.foreground_dir={str(folder)!r} is not a folder; pass a folder with one mask PNG per "
+                        "normal train image, or set data.foreground_dir=null to estimate the foreground")
+    for pattern in FOREGROUND_MASK_NAMES:
+        path = folder / pattern.format(stem=stem)
+        if path.is_file():
+            arr = mask_to_binary(np.asarray(open_image(path).convert("L")), path, warn=False)
+            return resize_foreground(torch.from_numpy(arr)[None], size)
+    names = " or ".join(p.format(stem=stem) for p in FOREGROUND_MASK_NAMES)
+    raise DataError(f"no foreground mask for image {stem!r} in data.foreground_dir={str(folder)!r} "
+                    f"(looked for {names}); add it, or set data.foreground_dir=null to estimate the foreground")
+
+
+def warn_foreground_fallback(class_name: str, n_fallback: int, n_images: int) -> bool:
+    """Log ONE warning per class when the estimate fell back to "whole image" for some normal images.
+
+    Returns True when it warned. Silent when nothing fell back or the class was already reported.
+    """
+    if n_fallback <= 0 or n_images <= 0 or class_name in _WARNED_CLASSES:
+        return False
+    _WARNED_CLASSES.add(class_name)
+    share = n_fallback / n_images
+    log.warning(
+        f"warning: foreground of class {class_name!r}: the image border is not a plain background in "
+        f"{n_fallback}/{n_images} normal train images ({100 * share:.0f}%); those use the whole image as "
+        "foreground, so synthetic defects may land off the object (expected for texture classes). Pass masks "
+        "with data.foreground_dir=<folder> (one <stem>.png or <stem>_mask.png per normal image), or set "
+        "data.foreground=off to silence this."
+    )
+    return True

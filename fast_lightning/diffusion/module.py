@@ -70,6 +70,7 @@ class DiffusionModule(L.LightningModule):
         return out["loss"]
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        # logged before Lightning clips (diffusion.optim.grad_clip -> Trainer gradient_clip_val): the raw norm
         if self.global_step % max(1, int(self.cfg.trainer.log_every_n_steps)) == 0:
             norms = grad_norm(self.model, norm_type=2)
             total = norms.get("grad_2.0_norm_total")

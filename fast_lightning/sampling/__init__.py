@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fast_lightning.sampling.aias import VARIANTS, AIASSampler, aias_boundaries, segment_coefficients
-from fast_lightning.sampling.base import DEFAULT_RENOISE_BAND, RENOISE_MODES, Sampler, SamplingRun
+from fast_lightning.sampling.base import (
+    DEFAULT_FARM_MIN_T,
+    DEFAULT_RENOISE_BAND,
+    RENOISE_MODES,
+    Sampler,
+    SamplingRun,
+)
 from fast_lightning.sampling.baselines import DDIMSampler, DDPMSampler, DPMSolverSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -40,7 +46,8 @@ def build_sampler(cfg: Mapping) -> Sampler:
 
     Keys (defaults in brackets): ``name`` in {aias, ddpm, ddim, dpmsolver} [aias], ``steps`` [10],
     ``variant`` exact|paper [exact] (aias), ``t_end`` [1] (aias), ``eta`` [0.0] (ddim),
-    ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm`` [true].
+    ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm`` [true],
+    ``farm_min_t`` [2] (FARM only at timesteps t >= farm_min_t; 0 = every step, the old behaviour).
     ``ddpm`` always runs all T timesteps (``steps`` is validated but not used). Unknown keys are ignored.
     Errors are ValueErrors that name the offending ``sampling.*`` key.
     """
@@ -54,7 +61,8 @@ def build_sampler(cfg: Mapping) -> Sampler:
     renoise_band = get("renoise_band", DEFAULT_RENOISE_BAND)
     if renoise_band is not None and not isinstance(renoise_band, (str, bytes)):
         renoise_band = tuple(renoise_band)
-    common = dict(farm=bool(get("farm", True)), renoise=str(get("renoise", "every")),
+    farm_min_t = _as_int(get("farm_min_t", DEFAULT_FARM_MIN_T), "sampling.farm_min_t")
+    common = dict(farm=bool(get("farm", True)), farm_min_t=farm_min_t, renoise=str(get("renoise", "every")),
                   renoise_band=renoise_band)
 
     if name == "aias":

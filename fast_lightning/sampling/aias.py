@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fast_lightning.sampling.base import DEFAULT_RENOISE_BAND, ProgressFn, Sampler, SamplingRun
+from fast_lightning.sampling.base import (
+    DEFAULT_FARM_MIN_T,
+    DEFAULT_RENOISE_BAND,
+    ProgressFn,
+    Sampler,
+    SamplingRun,
+)
 
 VARIANTS = ("exact", "paper")
 
@@ -135,18 +141,25 @@ class AIASSampler(Sampler):
        (outside the mask x_in == x);
     4. background re-noising ``x = (1-M) q_sample(background, t_e) + M x`` (per ``renoise``).
 
-    Then single DDPM posterior steps at t = t_end, ..., 0 (same 4 operations; at t = 0 V = 0, no noise).
-    Noise draws per sample, in order: x_T; then per step: FARM z (if FARM), kernel z (if V > 0),
-    re-noise eps (if active and t_e >= 0). With ``steps = T`` and ``variant="exact"`` this is exactly
-    DDPM (same draws as :class:`~fast_lightning.sampling.DDPMSampler`).
+    Then single DDPM posterior steps at t = t_end, ..., 0 (same operations; at t = 0 V = 0, no noise).
+    Step 1 runs only where ``t_s >= farm_min_t`` (default 2): every segment (they all start at t_s >= the
+    last boundary above the tail), but none of the default t = 1, 0 tail, which are plain posterior steps as
+    in the authors' code. With FARM in the tail the exact t = 0 kernel returns x0_hat of the injected input,
+    i.e. FARM's (blurry) reconstruction would become the final defect pixels. ``farm_min_t=0`` restores that
+    old behaviour; with ``t_end > 1`` raise ``farm_min_t`` to ``t_end + 1`` to keep the whole tail FARM-free.
+    Noise draws per sample, in order: x_T; then per step: FARM z (only if FARM is injected at that step),
+    kernel z (if V > 0), re-noise eps (if active and t_e >= 0). With ``steps = T`` and ``variant="exact"``
+    this is exactly DDPM (same draws as :class:`~fast_lightning.sampling.DDPMSampler` with the same
+    ``farm_min_t``).
     """
 
     name = "aias"
 
     def __init__(self, steps: int = 10, variant: str = "exact", t_end: int = 1, *, farm: bool = True,
-                 renoise: str = "every", renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND,
-                 progress: ProgressFn | None = None):
-        super().__init__(farm=farm, renoise=renoise, renoise_band=renoise_band, progress=progress)
+                 farm_min_t: int = DEFAULT_FARM_MIN_T, renoise: str = "every",
+                 renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND, progress: ProgressFn | None = None):
+        super().__init__(farm=farm, farm_min_t=farm_min_t, renoise=renoise, renoise_band=renoise_band,
+                         progress=progress)
         if isinstance(t_end, bool) or not isinstance(t_end, int) or t_end < -1:
             raise ValueError(f"sampling.t_end must be an int >= -1, got {t_end!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < t_end + 2:
@@ -188,4 +201,5 @@ class AIASSampler(Sampler):
 
     def __repr__(self) -> str:
         return (f"AIASSampler(steps={self.steps}, variant={self.variant!r}, t_end={self.t_end}, "
-                f"farm={self.farm}, renoise={self.renoise!r}, renoise_band={self.renoise_band})")
+                f"farm={self.farm}, farm_min_t={self.farm_min_t}, renoise={self.renoise!r}, "
+                f"renoise_band={self.renoise_band})")

@@ -2,7 +2,8 @@
 
 The schedulers come from ``model.schedule.make_diffusers_scheduler(cls, **kw)`` so they share the model's
 betas; they are rebuilt and ``set_timesteps`` is called at every call (multistep schedulers keep state).
-FARM injection happens before every network evaluation at that step's t, and the background is re-noised
+FARM injection happens before every network evaluation at that step's t when ``t >= farm_min_t`` (the rule
+shared with AIAS, :meth:`SamplingRun.farm_active`), and the background is re-noised
 to the NEXT timestep the network will see (-1 after the last step = clean background), exactly as in AIAS.
 
 Randomness: the initial noise, FARM noise and re-noising noise are drawn by :class:`SamplingRun`
@@ -20,7 +21,13 @@ from collections.abc import Sequence
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 
-from fast_lightning.sampling.base import DEFAULT_RENOISE_BAND, ProgressFn, Sampler, SamplingRun
+from fast_lightning.sampling.base import (
+    DEFAULT_FARM_MIN_T,
+    DEFAULT_RENOISE_BAND,
+    ProgressFn,
+    Sampler,
+    SamplingRun,
+)
 
 
 def _check_steps(steps, minimum: int = 1) -> int:
@@ -79,10 +86,12 @@ class DDPMSampler(_DiffusersSampler):
     scheduler_cls = DDPMScheduler
     uses_step_noise = True
 
-    def __init__(self, *, farm: bool = True, renoise: str = "every",
+    def __init__(self, *, farm: bool = True, farm_min_t: int = DEFAULT_FARM_MIN_T,
+                 renoise: str = "every",
                  renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND,
                  progress: ProgressFn | None = None):
-        super().__init__(farm=farm, renoise=renoise, renoise_band=renoise_band, progress=progress)
+        super().__init__(farm=farm, farm_min_t=farm_min_t, renoise=renoise, renoise_band=renoise_band,
+                         progress=progress)
 
     def _scheduler_kwargs(self) -> dict:
         return dict(variance_type="fixed_small", clip_sample=False, thresholding=False,
@@ -103,10 +112,12 @@ class DDIMSampler(_DiffusersSampler):
     name = "ddim"
     scheduler_cls = DDIMScheduler
 
-    def __init__(self, steps: int = 50, eta: float = 0.0, *, farm: bool = True, renoise: str = "every",
+    def __init__(self, steps: int = 50, eta: float = 0.0, *, farm: bool = True,
+                 farm_min_t: int = DEFAULT_FARM_MIN_T, renoise: str = "every",
                  renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND,
                  progress: ProgressFn | None = None):
-        super().__init__(farm=farm, renoise=renoise, renoise_band=renoise_band, progress=progress)
+        super().__init__(farm=farm, farm_min_t=farm_min_t, renoise=renoise, renoise_band=renoise_band,
+                         progress=progress)
         self.steps = _check_steps(steps)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
             raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}")
@@ -124,7 +135,8 @@ class DDIMSampler(_DiffusersSampler):
         return self.steps
 
     def __repr__(self) -> str:
-        return f"DDIMSampler(steps={self.steps}, eta={self.eta}, farm={self.farm}, renoise={self.renoise!r})"
+        return (f"DDIMSampler(steps={self.steps}, eta={self.eta}, farm={self.farm}, "
+                f"farm_min_t={self.farm_min_t}, renoise={self.renoise!r})")
 
 
 class DPMSolverSampler(_DiffusersSampler):
@@ -133,10 +145,12 @@ class DPMSolverSampler(_DiffusersSampler):
     name = "dpmsolver"
     scheduler_cls = DPMSolverMultistepScheduler
 
-    def __init__(self, steps: int = 20, *, farm: bool = True, renoise: str = "every",
+    def __init__(self, steps: int = 20, *, farm: bool = True, farm_min_t: int = DEFAULT_FARM_MIN_T,
+                 renoise: str = "every",
                  renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND,
                  progress: ProgressFn | None = None):
-        super().__init__(farm=farm, renoise=renoise, renoise_band=renoise_band, progress=progress)
+        super().__init__(farm=farm, farm_min_t=farm_min_t, renoise=renoise, renoise_band=renoise_band,
+                         progress=progress)
         self.steps = _check_steps(steps)
 
     def _scheduler_kwargs(self) -> dict:
@@ -147,4 +161,5 @@ class DPMSolverSampler(_DiffusersSampler):
         return self.steps
 
     def __repr__(self) -> str:
-        return f"DPMSolverSampler(steps={self.steps}, farm={self.farm}, renoise={self.renoise!r})"
+        return (f"DPMSolverSampler(steps={self.steps}, farm={self.farm}, "
+                f"farm_min_t={self.farm_min_t}, renoise={self.renoise!r})")

@@ -34,7 +34,8 @@ class SynthesisIndexDataset(Dataset):
 
     def __init__(self, indices: Sequence[int], normals: Sequence[str], mask_sampler, type_names: Sequence[str],
                  *, seed: int = 0, channels: int = 3, out_resolution: int | None = None,
-                 foreground: str = "auto", interpolation: str = "bicubic") -> None:
+                 foreground: str = "auto", foreground_dir: str | None = None,
+                 interpolation: str = "bicubic") -> None:
         if not normals:
             raise ValueError("no normal train images to synthesize on")
         self.indices = [int(i) for i in indices]
@@ -42,7 +43,7 @@ class SynthesisIndexDataset(Dataset):
         self.mask_sampler = mask_sampler
         self.type_names = list(type_names)
         self.seed, self.channels, self.out_resolution = int(seed), int(channels), out_resolution
-        self.foreground, self.interpolation = foreground, interpolation
+        self.foreground, self.foreground_dir, self.interpolation = foreground, foreground_dir, interpolation
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -52,7 +53,7 @@ class SynthesisIndexDataset(Dataset):
         path = self.normals[int(torch.randint(len(self.normals), (1,), generator=g))]
         size = int(self.out_resolution) if self.out_resolution else None
         image = load_image(path, size, self.channels, self.interpolation)
-        fg = foreground_mask(image, self.foreground)
+        fg = foreground_mask(image, self.foreground, path, self.foreground_dir)
         try:
             if hasattr(self.mask_sampler, "sample_typed"):
                 mask, tid, source = self.mask_sampler.sample_typed(tuple(image.shape[-2:]), g, fg)
