@@ -35,6 +35,7 @@ def test_defect_scale_counts_vanished_masks_per_type(tiny_scratches):
     assert crack.masks == dent.masks == 4  # 6 per type, the first 2 go to generator_train
     assert crack.kept == 0 and crack.median_area_px == 0.0 and crack.median_native_area_px == 1.0
     assert dent.kept == 4 and dent.kept_share == 1.0 and dent.median_native_area_px == 48.0
+    assert crack.empty_native == dent.empty_native == 0
     assert 1.0 <= dent.median_area_px <= 4.0  # a 6x8 block at a 5x6 sampling step
     assert scale.vanished_share == pytest.approx(0.5) and scale.vanished_share > VANISHED_WARN_SHARE
     msg = scale.warning()

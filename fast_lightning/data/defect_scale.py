@@ -22,6 +22,7 @@ class TypeScale:
     masks: int                # defect masks of this type in the real-test split
     kept: int                 # masks with at least one anomalous pixel at the working resolution
     kept_share: float
+    empty_native: int         # masks already empty at their native size (check-data warns about each)
     median_area_px: float     # median anomalous-pixel count per mask at the working resolution (vanished = 0)
     median_native_area_px: float  # the same at the native mask size
 
@@ -57,10 +58,11 @@ class DefectScale:
     def lines(self) -> list[str]:
         width = max([len(n) for n in self.types] + [len("all types")])
         out = [f"defect scale at data.resolution={self.resolution} (real-test masks):",
-               f"{'type':<{width}}  {'masks':>6}  {'kept':>6}  {'kept %':>7}  {'median px':>10}  {'native px':>10}"]
+               f"{'type':<{width}}  {'masks':>6}  {'kept':>6}  {'kept %':>7}  {'median px':>10}  {'native px':>10}  "
+               f"{'empty native':>12}"]
         for name, t in self.types.items():
             out.append(f"{name:<{width}}  {t.masks:>6}  {t.kept:>6}  {100 * t.kept_share:>6.1f}%  "
-                       f"{t.median_area_px:>10.1f}  {t.median_native_area_px:>10.0f}")
+                       f"{t.median_area_px:>10.1f}  {t.median_native_area_px:>10.0f}  {t.empty_native:>12}")
         if self.masks:
             out.append(f"{'all types':<{width}}  {self.masks:>6}  {self.kept:>6}  "
                        f"{100 * (1 - self.vanished_share):>6.1f}%")
@@ -94,6 +96,7 @@ def defect_scale(records: list[Record], resolution: int) -> DefectScale:
         pairs = areas[name]
         kept = sum(w > 0 for w, _ in pairs)
         report.types[name] = TypeScale(masks=len(pairs), kept=kept, kept_share=kept / len(pairs),
+                                       empty_native=sum(n == 0 for _, n in pairs),
                                        median_area_px=float(median(w for w, _ in pairs)),
                                        median_native_area_px=float(median(n for _, n in pairs)))
     return report
