@@ -26,7 +26,7 @@ from conftest import make_fake_mvtec
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
-               "iou_threshold", "image_auroc")
+               "iou_threshold", "image_auroc", "aupro")
 
 # the hand-computed case of tests/test_metrics.py: best F1 0.75 at threshold 0.4
 PROBS = torch.tensor([[0.9, 0.6, 0.3, 0.1], [0.7, 0.2, 0.2, 0.0], [0.5, 0.4, 0.05, 0.05]]).view(3, 1, 2, 2)
@@ -157,6 +157,36 @@ def test_threshold_chosen_on_validation_is_stored_and_used_in_test(tmp_path):
     assert t["pixel_f1_max_threshold"] == pytest.approx(0.55, abs=1e-5)  # test's own optimum, reported only
 
 
+def test_test_pass_reports_aupro_and_per_type_metrics(tmp_path):
+    """The module feeds AUPRO and the per-type metrics the evaluated images and their records' defect types."""
+    from fast_lightning.data.records import Record
+    from fast_lightning.evaluation.metrics import aupro, per_type_metrics
+
+    module = stub_module(tmp_path)  # threshold 0.5 (never chosen): a warning, and a known value
+    images = PROBS.expand(-1, 3, -1, -1).contiguous()
+
+    class Labelled(Items):
+        records = [Record("a.png", "a_mask.png", "crack", "test"), Record("b.png", None, "good", "test"),
+                   Record("c.png", "c_mask.png", "dent", "test")]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_trainer(tmp_path).test(module, dataloaders=DataLoader(Labelled(images, TARGET), batch_size=2))
+        expected = per_type_metrics(PROBS, TARGET, ["crack", "good", "dent"], 0.5)
+    assert module.test_metrics["aupro"] == pytest.approx(aupro(PROBS, TARGET), abs=1e-6)
+    assert list(module.test_per_type) == ["crack", "dent"]
+    for name in ("crack", "dent"):
+        assert module.test_per_type[name] == pytest.approx(expected[name], abs=1e-6)
+    # crack = image A + good image B: at .5 TP 2 (.9 .6), FP 1 (.7) -> IoU 2/3
+    assert module.test_per_type["crack"]["iou"] == pytest.approx(2 / 3)
+    # a dataset without records (no defect types): no per-type block, the rest still works
+    plain = stub_module(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_trainer(tmp_path).test(plain, dataloaders=DataLoader(Items(images, TARGET), batch_size=2))
+    assert plain.test_per_type is None and math.isfinite(plain.test_metrics["aupro"])
+
+
 def test_eval_state_is_deduplicated_by_index():
     """DistributedSampler pads shards with repeated images: each image must count once."""
     module = stub_module(None)
@@ -235,6 +265,11 @@ def check_metrics_file(run_dir: Path, synth: str) -> dict:
     c = m["counts"]
     assert c["val_test_disjoint"] and c["eval_disjoint_from_generator_train"]
     assert c["test_images"] > 0 and c["val_images"] > 0 and m["test_images_evaluated"]["images"] == c["test_images"]
+    assert set(m["test_per_type"]) == {"crack", "dent"}  # the fake class's defect types
+    for v in m["test_per_type"].values():
+        assert 0.0 <= v["pixel_ap"] <= 1.0 and v["images"] > v["defect_images"] > 0
+    scale = m["defect_scale"]
+    assert scale["resolution"] == m["resolution"] and scale["masks"] == c["val_defect_images"] + c["test_defect_images"]
     split = json.loads((run_dir / "split.json").read_text())
     gen = {r["image"] for r in split["generator_train"]}
     val, test = {r["image"] for r in split["val"]}, {r["image"] for r in split["test"]}

@@ -10,7 +10,8 @@ from fast_lightning.data.check import check_class
 
 def main(args: list[str]) -> int:
     cfg = config_from_args(args)
-    report = check_class(cfg.data_root, cfg.class_name, cfg.data.generator_fraction, cfg.data.val_fraction)
+    report = check_class(cfg.data_root, cfg.class_name, cfg.data.generator_fraction, cfg.data.val_fraction,
+                         resolution=int(cfg.data.resolution))
     for line in report.lines:
         print(line)
     for w in report.warnings:

@@ -15,8 +15,12 @@ from fast_lightning.cli import UserError
 from fast_lightning.commands import train_diffusion, train_seg
 from fast_lightning.commands.common import config_from_args, pop_options, reuse_or_run, settings_hash
 from fast_lightning.evaluation.reports import (
+    PER_TYPE_METRICS,
     REPORT_METRICS,
     aggregate,
+    aggregate_per_type,
+    per_type_columns,
+    per_type_sections,
     bar_plot,
     markdown_table,
     read_metrics,
@@ -111,6 +115,7 @@ def main(args: list[str]) -> int:
     start = time.time()
     rows = run_study(cfg, rest, synths, seeds, redo, tag="compare")
     agg = aggregate(rows, "synth")
+    per_type = {m: aggregate_per_type(rows, "synth", m) for m in PER_TYPE_METRICS}
     out = Path(opts["out"] or Path("reports") / str(cfg.class_name))
     out.mkdir(parents=True, exist_ok=True)
     first = rows[0]["metrics"]
@@ -127,9 +132,12 @@ def main(args: list[str]) -> int:
         f"- evaluated on: {first.get('evaluated_on')}: {counts.get('test_images')} test images "
         f"({counts.get('test_defect_images')} with defects); threshold for IoU/Acc chosen on "
         f"{counts.get('val_images')} separate validation images",
+        *([f"- defect scale: {first['defect_scale']['kept']} of {first['defect_scale']['masks']} real-test defect "
+           f"masks stay non-empty at {first['defect_scale']['resolution']} px"] if first.get("defect_scale") else []),
         "- cells: mean ± sample std over seeds; best per column in bold; `real_third` trains on the generator "
         "third's REAL labels (an upper-bound reference, not a synthesizer)", "",
         markdown_table(agg, "synthesizer"), "",
+        *per_type_sections(per_type, "synthesizer"),
         f"![metrics]({(out / 'comparison.png').name})  ", f"![samples]({Path(sheet).name})", "",
         "Metric definitions: docs/METRICS.md. Runs:", "",
         *[f"- {r['synth']} seed {r['seed']}: `{r['run_dir']}`" for r in rows],
@@ -138,6 +146,9 @@ def main(args: list[str]) -> int:
     print()
     print(title)
     print(text_table(agg, "synthesizer"))
+    if any(per_type["pixel_ap"].values()):
+        print("\npixel AP per defect type (each type + all defect-free test images)")
+        print(text_table(per_type["pixel_ap"], "synthesizer", metrics=per_type_columns(per_type["pixel_ap"])))
     print(f"\nreport: {out / 'comparison.md'} (+ .csv, .png, samples.png) in {time.time() - start:.0f} s")
     return 0
 

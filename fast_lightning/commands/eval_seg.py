@@ -17,7 +17,14 @@ from omegaconf import OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import pop_options
-from fast_lightning.commands.train_seg import EVALUATED_ON, check_model_config, metric_table, split_counts
+from fast_lightning.commands.train_seg import (
+    EVALUATED_ON,
+    check_model_config,
+    metric_table,
+    per_type_table,
+    report_defect_scale,
+    split_counts,
+)
 from fast_lightning.config import apply_overrides
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.runs import atomic_write_json
@@ -83,6 +90,7 @@ def main(args: list[str]) -> int:
     dm = AnomalyDataModule(cfg, stage="segmentation")
     dm.setup()
     counts = split_counts(dm)
+    scale = report_defect_scale(dm)
     run_dir = run_dir_of_checkpoint(ckpt_path)
     split_file = run_dir / "split.json"
     same_split = None
@@ -116,14 +124,17 @@ def main(args: list[str]) -> int:
         "threshold_source": "stored in the checkpoint (F1-optimal on the validation split during training)"
         if bool(module.threshold_chosen) else "default 0.5 (no validation threshold in this checkpoint)",
         "test": module.test_metrics,
+        "test_per_type": module.test_per_type,
         "counts": counts,
         "test_images_evaluated": module.test_counts,
+        "defect_scale": scale,
         "split_matches_training": same_split,
         "overrides": list(overrides),
         "seconds": round(time.time() - start, 1),
     }
     atomic_write_json(run_dir / "eval_metrics.json", result)
     print(metric_table({"test": module.test_metrics}, METRIC_KEYS))
+    print(per_type_table(module.test_per_type))
     print(f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
           f"{counts['test_images']} real test images ({counts['test_defect_images']} with defects)")
     print(f"wrote {run_dir / 'eval_metrics.json'}")

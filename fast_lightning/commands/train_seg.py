@@ -85,6 +85,29 @@ def split_counts(dm: AnomalyDataModule) -> dict:
     }
 
 
+def report_defect_scale(dm: AnomalyDataModule) -> dict:
+    """Log how many real-test defects survive data.resolution (warn above 10% vanished); JSON for metrics.json."""
+    from fast_lightning.data.defect_scale import defect_scale
+
+    scale = defect_scale(dm.split.real_test, int(dm.cfg.data.resolution))
+    for line in scale.lines():
+        log.info(line)
+    if scale.warning():
+        log.warning(scale.warning())
+    return scale.to_json()
+
+
+def per_type_table(per_type: dict | None) -> str:
+    """Test pixel AP / IoU per defect type (each type + all defect-free test images)."""
+    if not per_type:
+        return "per-type metrics: none (the test dataset carries no defect types)"
+    width = max(len("defect type"), *(len(k) for k in per_type))
+    lines = [f"{'defect type':<{width}}  {'images':>6}  {'defects':>7}  {'pixel AP':>9}  {'IoU':>7}"]
+    for name, v in per_type.items():
+        lines.append(f"{name:<{width}}  {v['images']:>6}  {v['defect_images']:>7}  {v['pixel_ap']:>9.4f}  {v['iou']:>7.4f}")
+    return "\n".join(lines)
+
+
 def synth_info(synth, cfg: DictConfig) -> dict:
     """What produced the training pairs: class, diffusion checkpoint + sampler (fast), folder (fast_cached)."""
     inner = getattr(synth, "synth", synth)
@@ -209,6 +232,7 @@ def main(args: list[str]) -> int:
                         f"{cfg.data.val_fraction}, data.generator_fraction={cfg.data.generator_fraction})")
     if counts["val_defect_images"] == 0:
         log.warning("the validation split holds no defect image: the IoU threshold stays 0.5 and val metrics are nan")
+    scale = report_defect_scale(dm)
 
     from fast_lightning.synthesis import build_seg_synthesizer
 
@@ -267,12 +291,14 @@ def main(args: list[str]) -> int:
         "threshold": float(module.threshold),
         "threshold_source": "F1-optimal pixel threshold on the validation split (best checkpoint)",
         "test": test_metrics,
+        "test_per_type": module.test_per_type,
         "val": val_metrics,
         "best_step": int(meta.get("global_step", trainer.global_step)) if best else int(trainer.global_step),
         "train_steps": int(trainer.global_step),
         "checkpoint": str(best or last),
         "counts": counts,
         "test_images_evaluated": module.test_counts,
+        "defect_scale": scale,
         "seconds": round(time.time() - start, 1),
         "fit_seconds": round(fit_seconds, 1),
         **timer.summary(),
@@ -285,6 +311,7 @@ def main(args: list[str]) -> int:
     atomic_write_json(run_dir / "metrics.json", summary)
     update_latest(run_dir)
     print(metric_table({"val (best)": val_metrics, "test": test_metrics}, METRIC_KEYS))
+    print(per_type_table(module.test_per_type))
     print(f"threshold {summary['threshold']:.4f} (chosen on val); test: {counts['test_images']} real images "
           f"({counts['test_defect_images']} with defects); synthesis wait share {summary['synthesis_wait_share']}")
     print(f"segmentation run: {run_dir}  (metrics: {run_dir / 'metrics.json'}, checkpoint: {summary['checkpoint']})")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fast_lightning.data.defect_scale import defect_scale
 from fast_lightning.data.io import mask_to_binary, open_image
 from fast_lightning.data.records import DataError, read_class
 from fast_lightning.data.split import make_split
@@ -26,7 +27,8 @@ class CheckReport:
 
 
 def check_class(root: str | Path, class_name: str, generator_fraction: float = 1 / 3,
-                val_fraction: float = 1 / 3, progress: bool = True) -> CheckReport:
+                val_fraction: float = 1 / 3, progress: bool = True, resolution: int | None = None) -> CheckReport:
+    """``resolution`` (data.resolution) adds the defect-scale table of the real-test masks at that size."""
     report = CheckReport()
     try:
         index = read_class(root, class_name, strict=False)
@@ -71,4 +73,9 @@ def check_class(root: str | Path, class_name: str, generator_fraction: float = 1
     for label in labels:
         report.lines.append(f"{label:<{width}}  " + "  ".join(f"{counts[s].get(label, 0):>15}" for s in counts))
     report.lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s].values()):>15}" for s in counts))
+    if resolution:
+        scale = defect_scale(split.real_test, int(resolution))
+        report.lines.extend(scale.lines())
+        if scale.warning():
+            report.warnings.append(scale.warning())
     return report

@@ -16,10 +16,11 @@ import torch
 
 from fast_lightning.runs import atomic_write_bytes, atomic_write_text
 
-REPORT_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "iou", "acc", "image_auroc")
+REPORT_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max", "iou", "acc", "image_auroc")
+PER_TYPE_METRICS = ("pixel_ap", "iou")
 METRIC_LABELS = {
     "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "best F1", "iou": "IoU@val-thr",
-    "miou": "mIoU (anomaly)", "acc": "Acc (anomaly)", "image_auroc": "image AUROC",
+    "miou": "mIoU (anomaly)", "acc": "Acc (anomaly)", "image_auroc": "image AUROC", "aupro": "AUPRO@0.3",
 }
 
 
@@ -45,6 +46,20 @@ def aggregate(rows: list[dict], group_key: str, metrics: Sequence[str] = REPORT_
             for name, rs in groups.items()}
 
 
+def aggregate_per_type(rows: list[dict], group_key: str, metric: str = "pixel_ap") -> dict[str, dict]:
+    """rows: {group_key: name, 'metrics': metrics.json} -> name -> defect type -> (mean, std, n) of ``metric``.
+
+    Uses each run's ``test_per_type`` block; runs written before it existed contribute nothing.
+    """
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        per_type = (row.get("metrics") or {}).get("test_per_type") or {}
+        groups.setdefault(str(row[group_key]), []).append(per_type)
+    types = sorted({t for runs in groups.values() for pt in runs for t in pt})
+    return {name: {t: _mean_std([(pt.get(t) or {}).get(metric) for pt in runs]) for t in types}
+            for name, runs in groups.items()}
+
+
 def _fmt(mean: float, std: float, n: int) -> str:
     if n == 0:
         return "n/a"
@@ -65,6 +80,24 @@ def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] 
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def per_type_columns(agg: dict[str, dict]) -> list[str]:
+    """The defect types present in a per-type aggregate (sorted)."""
+    return sorted({t for vals in agg.values() for t in vals})
+
+
+def per_type_sections(per_type: dict[str, dict[str, dict]], first_col: str) -> list[str]:
+    """Markdown lines: one table of per-defect-type test values per metric; nothing when no run has them."""
+    out: list[str] = []
+    for metric, agg in per_type.items():
+        columns = per_type_columns(agg)
+        if not columns:
+            continue
+        label = {"pixel_ap": "pixel AP", "iou": "IoU at the validation threshold"}.get(metric, metric)
+        out += [f"**{label} per defect type** (each type's test images + all defect-free test images; "
+                "mean ± std over seeds)", "", markdown_table(agg, first_col, metrics=columns), ""]
+    return out
 
 
 def text_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from fast_lightning.evaluation.metrics import SegmentationMetrics
+from fast_lightning.evaluation.metrics import SegmentationMetrics, aupro, per_type_metrics
 from fast_lightning.segmentation.losses import build_loss
 from fast_lightning.segmentation.models import build_segmenter
 
@@ -40,7 +40,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PANEL_ROWS = ("image", "ground truth", "predicted", "probability")
 METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
-               "iou_threshold", "image_auroc")
+               "iou_threshold", "image_auroc", "aupro")
 
 
 def heatmap(prob: torch.Tensor) -> torch.Tensor:
@@ -92,6 +92,7 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics: dict[str, float] | None = None
         self.test_metrics: dict[str, float] | None = None
         self.test_counts: dict[str, int] | None = None  # images actually evaluated by the last test pass
+        self.test_per_type: dict[str, dict[str, float]] | None = None  # pixel AP / IoU per defect type (test)
         self.val_history: list[dict] = []
         self.loaded_meta: dict | None = None
         self.panel_dir: Path | None = None   # PNG panels go here when set (the command sets run_dir/panels)
@@ -201,7 +202,17 @@ class SegmentationModule(L.LightningModule):
             else:
                 thr = float(self.threshold)
             out = metric.compute(threshold=thr)
+            out["aupro"] = aupro(probs, masks)
         return {k: float(out[k]) for k in METRIC_KEYS}
+
+    def _image_types(self, index: torch.Tensor) -> list[str] | None:
+        """Defect type of each evaluated test image, from the test dataset's records (None if it has none)."""
+        loaders = self.trainer.test_dataloaders if self._trainer is not None else None
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        records = getattr(getattr(loader, "dataset", None), "records", None)
+        if records is None or (index.numel() and int(index.max()) >= len(records)):
+            return None
+        return [str(records[int(i)].label) for i in index]
 
     def _log_metrics(self, prefix: str, metrics: dict[str, float]) -> None:
         # identical values on every rank (computed from the gathered set): no sync_dist needed
@@ -246,11 +257,13 @@ class SegmentationModule(L.LightningModule):
         self._accumulate(batch)
 
     def on_test_epoch_end(self) -> None:
-        _, probs, masks = self._collect()
+        index, probs, masks = self._collect()
         self._reset_eval()
         if probs.shape[0] == 0:
             raise RuntimeError("the test split is empty: nothing to evaluate")
         self.test_metrics = self._metrics(probs, masks, choose_threshold=False)
+        types = self._image_types(index)
+        self.test_per_type = per_type_metrics(probs, masks, types, float(self.threshold)) if types else None
         self.test_counts = {"images": int(masks.shape[0]), "defect_images": int((masks.flatten(1) > 0).any(1).sum())}
         self._log_metrics("test", self.test_metrics)
 
