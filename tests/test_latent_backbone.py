@@ -99,6 +99,21 @@ def test_latent_model_contract(ldm):
     assert not torch.allclose(e1, e2)
 
 
+def test_unfreeze_unet_and_gradient_checkpointing(ldm):
+    model = build(ldm, "diffusion.unfreeze_unet=true", "diffusion.gradient_checkpointing=true",
+                  "diffusion.context_tokens=2")
+    assert model.denoiser.type_tokens.shape[1] == 2
+    assert all(p.requires_grad for p in model.denoiser.unet.parameters())
+    assert not any(p.requires_grad for p in model.denoiser.vae.parameters())
+    assert model.frozen_state_keys() and all(k.startswith("denoiser.vae.") for k in model.frozen_state_keys())
+    assert model.denoiser.unet.is_gradient_checkpointing
+    z = model.to_model_space(torch.rand(2, 3, 32, 32))
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 8:20] = 1
+    model.training_losses(z, mask, torch.tensor([1, 2]))["loss"].backward()
+    assert model.denoiser.unet.conv_in.weight.grad is not None and model.farm.dec_out.weight.grad is not None
+
+
 def test_clear_errors_for_bad_folders(ldm, tmp_path):
     with pytest.raises(PretrainedFolderError, match="diffusion.pretrained"):
         build_fast_diffusion(load_config(["profile=smoke", "diffusion.backbone=latent"]).diffusion, 3, 2, TYPES)
