@@ -1,8 +1,7 @@
 """Denoiser backbones: the eps-prediction network behind FARM and the samplers.
 
-FARM, the loss and every sampler talk to the backbone only through the :class:`Denoiser` contract, so a latent
-backbone (e.g. a local LDM checkpoint with a VAE) is added by registering one more builder in
-``DENOISER_REGISTRY`` -- nothing else changes.
+FARM, the loss and every sampler talk to the backbone only through the :class:`Denoiser` contract, so the latent
+backbone (``diffusion/latent.py``: a local LDM folder with a VAE) is one more builder in ``DENOISER_REGISTRY``.
 """
 
 from __future__ import annotations
@@ -61,11 +60,16 @@ class Denoiser(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """``generator`` (one, or one per image) feeds a stochastic encoder (a VAE posterior sample)."""
         return images
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of pretrained, frozen parts: left out of checkpoints, restored from their source."""
+        return ()
 
 
 def _auto_norm_groups(widths: Sequence[int], cap: int = 32) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from fast_lightning.diffusion.adaptor import Adaptor
 from fast_lightning.diffusion.denoiser import DENOISER_REGISTRY, Denoiser, build_denoiser, resize_mask
 from fast_lightning.diffusion.farm import FARM
+from fast_lightning.diffusion.latent import latent_options  # also registers diffusion.backbone=latent
 from fast_lightning.diffusion.schedule import SCHEDULE_KINDS, NoiseSchedule
 
 
@@ -55,9 +56,10 @@ class FASTDiffusion(nn.Module):
     def num_train_timesteps(self) -> int:
         return self.schedule.num_train_timesteps
 
-    def to_model_space(self, images01: torch.Tensor) -> torch.Tensor:
-        """[0,1] images -> [-1,1] -> denoiser.encode (identity in pixel space)."""
-        return self.denoiser.encode(images01 * 2.0 - 1.0)
+    def to_model_space(self, images01: torch.Tensor, generator=None) -> torch.Tensor:
+        """[0,1] images -> [-1,1] -> denoiser.encode (identity in pixel space; a VAE posterior sample for the
+        latent backbone, drawn from ``generator``: one, one per image, or None for the global RNG)."""
+        return self.denoiser.encode(images01 * 2.0 - 1.0, generator=generator)
 
     def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """denoiser.decode -> [-1,1] -> [0,1], clamped."""
@@ -66,6 +68,21 @@ class FASTDiffusion(nn.Module):
     def model_mask(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Image-resolution mask -> model-space resolution (max pooling keeps thin defects)."""
         return resize_mask(mask, like.shape[-2:]).to(like.dtype)
+
+    # ---------------------------------------------------------------- checkpoints
+    def frozen_state_keys(self) -> set[str]:
+        """state_dict keys of the pretrained, frozen backbone parts (empty for the pixel backbone)."""
+        prefixes = tuple("denoiser." + p for p in self.denoiser.frozen_prefixes())
+        return {k for k in self.state_dict(keep_vars=True) if prefixes and k.startswith(prefixes)}
+
+    def load_trained_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Strict load of a checkpoint's trained parts; only the frozen keys may be absent (they keep the
+        weights read from the pretrained folder)."""
+        own = self.state_dict()
+        full = dict(state)
+        for k in self.frozen_state_keys():
+            full.setdefault(k, own[k])
+        self.load_state_dict(full)
 
     # ---------------------------------------------------------------- network calls
     def predict_eps(
@@ -191,7 +208,8 @@ def build_fast_diffusion(
 ) -> FASTDiffusion:
     """Build FASTDiffusion from the ``diffusion`` config group (plain Mapping or OmegaConf DictConfig).
 
-    Keys: backbone, resolution, unet{block_out_channels, layers_per_block, attention_levels, mask_channel,
+    Keys: backbone, resolution, [backbone=latent: pretrained, latent_encode, context_tokens, unfreeze_unet,
+    gradient_checkpointing], unet{block_out_channels, layers_per_block, attention_levels, mask_channel,
     dropout[, norm_num_groups, attention_head_dim]}, farm{enabled, base_channels, time_dim}, adaptor, schedule,
     num_train_timesteps, beta_start, beta_end, lambda_eps (2.0), lambda_farm (5.0).
     Invalid values raise ValueError naming the offending ``diffusion.*`` key.
@@ -227,12 +245,13 @@ def build_fast_diffusion(
         raise ValueError(f"diffusion.unet.dropout must be in [0, 1), got {dropout}")
     mask_channel = bool(_get(unet_cfg, "mask_channel", True))
     factor = 2 ** (len(blocks) - 1)
-    if resolution % factor:
+    pixel = backbone == "pixel_unet"  # the latent backbone checks sizes against its own autoencoder
+    if pixel and resolution % factor:
         raise ValueError(
             f"diffusion.resolution={resolution} must be divisible by {factor} = 2**(number of UNet blocks - 1) "
             f"(diffusion.unet.block_out_channels has {len(blocks)} blocks)"
         )
-    if resolution % 4:
+    if pixel and resolution % 4:
         raise ValueError(f"diffusion.resolution={resolution} must be divisible by 4 (FARM works at resolution/4)")
     norm_groups = _get(unet_cfg, "norm_num_groups", None)
     if norm_groups is not None:
@@ -288,7 +307,15 @@ def build_fast_diffusion(
         "image_channels": image_channels,
         "type_names": list(type_names),
     }
-    denoiser = build_denoiser(resolved["unet"], backbone, image_channels, resolution, num_types)
+    if backbone == "latent":
+        resolved["latent"] = latent_options(cfg)
+    denoiser = build_denoiser(resolved.get(backbone, resolved["unet"]), backbone, image_channels, resolution,
+                              num_types)
+    if not pixel and denoiser.latent_size % 4:
+        raise ValueError(
+            f"diffusion.resolution={resolution} gives {denoiser.latent_size}x{denoiser.latent_size} latents; FARM "
+            f"needs a multiple of 4: use a multiple of {4 * (resolution // denoiser.latent_size)}"
+        )
     farm = (
         FARM(denoiser.latent_channels, denoiser.latent_size, farm_w, farm_tdim, steps) if farm_enabled else None
     )

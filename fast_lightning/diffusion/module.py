@@ -29,7 +29,9 @@ class DiffusionModule(L.LightningModule):
         self.cfg = OmegaConf.create(config)
         d = self.cfg.diffusion
         self.model: FASTDiffusion = build_fast_diffusion(d, int(self.cfg.data.channels), len(type_names), type_names)
-        self.ema: FASTDiffusion = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # the EMA shares the frozen pretrained parameters (latent backbone) instead of copying 1.4B weights
+        shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
+        self.ema: FASTDiffusion = copy.deepcopy(self.model, memo=shared).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.log_batch: dict | None = None  # fixed images for the sample grid
         self.sample_dir: Path | None = None
@@ -37,7 +39,8 @@ class DiffusionModule(L.LightningModule):
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.cfg.diffusion.optim
-        opt = torch.optim.AdamW(self.model.parameters(), lr=float(o.lr), weight_decay=float(o.weight_decay))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=float(o.lr), weight_decay=float(o.weight_decay))
         warmup = max(1, int(o.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -52,10 +55,10 @@ class DiffusionModule(L.LightningModule):
         return torch.Generator().manual_seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x0 = self.model.to_model_space(batch["image"])
+        g = self.step_generator()
+        x0 = self.model.to_model_space(batch["image"], generator=g)  # g feeds a VAE posterior sample, if any
         if self.device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        g = self.step_generator()
         t = torch.randint(0, self.model.num_train_timesteps, (x0.shape[0],), generator=g).to(self.device)
         eps = torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
         out = self.model.training_losses(x0, batch["mask"], batch["cond"], t=t, eps=eps)
@@ -87,11 +90,12 @@ class DiffusionModule(L.LightningModule):
         decay = float(self.cfg.diffusion.optim.ema_decay)
         n = int(self.ema_updates) + 1
         decay = min(decay, (1 + n) / (10 + n))  # warm start: EMA follows quickly early on
-        ema_params = list(self.ema.parameters())
-        params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
+        pairs = [(e, p) for e, p in zip(self.ema.parameters(), self.model.parameters()) if e is not p]
+        if pairs:  # shared (frozen) parameters are their own average
+            torch._foreach_lerp_([e for e, _ in pairs], [p.detach() for _, p in pairs], 1.0 - decay)
         for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
-            b_ema.copy_(b)
+            if b_ema is not b:
+                b_ema.copy_(b)
         self.ema_updates += 1
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -115,7 +119,7 @@ class DiffusionModule(L.LightningModule):
         ema = self.ema.eval()
         background = ema.to_model_space(b["image"])
         gens = [torch.Generator().manual_seed(int(self.cfg.seed) + i) for i in range(background.shape[0])]
-        out = ema.from_model_space(sampler(ema, background, b["mask"], b["cond"], gens))
+        out = ema.from_model_space(sampler(ema, background, ema.model_mask(b["mask"], background), b["cond"], gens))
         if ema.farm is not None:
             t = torch.full((background.shape[0],), ema.num_train_timesteps // 2, device=self.device, dtype=torch.long)
             noisy = ema.schedule.q_sample(background, t, torch.randn_like(background))
@@ -161,7 +165,43 @@ class DiffusionModule(L.LightningModule):
             "resolution": int(self.cfg.diffusion.resolution),
             "window": str(self.cfg.diffusion.window),
             "channels": int(self.cfg.data.channels),
+            **pretrained_meta(self.model),
         }
+        # pretrained frozen weights are not stored: the checkpoint holds the folder path and its fingerprint
+        frozen = {f"{prefix}.{k}" for k in self.model.frozen_state_keys() for prefix in ("model", "ema")}
+        if frozen:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning's strict load: refuse another pretrained folder, put back the frozen weights."""
+        check_pretrained_matches(checkpoint.get("fast_lightning", {}), self.model, "resume")
+        sd = checkpoint["state_dict"]
+        for prefix, model in (("model", self.model), ("ema", self.ema)):
+            own = model.state_dict()
+            for k in model.frozen_state_keys():
+                sd.setdefault(f"{prefix}.{k}", own[k])
+
+
+def pretrained_meta(model: FASTDiffusion) -> dict[str, Any]:
+    """Checkpoint metadata identifying a pretrained backbone (empty for backbones trained from scratch)."""
+    fp = getattr(model.denoiser, "fingerprint", None)
+    return {} if fp is None else {"pretrained": model.denoiser.pretrained, "pretrained_fingerprint": fp}
+
+
+def check_pretrained_matches(meta: dict, model: FASTDiffusion, action: str) -> None:
+    """The pretrained folder behind ``model`` must be the one the checkpoint was trained with."""
+    from fast_lightning.training import CheckpointError
+
+    want, have = meta.get("pretrained_fingerprint"), pretrained_meta(model)
+    if want is None and not have:
+        return
+    if want != have.get("pretrained_fingerprint"):
+        raise CheckpointError(
+            f"cannot {action}: the checkpoint was trained on the pretrained folder {meta.get('pretrained')!r} "
+            f"(fingerprint {want}) but diffusion.pretrained={have.get('pretrained')!r} has fingerprint "
+            f"{have.get('pretrained_fingerprint')} (a different model or different files). Point "
+            f"diffusion.pretrained at the folder the checkpoint was trained with."
+        )
 
 
 def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
@@ -175,9 +215,10 @@ def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
     hp = ckpt["hyper_parameters"]
     cfg = OmegaConf.create(hp["config"])
     model = build_fast_diffusion(cfg.diffusion, int(cfg.data.channels), len(hp["type_names"]), hp["type_names"])
+    check_pretrained_matches(meta, model, f"load {resolve_checkpoint(path)}")
     state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     try:
-        model.load_state_dict(state)
+        model.load_trained_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not match its own config: {exc}") from exc
     meta = dict(meta, config=cfg, path=str(resolve_checkpoint(path)), global_step=int(ckpt.get("global_step", 0)))
@@ -196,8 +237,19 @@ def check_resume_compatible(ckpt: dict, cfg: DictConfig, type_names: list[str], 
     if meta.get("resolution") != int(cfg.diffusion.resolution):
         problems.append(f"resolution {meta.get('resolution')} != diffusion.resolution={cfg.diffusion.resolution}")
     saved = OmegaConf.create(ckpt["hyper_parameters"]["config"]).diffusion
-    for key in ("backbone", "unet", "farm", "adaptor", "num_train_timesteps"):
-        a, b = saved[key], cfg.diffusion[key]
+    keys = ["backbone", "unet", "farm", "adaptor", "num_train_timesteps"]
+    if saved.get("backbone") == "latent":
+        keys += ["context_tokens", "unfreeze_unet"]
+        if meta.get("pretrained_fingerprint") and cfg.diffusion.get("backbone") == "latent":
+            from fast_lightning.diffusion.latent import pretrained_fingerprint
+
+            fp = pretrained_fingerprint(cfg.diffusion.pretrained)
+            if fp != meta["pretrained_fingerprint"]:
+                problems.append(f"diffusion.pretrained={cfg.diffusion.pretrained} (fingerprint {fp}) is not the "
+                                f"folder it was trained with ({meta.get('pretrained')}, fingerprint "
+                                f"{meta['pretrained_fingerprint']})")
+    for key in keys:
+        a, b = saved.get(key), cfg.diffusion.get(key)
         a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
         b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
         if a != b:

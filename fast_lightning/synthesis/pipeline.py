@@ -148,7 +148,8 @@ class AnomalySynthesizer:
                     generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(B,C,R,R) [0,1] windows + (B,1,R,R) masks -> generated windows [0,1] on the model device."""
         device = self.device
-        background = self.model.to_model_space(windows01.to(device, torch.float32))
+        # generators: a latent backbone's VAE posterior noise of item i comes from generators[i] too
+        background = self.model.to_model_space(windows01.to(device, torch.float32), list(generators))
         m = self.model.model_mask(masks.to(device, torch.float32), background)
         cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1).to(device)
         ctx = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
