@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy import ndimage
 
 import fast_lightning  # noqa: F401

@@ -278,11 +278,15 @@ class RealMaskBank:
     def __len__(self) -> int:
         return len(self.masks)
 
+    MAX_CACHED_SIZES = 16  # native-size synthesis meets many image sizes: keep the most recent ones
+
     def _at_size(self, index: int, h: int, w: int) -> torch.Tensor:
+        if (h, w) not in self._resized and len(self._resized) >= self.MAX_CACHED_SIZES:
+            self._resized.pop(next(iter(self._resized)))
         cache = self._resized.setdefault((h, w), [None] * len(self.masks))  # type: ignore[list-item]
         if cache[index] is None:
-            cache[index] = resize_mask(self.masks[index], (h, w))
-        return cache[index]
+            cache[index] = resize_mask(self.masks[index], (h, w)).to(torch.uint8)
+        return cache[index].float()
 
     def _transform(self, soft: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Flips, rot90, small rotation + scale about the centroid; result centred in the frame (bool)."""

@@ -12,7 +12,6 @@ from math import gcd
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fast_lightning.data.masks import resize_mask  # the one mask resize rule (re-exported for FARM/Adaptor)

@@ -533,7 +533,8 @@ class FastSegSynthesizer:
         self.normals = list(normals) if normals is not None else None
         self.channels = int(_cfg_get(cfg, "data", "channels", default=3))
         self.foreground_mode = str(_cfg_get(cfg, "data", "foreground", default="auto"))
-        self._native: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache = None  # data.datasets.NativeCache: decoded full-resolution normals (uint8)
+        self._foregrounds: dict[int, torch.Tensor] = {}
         self._pool_images: torch.Tensor | None = None
         self._pool_masks: torch.Tensor | None = None
         self._pool_types: torch.Tensor | None = None
@@ -545,18 +546,17 @@ class FastSegSynthesizer:
     def native(self, record: int, hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (C,H,W) [0,1], foreground (1,H,W)) of normal record ``record`` at its own resolution
         (decoded once, kept as uint8 on CPU), flipped like the working-scale batch item."""
-        from fast_lightning.data.datasets import foreground_mask
-        from fast_lightning.data.io import load_image
+        from fast_lightning.data.datasets import NativeCache, foreground_mask
 
         if self.normals is None:
             raise ValueError("FastSegSynthesizer was built without the normal image paths (normals=...), so it "
                              "cannot read records at full resolution")
-        if record not in self._native:
-            img = load_image(self.normals[record], None, self.channels)
-            fg = foreground_mask(img, self.foreground_mode)
-            self._native[record] = ((img * 255 + 0.5).to(torch.uint8), (fg > 0.5).to(torch.uint8))
-        img, fg = self._native[record]
-        img, fg = img.float() / 255.0, fg.float()
+        if self._cache is None:
+            self._cache = NativeCache(self.channels)
+        img = self._cache.image(self.normals[record])
+        if record not in self._foregrounds:
+            self._foregrounds[record] = (foreground_mask(img, self.foreground_mode) > 0.5).to(torch.uint8)
+        fg = self._foregrounds[record].float()
         if hflip:
             img, fg = img.flip(-1), fg.flip(-1)
         return img, fg
