@@ -147,8 +147,9 @@ def test_build_mask_sampler_sources_types_and_errors(cfg, fake_split, tmp_path):
         m, tid, label = ms.sample_typed(32, torch.Generator().manual_seed(i), fg)
         assert m.shape == (1, 32, 32) and m.sum() > 0 and bool((m <= fg).all())
         assert tid in (1, 2) and label.startswith("real:") and split.types[tid - 1] in label
-    m, tid, label = build_mask_sampler(cfg, split, None, sources=["perlin"]).sample_typed((40, 56), torch.Generator().manual_seed(0))
-    assert m.shape == (1, 40, 56) and tid == 0 and label == "perlin"
+    # Perlin masks get a type too (synthesis.perlin_type, default random): intended change of issue 10
+    d = build_mask_sampler(cfg, split, None, sources=["perlin"]).draw((40, 56), torch.Generator().manual_seed(0))
+    assert d.mask.shape == (1, 40, 56) and d.type_id in (1, 2) and d.source == "perlin" and d.type_rule == "random"
     folder = tmp_path / "masks"
     folder.mkdir()
     from fast_lightning.data.io import save_image

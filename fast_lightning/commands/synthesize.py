@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 RUN_DIR_ENV = "FAST_LIGHTNING_SYNTH_RUN_DIR"  # lets DDP worker processes find rank 0's run directory
 # keys that decide what pair i looks like: a resumed run must keep them
 FIXED_KEYS = ("class_name", "seed", "data.channels", "data.foreground", "data.foreground_dir",
-              "data.image_interpolation", "sampling", "synthesis.masks", "synthesis.out_resolution")
+              "data.image_interpolation", "sampling", "synthesis.masks", "synthesis.perlin_type",
+              "synthesis.out_resolution")
 
 
 def make_sampler(cfg):
@@ -175,7 +176,7 @@ def main(args: list[str]) -> int:
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
         out_res = cfg.synthesis.out_resolution
-        mask_sampler = build_mask_sampler(cfg, split, size=int(out_res) if out_res else None)
+        mask_sampler = build_mask_sampler(cfg, split, size=None)  # masks at native size: synthesis runs there
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc
 

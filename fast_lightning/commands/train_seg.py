@@ -149,12 +149,12 @@ class TimedSynthesizer:
         self.synth, self.name = synth, name
         self.seconds, self.calls = 0.0, 0
 
-    def __call__(self, normals, foreground, generator):
+    def __call__(self, normals, foreground, generator, **kwargs):  # kwargs: records/hflip (native_input)
         cuda = normals.is_cuda
         if cuda:
             torch.cuda.synchronize(normals.device)
         start = time.perf_counter()
-        out = self.synth(normals, foreground, generator)
+        out = self.synth(normals, foreground, generator, **kwargs)
         if cuda:
             torch.cuda.synchronize(normals.device)
         self.seconds += time.perf_counter() - start

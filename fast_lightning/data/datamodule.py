@@ -3,7 +3,9 @@
 - ``stage="diffusion"``: generator-train windows (defects of the first third + normal images).
 - ``stage="segmentation"``: normal train images, turned into (image, mask) pairs on the training device
   by an injected synthesizer (this module imports no model code), plus the REAL-test split for
-  validation and test (disjoint, both unseen by any generator).
+  validation and test (disjoint, both unseen by any generator). Batches carry ``record`` (index into
+  ``split.normal_train``) and ``hflip``; a synthesizer with ``native_input = True`` receives them as
+  ``synth(images, foreground, generator, records=..., hflip=...)`` and works on the full-resolution image.
 """
 
 from __future__ import annotations
@@ -162,7 +164,13 @@ class AnomalyDataModule(L.LightningDataModule):
         if n_syn == 0:
             return batch
         g = torch.Generator().manual_seed(int(self.cfg.seed) * 7919 + step * 131 + rank)
-        syn_img, syn_mask = self.synthesizer(images[:n_syn], foreground[:n_syn], g)
+        if getattr(self.synthesizer, "native_input", False) and "record" in batch:
+            # the synthesizer reads these normal-train records at full resolution (see FastSegSynthesizer)
+            syn_img, syn_mask = self.synthesizer(images[:n_syn], foreground[:n_syn], g,
+                                                 records=batch["record"][:n_syn].cpu(),
+                                                 hflip=batch["hflip"][:n_syn].cpu())
+        else:
+            syn_img, syn_mask = self.synthesizer(images[:n_syn], foreground[:n_syn], g)
         batch = dict(batch)
         batch["image"] = torch.cat([syn_img.to(images.dtype), images[n_syn:]], 0)
         batch["mask"] = torch.cat([syn_mask.to(images.dtype), batch["mask"][n_syn:]], 0)

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
 from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor
+from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import Record
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 
@@ -44,16 +45,16 @@ class NativeCache:
         if path not in self._masks:
             m = load_mask(path).to(torch.uint8)
             if m.shape[-2:] != like:
-                m = F.interpolate(m[None].float(), size=like, mode="nearest")[0].to(torch.uint8)
+                m = resize_mask(m.float(), like).to(torch.uint8)
             self._masks[path] = m
         return self._masks[path]
 
 
 def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bicubic (antialiased) image, nearest mask re-binarised at 0.5."""
+    """Bicubic (antialiased) image; the mask with ``resize_mask``, the rule synthesis uses too (a thin
+    scratch the bicubic image still shows stays in the mask)."""
     img = F.interpolate(image[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
-    msk = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
-    return img.clamp_(0, 1), (msk >= 0.5).float()
+    return img.clamp_(0, 1), resize_mask(mask, size)
 
 
 def augment_pair(image, mask, generator, hflip=True, vflip=True, rot90=True):
@@ -131,7 +132,7 @@ class GeneratorTrainDataset(Dataset):
         mask = self.cache.mask(rec.mask, (h, w))
         if self.window == "crop" and (not normal or self.normal_crops):
             bbox = None if normal else mask_bbox(mask)
-            side = window_side(h, w, self.crop_scale, bbox)
+            side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution)
             y, x = place_window(h, w, side, bbox, generator=g)
             image, mask = image[:, y:y + side, x:x + side], mask[:, y:y + side, x:x + side]
         image, mask = resize_pair(image.float() / 255.0, mask.float(), self.resolution)
@@ -140,7 +141,8 @@ class GeneratorTrainDataset(Dataset):
 
 
 class NormalImageDataset(Dataset):
-    """Normal train images at the working resolution with their foreground (segmenter training input)."""
+    """Normal train images at the working resolution with their foreground (segmenter training input), plus
+    ``record`` (index into ``normals``) and ``hflip`` so the synthesizer can use the full-resolution image."""
 
     def __init__(self, normals: list[Record], *, resolution: int, channels: int = 3, foreground: str = "auto",
                  foreground_dir: str | None = None, interpolation: str = "bicubic", augment: bool = True,
@@ -179,9 +181,12 @@ class NormalImageDataset(Dataset):
         g = item_generator(self.seed, index)
         i = int(torch.randint(len(self.normals), (1,), generator=g)) if self.length != len(self.normals) else index
         img, fg = self.load(i)
-        if self.augment:
-            img, fg = augment_pair(img, fg, g, hflip=True, vflip=False, rot90=False)
-        return {"image": img, "mask": torch.zeros_like(fg), "foreground": fg, "index": index}
+        flip = bool(self.augment and torch.rand((), generator=g) < 0.5)  # the only augmentation: h-flip
+        if flip:
+            img, fg = img.flip(-1).contiguous(), fg.flip(-1).contiguous()
+        # record + hflip let a synthesizer (online fast) read the same image at full resolution
+        return {"image": img, "mask": torch.zeros_like(fg), "foreground": fg, "index": index,
+                "record": i, "hflip": flip}
 
 
 def check_foreground_options(mode: str, folder: str | None) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import DataError
 
 _INTERPOLATION = {"bicubic": Image.BICUBIC, "area": Image.BOX, "bilinear": Image.BILINEAR}
@@ -78,7 +79,8 @@ def mask_to_binary(arr: np.ndarray, path: str | Path | None = None, warn: bool =
 
 def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None,
               like: tuple[int, int] | None = None) -> torch.Tensor:
-    """(1,H,W) float {0,1}; ``None`` gives an empty mask of ``size`` (or ``like`` = (H, W))."""
+    """(1,H,W) float {0,1}; ``None`` gives an empty mask of ``size`` (or ``like`` = (H, W)). A ``size``
+    resizes with ``data.masks.resize_mask`` (the rule every path shares), never with PIL."""
     if path is None:
         hw = (size, size) if isinstance(size, int) else (size or like)
         if hw is None:
@@ -86,11 +88,10 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None
         return torch.zeros(1, *hw)
     img = open_image(path)
     arr = mask_to_binary(np.asarray(img.convert("L")), path, warn=False)
-    if size is not None:
-        m = Image.fromarray((arr * 255).astype(np.uint8))
-        arr = np.asarray(m.resize(_pil_size(size), Image.NEAREST), dtype=np.float32) / 255.0
-        arr = (arr >= 0.5).astype(np.float32)
-    return torch.from_numpy(arr)[None]
+    mask = torch.from_numpy(arr)[None]
+    if size is not None:  # the one mask resize rule (thin defects survive, blob areas are kept)
+        mask = resize_mask(mask, size)
+    return mask
 
 
 def save_image(tensor: torch.Tensor, path: str | Path) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "FolderMaskSource",
     "MaskSampler",
     "as_hw",
+    "resize_mask",
 ]
 
 Size = Union[int, Sequence[int]]
@@ -105,16 +106,42 @@ def _shift(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def _resize_soft(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(1,h0,w0) -> soft (1,H,W) float; antialiased so thin structures survive downscaling as partial values."""
-    m = mask.float()
-    if tuple(m.shape[-2:]) == (h, w):
-        return m
-    return F.interpolate(m[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+def resize_mask(mask: torch.Tensor, size: Size) -> torch.Tensor:
+    """THE rule for changing the size of a binary mask, used by every path (diffusion training windows,
+    the mask banks, every synthesizer, the denoiser/FARM mask input, segmenter labels and evaluation).
+
+    ``mask``: (..., h, w) with values in {0,1} (thresholded at 0.5); returns float {0,1} of shape
+    (..., H, W) on the same device. Upscaling is nearest (exact for binary masks). Downscaling keeps
+    output pixels whose area coverage is >= 0.5 (so blobs keep their area: within a few % for blobs of
+    radius >= 2 output pixels) OR'ed with a thin-structure keeper: pixels the mask touches (max pooling)
+    that are not next to the interior of a thick region. A 1-px scratch therefore stays a connected line
+    (8-connectivity) at any scale, while a blob does not grow the ring that pure max pooling would add.
+    A non-empty mask never becomes empty (it falls back to max pooling). Known limit: where a thin tail
+    leaves a thick blob, the tail can be cut off from the blob by one output pixel.
+    """
+    H, W = as_hw(size)
+    lead = mask.shape[:-2]
+    h, w = mask.shape[-2:]
+    m = (mask.reshape(-1, 1, h, w) > 0.5).float()
+    if (h, w) != (H, W):
+        if h < H or w < W:  # grow the growing axis (nearest) first; then shrink the other, if any
+            m = F.interpolate(m, size=(max(h, H), max(w, W)), mode="nearest")
+        if tuple(m.shape[-2:]) != (H, W) and m.shape[0] > 0:
+            coverage = F.adaptive_avg_pool2d(m, (H, W))
+            touched = F.adaptive_max_pool2d(m, (H, W))
+            fat = -F.max_pool2d(-touched, 3, 1, 1)  # erosion: touched cells whose 8 neighbours are touched
+            near_fat = F.max_pool2d(fat, 3, 1, 1) > 0.5
+            out = (coverage >= 0.5) | ((touched > 0.5) & ~near_fat)
+            lost = ~out.flatten(1).any(1) & (touched > 0.5).flatten(1).any(1)
+            out[lost] = touched[lost] > 0.5
+            m = out.float()
+        elif tuple(m.shape[-2:]) != (H, W):
+            m = m.new_zeros(m.shape[0], 1, H, W)
+    return m.reshape(*lead, H, W)
 
 
 def _binarize(soft: torch.Tensor) -> torch.Tensor:
-    """>= 0.5, or any coverage when that would erase a thin mask entirely."""
+    """>= 0.5, or any coverage when that would erase a thin mask entirely (after a rotation/scale warp)."""
     hard = soft >= 0.5
     if not bool(hard.any()) and bool((soft > 1e-3).any()):
         hard = soft > 1e-3
@@ -251,11 +278,15 @@ class RealMaskBank:
     def __len__(self) -> int:
         return len(self.masks)
 
+    MAX_CACHED_SIZES = 16  # native-size synthesis meets many image sizes: keep the most recent ones
+
     def _at_size(self, index: int, h: int, w: int) -> torch.Tensor:
+        if (h, w) not in self._resized and len(self._resized) >= self.MAX_CACHED_SIZES:
+            self._resized.pop(next(iter(self._resized)))
         cache = self._resized.setdefault((h, w), [None] * len(self.masks))  # type: ignore[list-item]
         if cache[index] is None:
-            cache[index] = _resize_soft(self.masks[index], h, w)
-        return cache[index]
+            cache[index] = resize_mask(self.masks[index], (h, w)).to(torch.uint8)
+        return cache[index].float()
 
     def _transform(self, soft: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Flips, rot90, small rotation + scale about the centroid; result centred in the frame (bool)."""
@@ -331,10 +362,10 @@ def _load_mask_png(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
     with Image.open(path) as img:
         img.load()
         gray = img.convert("L")
-    t = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None]
+    t = (torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None] >= 0.5).float()
     if size is not None:
-        t = _resize_soft(t, *size)
-    return _binarize(t).to(torch.uint8)
+        t = resize_mask(t, size)
+    return t.to(torch.uint8)
 
 
 class FolderMaskSource(RealMaskBank):
@@ -406,18 +437,26 @@ class MaskSampler:
         self.min_area, self.max_area, self.max_tries = float(min_area), float(max_area), max(1, int(max_tries))
         self._weights = torch.tensor([w for _, w in pairs], dtype=torch.float64)
 
-    def _draw(self, size: tuple[int, int], generator: torch.Generator, foreground: torch.Tensor | None) -> torch.Tensor:
+    def _draw(self, size: tuple[int, int], generator: torch.Generator, foreground: torch.Tensor | None):
+        """(mask, info): ``info`` is what a source's ``sample_labelled`` returns beside the mask (None else)."""
         k = 0
         if len(self.sources) > 1:
             u = _uniform(generator, 0.0, 1.0) * float(self._weights.sum())
             k = int(torch.searchsorted(torch.cumsum(self._weights, 0), torch.tensor(u, dtype=torch.float64), right=True))
             k = min(k, len(self.sources) - 1)
         src = self.sources[k][0]
+        if hasattr(src, "sample_labelled"):
+            return src.sample_labelled(size, generator, foreground)
         fn = src.sample if hasattr(src, "sample") else src
-        return fn(size, generator, foreground)
+        return fn(size, generator, foreground), None
 
     def sample(self, size: Size, generator: torch.Generator, foreground: torch.Tensor | None = None) -> torch.Tensor:
         """(1, H, W) float {0,1} on the foreground's device (CPU without foreground)."""
+        return self.sample_info(size, generator, foreground)[0]
+
+    def sample_info(self, size: Size, generator: torch.Generator, foreground: torch.Tensor | None = None):
+        """(mask, info) of the accepted draw; ``info`` comes from the source's ``sample_labelled`` (e.g. its
+        anomaly type), None for plain sources."""
         h, w = as_hw(size)
         fg = _prepare_foreground(foreground, h, w)
         fg_float = fg.float() if fg is not None else None
@@ -425,7 +464,7 @@ class MaskSampler:
         areas: list[float] = []
         reasons: set[str] = set()
         for _ in range(self.max_tries):
-            mask = self._draw((h, w), generator, fg_float)
+            mask, info = self._draw((h, w), generator, fg_float)
             mask = (mask > 0.5).reshape(1, h, w).to(_out_device(fg))
             if fg is not None:
                 mask = mask & fg
@@ -441,7 +480,7 @@ class MaskSampler:
             elif area > self.max_area:
                 reasons.add("too large")
             else:
-                return mask.float()
+                return mask.float(), info
         shown = ", ".join(f"{a:.4f}" for a in areas[:10]) + (" ..." if len(areas) > 10 else "")
         hint = ""
         if fg_area / (h * w) < self.min_area:

@@ -22,9 +22,12 @@ def mask_bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def window_side(height: int, width: int, scale: float, bbox: tuple[int, int, int, int] | None = None,
-                margin: float = 1.25) -> int:
-    """Window side in source pixels: ``scale`` of the shorter side, grown to fit the defect with a margin."""
-    side = max(8, int(round(min(height, width) * scale)))
+                margin: float = 1.25, min_side: int = 8) -> int:
+    """Window side in source pixels: ``scale`` of the shorter side, grown to fit the defect with a margin,
+    and at least ``min_side`` (the model resolution: a window is never upsampled to the model when the image
+    has the pixels), capped by the shorter side. Diffusion training and every synthesis path call this, so
+    the model sees the same pixel scale (source px per model px) when it samples as when it was trained."""
+    side = max(8, int(min_side), int(round(min(height, width) * scale)))
     if bbox is not None:
         top, left, bottom, right = bbox
         side = max(side, int(math.ceil(max(bottom - top, right - left) * margin)))

@@ -11,32 +11,14 @@ from math import gcd
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from fast_lightning.data.masks import resize_mask  # the one mask resize rule (re-exported for FARM/Adaptor)
 
 
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with requires_grad)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def resize_mask(mask: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Resize a {0,1} mask (B,1,H,W) to ``size``.
-
-    Downsampling uses adaptive MAX pooling: a cell that touches any anomaly pixel stays 1, so thin defects
-    (1-2 px scratches) survive the reduction instead of being averaged away (area pooling would turn a 1 px
-    line into 0.25 at /4 and the line would vanish after thresholding). Upsampling uses nearest neighbour so
-    the mask stays binary.
-    """
-    if isinstance(size, int):
-        size = (size, size)
-    size = (int(size[0]), int(size[1]))
-    h, w = mask.shape[-2:]
-    if (h, w) == size:
-        return mask
-    if h >= size[0] and w >= size[1]:
-        return F.adaptive_max_pool2d(mask, size)
-    return F.interpolate(mask, size=size, mode="nearest")
 
 
 class Denoiser(nn.Module):

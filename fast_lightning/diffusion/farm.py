@@ -38,8 +38,9 @@ class FARM(nn.Module):
     predicts one value per s/4 x s/4 cell), ``base_channels`` w (reference 64), ``time_dim`` (128),
     ``num_train_timesteps`` T (rows of the trainable time embedding).
 
-    M_d (mask at s/4) uses adaptive MAX pooling: a bottleneck cell touching any defect pixel is fully kept
-    (M~ = 1), so thin defects are not suppressed by the background gate.
+    M_d (mask at s/4) uses the project's one mask resize rule (``data.masks.resize_mask``): area coverage
+    >= 0.5 plus a thin-structure keeper, so thin defects still get M~ = 1 cells (not suppressed by the
+    background gate) while blobs are not inflated by a max-pooling ring.
     """
 
     def __init__(

@@ -47,7 +47,8 @@ def resolve_cached_dir(cfg) -> Path:
 
 
 def build_seg_synthesizer(name: str, cfg, datamodule):
-    """The segmentation synthesizer ``name`` for ``cfg`` (masks at ``data.resolution``).
+    """The segmentation synthesizer ``name`` for ``cfg`` (outputs at ``data.resolution``; ``fast`` synthesizes
+    on the full-resolution normals the DataModule names by record index).
 
     ``datamodule``: an AnomalyDataModule (its split gives the generator-train masks / real pairs).
     """
@@ -57,9 +58,10 @@ def build_seg_synthesizer(name: str, cfg, datamodule):
     syn = cfg.synthesis
     if name == "fast":
         ckpt = resolve_diffusion_checkpoint(cfg)
-        return FastSegSynthesizer(ckpt, cfg, build_mask_sampler(cfg, split, size),
+        # full-resolution synthesis (masks at native size), then the working size: see FastSegSynthesizer
+        return FastSegSynthesizer(ckpt, cfg, build_mask_sampler(cfg, split, None),
                                   buffer_size=int(syn.seg_buffer_size), refresh=syn.seg_refresh,
-                                  type_names=list(split.types))
+                                  type_names=list(split.types), normals=[r.image for r in split.normal_train])
     if name == "fast_cached":
         return CachedSegSynthesizer(resolve_cached_dir(cfg), size, int(cfg.data.channels))
     if name == "draem":

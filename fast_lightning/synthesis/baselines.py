@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.data.masks import MaskSampler, PerlinMaskSource, perlin_noise
+from fast_lightning.data.masks import MaskSampler, PerlinMaskSource, perlin_noise, resize_mask
 
 __all__ = [
     "DraemSynthesizer",
@@ -348,11 +348,7 @@ class RealThirdSynthesizer:
             imgs, msk = self.images, self.masks.float()
             if tuple(imgs.shape[-2:]) != hw:
                 imgs = F.interpolate(imgs, size=hw, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-                soft = F.interpolate(msk, size=hw, mode="bilinear", antialias=True, align_corners=False)
-                hard = soft >= 0.5
-                thin = ~hard.flatten(1).any(1)  # keep thin defects that would vanish at 0.5
-                hard[thin] = soft[thin] > 1e-3
-                msk = hard.float()
+                msk = resize_mask(msk, hw)  # the one mask resize rule: thin defects survive
             self._cache = {key: (imgs.to(device), msk.to(device))}
         return self._cache[key]
 

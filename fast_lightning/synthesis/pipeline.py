@@ -10,16 +10,19 @@ kind of window around the placed mask; everything outside the mask is copied fro
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.data.masks import FolderMaskSource, MaskSampler, PerlinMaskSource, RealMaskBank
+from fast_lightning.data.masks import FolderMaskSource, MaskSampler, PerlinMaskSource, RealMaskBank, resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 from fast_lightning.hardware import autocast_dtype
 
@@ -55,21 +58,6 @@ def _resize_image(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def _resize_mask(m: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B,1,h,w) {0,1} -> (B,1,H,W) {0,1}: max pooling when shrinking (a 1-px scratch must not vanish),
-    nearest when growing; mixed cases (shrink one axis, grow the other) grow with nearest, then max-pool."""
-    h, w = m.shape[-2:]
-    H, W = int(hw[0]), int(hw[1])
-    if (h, w) == (H, W):
-        return m
-    m = m.float()
-    if h < H or w < W:
-        m = F.interpolate(m, size=(max(h, H), max(w, W)), mode="nearest")
-    if tuple(m.shape[-2:]) != (H, W):
-        m = F.adaptive_max_pool2d(m, (H, W))
-    return (m > 0.5).float()
-
-
 # ---- windows ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -102,8 +90,9 @@ class AnomalySynthesizer:
 
     ``model``: FASTDiffusion (EMA weights), ``sampler``: any ``fast_lightning.sampling`` sampler,
     ``meta``: the dict of ``load_fast_diffusion`` (``window``, ``resolution``, ``config``). Per item the
-    window is chosen from the mask (crop: ``window_side`` of the image centred on the mask bbox, no jitter;
-    full: the whole image), cropped and resized to the model resolution (image bicubic, mask max-pooled),
+    window is chosen from the mask (crop: ``window_side`` of the image centred on the mask bbox, no jitter:
+    the training window rule, so the pixel scale matches training; full: the whole image), cropped and
+    resized to the model resolution (image bicubic, mask with ``data.masks.resize_mask``),
     all windows of the batch go through ONE sampler call, and each generated window is resized back and
     pasted only inside the mask. Parts of a mask that fall outside its window (a mask wider than the
     image's shorter side) are left unchanged and dropped from the returned mask, so labels stay exact.
@@ -123,6 +112,7 @@ class AnomalySynthesizer:
         self.resolution = int(meta.get("resolution") or _cfg_get(meta.get("config"), "diffusion", "resolution"))
         self.crop_scale = float(_cfg_get(meta.get("config"), "diffusion", "crop", "scale", default=0.35))
         self.autocast_dtype = autocast_dtype
+        self._warned_small = False
 
     @property
     def device(self) -> torch.device:
@@ -138,7 +128,7 @@ class AnomalySynthesizer:
         if self.window == "full":
             return Window(0, 0, h, w)
         bbox = mask_bbox(mask)
-        side = window_side(h, w, self.crop_scale, bbox)
+        side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution)
         y, x = place_window(h, w, side, bbox, jitter=False)
         return Window(y, x, side, side)
 
@@ -183,10 +173,16 @@ class AnomalySynthesizer:
                 raise ValueError(f"need image (C,H,W) and mask (1,H,W) of the same size, got "
                                  f"{tuple(img.shape)} and {tuple(m.shape)}")
             win = self.window_for(m)
+            if min(win.h, win.w) < R and not self._warned_small:
+                self._warned_small = True
+                warnings.warn(f"source image {tuple(img.shape[-2:])} is smaller than the diffusion model's "
+                              f"{R} px: its {win.h}x{win.w} window is upsampled to the model (blurrier than the "
+                              f"training windows); use larger source images or a smaller diffusion.resolution "
+                              f"(reported once per run)", RuntimeWarning, stacklevel=2)
             ys, xs = win.slices()
             plans.append(win)
             wins.append(_resize_image(img[None, :, ys, xs].float(), (R, R))[0].to(self.device))
-            wmasks.append(_resize_mask((m[None, :, ys, xs] > 0.5).float(), (R, R))[0].to(self.device))
+            wmasks.append(resize_mask((m[None, :, ys, xs] > 0.5).float(), (R, R))[0].to(self.device))
         generated = self.run_windows(torch.stack(wins), torch.stack(wmasks), cond, generators)
         out_images, out_masks = [], []
         for i, (img, m, win) in enumerate(zip(images, masks, plans)):
@@ -218,7 +214,7 @@ class AnomalySynthesizer:
         b, _, h, w = normals.shape
         R = self.resolution
         wins = _resize_image(normals.float(), (R, R))
-        wm = _resize_mask((masks > 0.5).float(), (R, R))
+        wm = resize_mask((masks > 0.5).float(), (R, R))
         generated = self.run_windows(wins, wm, cond, generators)
         back = _resize_image(generated, (h, w)).to(normals.device, normals.dtype)
         inside = masks > 0.5
@@ -227,54 +223,116 @@ class AnomalySynthesizer:
 
 # ---- mask sources ------------------------------------------------------------------------------------
 
-class _Tracker:
-    """Remembers which source produced the last draw (MaskSampler returns on the first accepted draw, so
-    the last draw is the accepted one)."""
+class _LabelledSource:
+    """Wraps a mask source: every draw also returns (description, anomaly type id); a real generator-train
+    mask carries its type (1..K), other sources 0 = no type attached."""
 
-    def __init__(self) -> None:
-        self.last: tuple[str, int] = ("unknown", 0)
-
-
-class _TrackedSource:
-    """Wraps a mask source; records (description, anomaly type id) of every draw in a shared tracker."""
-
-    def __init__(self, source, name: str, tracker: _Tracker, type_ids: Sequence[int] | None = None,
+    def __init__(self, source, name: str, type_ids: Sequence[int] | None = None,
                  labels: Sequence[str] | None = None) -> None:
-        self.source, self.name, self.tracker = source, name, tracker
+        self.source, self.name = source, name
         self.type_ids = list(type_ids) if type_ids is not None else None
         self.labels = list(labels) if labels is not None else None
 
-    def sample(self, size, generator: torch.Generator, foreground: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_labelled(self, size, generator: torch.Generator, foreground: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, tuple[str, int]]:
         if hasattr(self.source, "sample_with_index"):
             mask, k = self.source.sample_with_index(size, generator, foreground)
             tid = self.type_ids[k] if self.type_ids else 0
             label = f"{self.name}:{self.labels[k]}" if self.labels else self.name
-            self.tracker.last = (label, tid)
-            return mask
-        self.tracker.last = (self.name, 0)
-        return self.source.sample(size, generator, foreground)
+            return mask, (label, tid)
+        return self.source.sample(size, generator, foreground), (self.name, 0)
+
+    def sample(self, size, generator: torch.Generator, foreground: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sample_labelled(size, generator, foreground)[0]
 
     def __repr__(self) -> str:
         return f"{self.name}={self.source!r}"
 
 
-class TypedMaskSampler(MaskSampler):
-    """``MaskSampler`` that also tells where the accepted mask came from and its anomaly type.
+def mask_shape_features(mask: torch.Tensor) -> tuple[float, float]:
+    """(log area fraction, log elongation) of a (1,H,W) mask: scale-free shape statistics used by
+    ``synthesis.perlin_type=nearest``. Elongation = sqrt(largest / smallest second moment), >= 1."""
+    m = mask.reshape(mask.shape[-2], mask.shape[-1]) > 0.5
+    h, w = m.shape
+    yx = torch.nonzero(m).double()
+    if yx.shape[0] == 0:
+        return math.log(1e-6), 0.0
+    area = yx.shape[0] / float(h * w)
+    if yx.shape[0] < 2:
+        return math.log(area), 0.0
+    cov = torch.cov(yx.T) + torch.eye(2, dtype=torch.float64) / 12.0  # a pixel's own extent
+    ev = torch.linalg.eigvalsh(cov)
+    return math.log(area), 0.5 * math.log(float(ev[-1] / ev[0]))
 
-    ``sample_typed`` returns (mask, type id, description): a real generator-train mask carries its defect
-    type (1..K); Perlin and folder masks carry 0 = "no type attached" (callers then draw a random type).
-    Plain ``sample`` keeps the MaskSampler contract, so the baselines can use the same object.
+
+PERLIN_TYPE_RULES = ("random", "nearest")
+
+
+class TypedDraw(NamedTuple):
+    mask: torch.Tensor
+    type_id: int
+    source: str
+    type_rule: str  # mask (a real mask's own type) | random | fixed | nearest | none (class without types)
+
+
+class TypedMaskSampler(MaskSampler):
+    """``MaskSampler`` that also tells where the accepted mask came from and which anomaly type it gets.
+
+    ``draw`` returns (mask, type id, description, type rule); ``sample_typed`` the first three. A real generator-train mask keeps its
+    own defect type (rule ``mask``); a Perlin or folder mask gets one by ``synthesis.perlin_type``:
+    ``random`` (uniform over the class's types), a fixed type name (``fixed``), or ``nearest`` (the type
+    whose real masks are closest in log area fraction and log elongation, standardised). Type id 0 with
+    rule ``none`` only when the class has no anomaly types. Plain ``sample`` keeps the MaskSampler
+    contract, so the baselines can use the same object.
     """
 
-    def __init__(self, sources: Sequence[tuple[_TrackedSource, float]], tracker: _Tracker, **kwargs) -> None:
+    def __init__(self, sources: Sequence, type_names: Sequence[str] = (), perlin_type: str = "random",
+                 type_features: Mapping[int, Sequence[tuple[float, float]]] | None = None, **kwargs) -> None:
         super().__init__(sources, **kwargs)
-        self.tracker = tracker
+        self.type_names = list(type_names)
+        rule = str(perlin_type)
+        if rule not in PERLIN_TYPE_RULES and rule not in self.type_names:
+            raise SynthesisError(f"synthesis.perlin_type={rule!r}: choose random, nearest or one of the class's "
+                                 f"anomaly types {self.type_names}")
+        self.perlin_type = rule
+        self._centres = None
+        if rule == "nearest" and self.type_names:
+            feats = {int(k): list(v) for k, v in (type_features or {}).items() if len(v)}
+            if not feats:
+                raise SynthesisError("synthesis.perlin_type=nearest needs generator-train masks with types; this "
+                                     "split has none: use synthesis.perlin_type=random")
+            every = torch.tensor([f for v in feats.values() for f in v], dtype=torch.float64)
+            self._scale = every.std(0, unbiased=False).clamp_min(0.1) if every.shape[0] > 1 else torch.ones(2,
+                                                                                                    dtype=torch.float64)
+            self._centres = {k: torch.tensor(v, dtype=torch.float64).mean(0) for k, v in feats.items()}
+
+    def choose_type(self, mask: torch.Tensor, generator: torch.Generator) -> tuple[int, str]:
+        """Type id and rule for a mask that carries no type of its own."""
+        if not self.type_names:
+            return 0, "none"
+        if self.perlin_type == "random":
+            return 1 + int(torch.randint(len(self.type_names), (), generator=generator,
+                                         device=generator.device)), "random"
+        if self.perlin_type == "nearest":
+            f = torch.tensor(mask_shape_features(mask.cpu()), dtype=torch.float64)
+            dist = {k: float((((f - c) / self._scale) ** 2).sum()) for k, c in self._centres.items()}
+            return min(dist, key=lambda k: (dist[k], k)), "nearest"
+        return 1 + self.type_names.index(self.perlin_type), "fixed"
+
+    def draw(self, size, generator: torch.Generator, foreground: torch.Tensor | None = None) -> TypedDraw:
+        """An accepted mask with its type id, source description and how the type was chosen."""
+        mask, info = self.sample_info(size, generator, foreground)
+        label, tid = info if info is not None else ("custom", 0)
+        if int(tid) > 0:
+            return TypedDraw(mask, int(tid), str(label), "mask")
+        tid, rule = self.choose_type(mask, generator)
+        return TypedDraw(mask, tid, str(label), rule)
 
     def sample_typed(self, size, generator: torch.Generator, foreground: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, int, str]:
-        mask = self.sample(size, generator, foreground)
-        label, tid = self.tracker.last
-        return mask, int(tid), str(label)
+        """(mask, type id, source description): ``draw`` without the type rule."""
+        d = self.draw(size, generator, foreground)
+        return d.mask, d.type_id, d.source
 
 
 MASK_SOURCES = ("real", "perlin", "folder")
@@ -290,8 +348,10 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
       (flips, rot90, small rotation/scale) and placed on the foreground; each keeps its defect type.
     - ``perlin``: DRAEM-style Perlin masks.
     - ``folder``: a user folder of masks (``synthesis.masks.folder``), augmented like real masks.
-    ``size``: masks are loaded at this size once (the segmentation working resolution); None keeps the
-    files' native size (full-resolution ``make synthesize``). ``sources``/``weights`` override the config
+    ``size``: masks are loaded at this size once (``data.io.load_mask``: the one resize rule, so no real
+    mask vanishes; a mask that is empty in its file is left out with a warning naming it); None keeps the
+    files' native size (full-resolution synthesis: ``make synthesize`` and online ``fast``). Masks without
+    a type of their own get one by ``synthesis.perlin_type`` (see ``TypedMaskSampler``). ``sources``/``weights`` override the config
     (e.g. a Perlin-only sampler for the DRAEM baseline). Empty, whole-foreground and out-of-range masks
     are rejected by MaskSampler (``min_area``/``max_area`` of the image).
     """
@@ -313,28 +373,42 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
                              f"{', '.join(MASK_SOURCES)}")
     bank_kw = dict(scale_range=tuple(float(v) for v in _cfg_get(mc, "real_scale_range", default=(0.5, 1.5))),
                    max_angle=float(_cfg_get(mc, "real_max_angle", default=15.0)))
-    tracker = _Tracker()
+    perlin_type = str(_cfg_get(cfg, "synthesis", "perlin_type", default="random"))
+    real_masks: list[tuple] | None = None
+
+    def load_real() -> list[tuple]:
+        """(record, mask) of every usable generator-train mask; an empty one is reported once, by name."""
+        nonlocal real_masks
+        if real_masks is None:
+            real_masks = []
+            for r in (r for r in split.generator_train if r.mask):
+                m = load_mask(r.mask, size)
+                if bool((m > 0.5).any()):
+                    real_masks.append((r, m))
+                else:
+                    warnings.warn(f"generator-train mask {r.mask} is empty (all black) and is left out of the "
+                                  f"real mask bank", RuntimeWarning, stacklevel=3)
+        return real_masks
+
     pairs = []
     for name, weight in zip(names, weights):
         if weight <= 0:
             continue
         if name == "real":
-            recs = [r for r in split.generator_train if r.mask]
-            if not recs:
+            if not any(r.mask for r in split.generator_train):
                 raise SynthesisError("mask source 'real' needs generator-train defect masks, but the split has none; "
                                      "use synthesis.masks.sources=[perlin]")
-            masks = [load_mask(r.mask, size) for r in recs]
-            keep = [i for i, m in enumerate(masks) if bool((m > 0.5).any())]
-            if not keep:
+            kept = load_real()
+            if not kept:
                 raise SynthesisError("every generator-train mask is empty; use synthesis.masks.sources=[perlin]")
-            bank = RealMaskBank([masks[i] for i in keep], **bank_kw)
-            src = _TrackedSource(bank, "real", tracker, [split.type_id(recs[i].label) for i in keep],
-                                 [f"{recs[i].label}/{Path(recs[i].mask).name}" for i in keep])
+            bank = RealMaskBank([m for _, m in kept], **bank_kw)
+            src = _LabelledSource(bank, "real", [split.type_id(r.label) for r, _ in kept],
+                                  [f"{r.label}/{Path(r.mask).name}" for r, _ in kept])
         elif name == "perlin":
             scales = tuple(int(v) for v in _cfg_get(mc, "perlin_scale_range", default=(0, 6)))
-            src = _TrackedSource(PerlinMaskSource(scale_range=scales,
-                                                  threshold=float(_cfg_get(mc, "perlin_threshold", default=0.5))),
-                                 "perlin", tracker)
+            src = _LabelledSource(PerlinMaskSource(scale_range=scales,
+                                                   threshold=float(_cfg_get(mc, "perlin_threshold", default=0.5))),
+                                  "perlin")
         else:
             folder = _cfg_get(mc, "folder")
             if not folder:
@@ -343,11 +417,16 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
                 fsrc = FolderMaskSource(folder, size=size, **bank_kw)
             except (FileNotFoundError, ValueError) as exc:
                 raise SynthesisError(f"synthesis.masks.folder: {exc}") from exc
-            src = _TrackedSource(fsrc, "folder", tracker, None, [Path(folder).name] * len(fsrc))
+            src = _LabelledSource(fsrc, "folder", None, [Path(folder).name] * len(fsrc))
         pairs.append((src, weight))
     if not pairs:
         raise SynthesisError(f"synthesis.masks.weights {weights} leave no mask source with a positive weight")
-    return TypedMaskSampler(pairs, tracker, min_area=float(mc.min_area), max_area=float(mc.max_area),
+    features: dict[int, list] = {}
+    if perlin_type == "nearest":
+        for r, m in load_real():
+            features.setdefault(split.type_id(r.label), []).append(mask_shape_features(m))
+    return TypedMaskSampler(pairs, type_names=list(split.types), perlin_type=perlin_type, type_features=features,
+                            min_area=float(mc.min_area), max_area=float(mc.max_area),
                             max_tries=int(_cfg_get(mc, "max_tries", default=50)))
 
 
@@ -407,10 +486,20 @@ def _first_generator(generator: GeneratorArg) -> torch.Generator:
 
 class FastSegSynthesizer:
     """Online FAST synthesizer for segmentation training (the DataModule contract
-    ``synth(normals [0,1] (B,C,H,W), foreground (B,1,H,W), generator) -> (images, masks)``).
+    ``synth(normals [0,1] (B,C,H,W), foreground (B,1,H,W), generator, records=None, hflip=None)
+    -> (images, masks)``).
+
+    Scale: with ``normals`` (the normal-train image paths) and the batch's ``records`` (indices into them)
+    and ``hflip`` flags, each pair is synthesized on the FULL-RESOLUTION normal image (read once through a
+    uint8 cache, with its own full-resolution foreground): the mask is drawn at native size, the window is
+    cut with the training window rule (``data.windows.window_side``), resized DOWN to the model, sampled,
+    resized back and pasted inside the mask, and only then brought to the working size of ``normals``
+    (image bicubic, mask ``resize_mask``). So the model sees the pixel scale it was trained on. Without
+    ``records`` the given tensors themselves are the source images (tests, ad-hoc use).
 
     Masks come from ``mask_sampler`` inside the foreground; the condition is the type attached to a real
-    mask or a random type. Runs on the normals' device (the model follows it).
+    mask, else the one ``synthesis.perlin_type`` picks. ``last_types`` holds the type ids of the pairs the
+    last call returned. Runs on the normals' device (the model follows it).
 
     Pool (``buffer_size`` > 0): synthesis costs ``steps`` network calls per pair, far more than a segmenter
     step, so pairs are kept in a ring buffer on the device. Each call synthesizes only ``refresh`` new pairs
@@ -420,8 +509,11 @@ class FastSegSynthesizer:
     gives fresh pairs at every step. The first calls fill the pool to at least B pairs.
     """
 
+    native_input = True  # the DataModule passes ``records`` and ``hflip``
+
     def __init__(self, checkpoint, cfg, mask_sampler: MaskSampler, buffer_size: int = 0,
-                 refresh: int | None = None, sampler=None, type_names: Sequence[str] | None = None) -> None:
+                 refresh: int | None = None, sampler=None, type_names: Sequence[str] | None = None,
+                 normals: Sequence[str] | None = None) -> None:
         from fast_lightning.sampling import build_sampler
 
         if isinstance(checkpoint, tuple):
@@ -439,44 +531,88 @@ class FastSegSynthesizer:
         self.num_types = len(self.synth.type_names)
         self.buffer_size = max(0, int(buffer_size or 0))
         self.refresh = None if not refresh else int(refresh)
+        self.normals = list(normals) if normals is not None else None
+        self.channels = int(_cfg_get(cfg, "data", "channels", default=3))
+        self.foreground_mode = str(_cfg_get(cfg, "data", "foreground", default="auto"))
+        self.foreground_dir = _cfg_get(cfg, "data", "foreground_dir", default=None) or None
+        self._cache = None  # data.datasets.NativeCache: decoded full-resolution normals (uint8)
+        self._foregrounds: dict[int, torch.Tensor] = {}
         self._pool_images: torch.Tensor | None = None
         self._pool_masks: torch.Tensor | None = None
+        self._pool_types: torch.Tensor | None = None
+        self.last_types = torch.zeros(0, dtype=torch.long)
         self._filled = 0
         self._next = 0
 
-    # -- fresh pairs ------------------------------------------------------------------------------------
-    def _masks_and_cond(self, n: int, hw: tuple[int, int], foreground: torch.Tensor | None,
-                        gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        masks, cond = [], []
-        for i in range(n):
-            fg = None if foreground is None else foreground[i]
-            if isinstance(self.mask_sampler, TypedMaskSampler):
-                m, tid, _ = self.mask_sampler.sample_typed(hw, gens[i], fg)
-            else:
-                m, tid = self.mask_sampler.sample(hw, gens[i], fg), 0
-            if tid == 0 and self.num_types > 0:
-                tid = 1 + int(torch.randint(self.num_types, (), generator=gens[i]))
-            masks.append(m)
-            cond.append(tid)
-        return torch.stack(masks), torch.tensor(cond, dtype=torch.long)
+    # -- full-resolution sources -------------------------------------------------------------------------
+    def native(self, record: int, hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (C,H,W) [0,1], foreground (1,H,W)) of normal record ``record`` at its own resolution
+        (decoded once, kept as uint8 on CPU), flipped like the working-scale batch item."""
+        from fast_lightning.data.datasets import NativeCache, foreground_mask
 
-    def fresh(self, normals: torch.Tensor, foreground: torch.Tensor | None,
-              gens: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        """len(gens) new pairs from these normals (no pool)."""
+        if self.normals is None:
+            raise ValueError("FastSegSynthesizer was built without the normal image paths (normals=...), so it "
+                             "cannot read records at full resolution")
+        if self._cache is None:
+            self._cache = NativeCache(self.channels)
+        path = self.normals[record]
+        img = self._cache.image(path).float() / 255.0
+        if record not in self._foregrounds:
+            fg = foreground_mask(img, self.foreground_mode, path, self.foreground_dir)
+            self._foregrounds[record] = (fg > 0.5).to(torch.uint8)
+        fg = self._foregrounds[record].float()
+        if hflip:
+            img, fg = img.flip(-1), fg.flip(-1)
+        return img, fg
+
+    # -- fresh pairs ------------------------------------------------------------------------------------
+    def _mask_and_type(self, hw: tuple[int, int], foreground: torch.Tensor | None,
+                       g: torch.Generator) -> tuple[torch.Tensor, int]:
+        if isinstance(self.mask_sampler, TypedMaskSampler):
+            m, tid, _ = self.mask_sampler.sample_typed(hw, g, foreground)
+        else:
+            m, tid = self.mask_sampler.sample(hw, g, foreground), 0
+        if tid == 0 and self.num_types > 0:  # a plain MaskSampler: uniform type
+            tid = 1 + int(torch.randint(self.num_types, (), generator=g))
+        return m, tid
+
+    def fresh(self, normals: torch.Tensor, foreground: torch.Tensor | None, gens: Sequence[torch.Generator],
+              records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """len(gens) new pairs (images, masks, type ids) at the working size of ``normals`` (no pool)."""
         if self.synth.device != normals.device:
             self.synth.model.to(normals.device)
-        masks, cond = self._masks_and_cond(normals.shape[0], tuple(normals.shape[-2:]), foreground, gens)
-        images, masks = self.synth.synthesize_tensors(normals, masks.to(normals.device), cond, gens)
-        return images.to(normals.dtype), masks.to(normals.dtype)
+        n, hw = normals.shape[0], tuple(normals.shape[-2:])
+        if records is None:
+            sources = [(normals[i], None if foreground is None else foreground[i]) for i in range(n)]
+        else:
+            flips = [False] * n if hflip is None else [bool(f) for f in hflip.reshape(-1).tolist()]
+            sources = [self.native(int(r), f) for r, f in zip(records.reshape(-1).tolist(), flips)]
+        images, masks, cond = [], [], []
+        for (img, fg), g in zip(sources, gens):
+            m, tid = self._mask_and_type(tuple(img.shape[-2:]), None if fg is None else fg.cpu(), g)
+            images.append(img.to(normals.device, torch.float32))
+            masks.append(m.to(normals.device))
+            cond.append(tid)
+        cond = torch.tensor(cond, dtype=torch.long)
+        out_images, out_masks = self.synth.synthesize(images, masks, cond, gens)
+        out_images = torch.stack([_resize_image(x[None], hw)[0] for x in out_images])
+        out_masks = torch.stack([resize_mask(m, hw) for m in out_masks])
+        return out_images.to(normals.dtype), out_masks.to(normals.dtype), cond
 
     # -- the DataModule contract ------------------------------------------------------------------------
-    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None,
-                 generator: GeneratorArg) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
+                 records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if normals.dim() != 4:
             raise ValueError(f"normals must be (B, C, H, W), got {tuple(normals.shape)}")
+        if records is not None and self.normals is None:
+            records = None  # built without paths: synthesize on the given tensors
         b = normals.shape[0]
         if self.buffer_size == 0 or self.refresh is None or self.refresh >= max(self.buffer_size, b):
-            return self.fresh(normals, foreground, derive_generators(generator, b))
+            images, masks, types = self.fresh(normals, foreground, derive_generators(generator, b), records, hflip)
+            self.last_types = types
+            return images, masks
         size = max(self.buffer_size, b)
         shape = (size, *normals.shape[1:])
         if (self._pool_images is None or tuple(self._pool_images.shape) != shape
@@ -484,18 +620,23 @@ class FastSegSynthesizer:
             self._pool_images = torch.zeros(shape, device=normals.device, dtype=normals.dtype)
             self._pool_masks = torch.zeros((size, 1, *normals.shape[-2:]), device=normals.device,
                                            dtype=normals.dtype)
+            self._pool_types = torch.zeros(size, dtype=torch.long)
             self._filled, self._next = 0, 0
         n_new = min(size, max(self.refresh, b - self._filled))
         src = torch.arange(n_new, device=normals.device) % b  # cycle the batch's normals when filling
         fg = None if foreground is None else foreground[src]
-        images, masks = self.fresh(normals[src], fg, derive_generators(generator, n_new))
+        rec = None if records is None else records.reshape(-1)[src.cpu()]
+        flip = None if hflip is None else hflip.reshape(-1)[src.cpu()]
+        images, masks, types = self.fresh(normals[src], fg, derive_generators(generator, n_new), rec, flip)
         slots = (self._next + torch.arange(n_new, device=normals.device)) % size
         self._pool_images[slots] = images
         self._pool_masks[slots] = masks
+        self._pool_types[slots.cpu()] = types
         self._next = (self._next + n_new) % size
         self._filled = min(size, self._filled + n_new)
         g = _first_generator(generator)
         pick = torch.randperm(self._filled, generator=g, device=g.device)[:b].to(normals.device)
+        self.last_types = self._pool_types[pick.cpu()].clone()
         return self._pool_images[pick].clone(), self._pool_masks[pick].clone()
 
 
@@ -531,7 +672,7 @@ class CachedSegSynthesizer:
             img_p, mask_p = folder / row["image"], folder / row["mask"]
             if not (img_p.is_file() and mask_p.is_file()):
                 continue
-            m = _resize_mask(load_mask(mask_p)[None], (resolution, resolution))[0]
+            m = resize_mask(load_mask(mask_p)[None], (resolution, resolution))[0]
             if not bool(m.any()):
                 continue
             images.append(load_image(img_p, resolution, channels))
@@ -554,7 +695,7 @@ class CachedSegSynthesizer:
         key = (str(normals.device), h, w)
         if self._device_cache is None or self._device_cache[0] != key:
             imgs = _resize_image(self.images, (h, w))
-            msks = _resize_mask(self.masks, (h, w))
+            msks = resize_mask(self.masks, (h, w))
             self._device_cache = (key, imgs.to(normals.device), msks.to(normals.device))
         _, imgs, msks = self._device_cache
         g = _first_generator(generator)

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 
 from fast_lightning.data.datasets import foreground_mask, item_generator
 from fast_lightning.data.io import load_image
-from fast_lightning.synthesis.pipeline import AnomalySynthesizer, SynthesisError
+from fast_lightning.data.masks import resize_mask
+from fast_lightning.synthesis.pipeline import AnomalySynthesizer, SynthesisError, _resize_image
 from fast_lightning.synthesis.writer import SynthesisWriter
 
 
@@ -29,8 +30,10 @@ def sampler_generator(seed: int, index: int) -> torch.Generator:
 
 
 class SynthesisIndexDataset(Dataset):
-    """Item k = pair ``indices[k]``: a normal image (full resolution, or ``out_resolution``), a mask from
-    the mask sampler on that image's foreground, and an anomaly type (the real mask's own, else random)."""
+    """Item k = pair ``indices[k]``: a normal image at full resolution (synthesis always runs there, at the
+    pixel scale the model was trained on; ``out_resolution`` only resizes the finished pair), a mask from
+    the mask sampler on that image's foreground, and an anomaly type (the real mask's own, else the one
+    ``synthesis.perlin_type`` picks; ``type_rule`` says which)."""
 
     def __init__(self, indices: Sequence[int], normals: Sequence[str], mask_sampler, type_names: Sequence[str],
                  *, seed: int = 0, channels: int = 3, out_resolution: int | None = None,
@@ -51,21 +54,20 @@ class SynthesisIndexDataset(Dataset):
     def item(self, index: int) -> dict:
         g = item_generator(self.seed, index)
         path = self.normals[int(torch.randint(len(self.normals), (1,), generator=g))]
-        size = int(self.out_resolution) if self.out_resolution else None
-        image = load_image(path, size, self.channels, self.interpolation)
+        image = load_image(path, None, self.channels, self.interpolation)  # full resolution: training's scale
         fg = foreground_mask(image, self.foreground, path, self.foreground_dir)
         try:
-            if hasattr(self.mask_sampler, "sample_typed"):
-                mask, tid, source = self.mask_sampler.sample_typed(tuple(image.shape[-2:]), g, fg)
+            if hasattr(self.mask_sampler, "draw"):
+                mask, tid, source, rule = self.mask_sampler.draw(tuple(image.shape[-2:]), g, fg)
             else:
-                mask, tid, source = self.mask_sampler.sample(tuple(image.shape[-2:]), g, fg), 0, "custom"
+                mask, tid, source, rule = self.mask_sampler.sample(tuple(image.shape[-2:]), g, fg), 0, "custom", "random"
         except RuntimeError as exc:  # MaskSampler gave up: name the image and the config keys
             raise SynthesisError(f"pair {index}, normal image {path}: {exc} (keys: synthesis.masks.min_area, "
                                  f"synthesis.masks.max_area, synthesis.masks.sources)") from exc
-        if tid == 0 and self.type_names:
+        if tid == 0 and self.type_names:  # a plain mask sampler: uniform type
             tid = 1 + int(torch.randint(len(self.type_names), (1,), generator=g))
         return {"index": int(index), "image": image, "mask": mask, "cond": int(tid), "source": os.path.abspath(path),
-                "mask_source": source}
+                "mask_source": source, "type_rule": rule, "out_resolution": self.out_resolution}
 
     def __getitem__(self, k: int) -> dict:
         return self.item(self.indices[k])
@@ -96,12 +98,15 @@ class SynthesisPredictor(L.LightningModule):
         out = []
         for it, img, m in zip(batch, images, masks):
             tid = int(it["cond"])
+            if it.get("out_resolution"):  # resize the finished pair (image bicubic, mask: the one rule)
+                r = int(it["out_resolution"])
+                img, m = _resize_image(img[None].float(), (r, r))[0], resize_mask(m, r)
             h, w = img.shape[-2:]
             out.append({
                 "row": {
                     "index": int(it["index"]), "source": it["source"], "mask_source": it["mask_source"],
                     "type": self.type_names[tid - 1] if 0 < tid <= len(self.type_names) else "normal",
-                    "type_id": tid, **self.run_fields, "height": int(h), "width": int(w),
+                    "type_id": tid, "type_rule": it.get("type_rule", "mask"), **self.run_fields, "height": int(h), "width": int(w),
                     "area": round(float(m.float().mean()), 6),
                 },
                 "image": img.detach().float().cpu(), "mask": m.detach().float().cpu(),
