@@ -29,6 +29,7 @@ from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import load_split
 from fast_lightning.runs import atomic_write_json, resolve_run_path, run_dir_for, save_config, update_latest
+from fast_lightning.training import explained_stops, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,8 @@ def main(args: list[str]) -> int:
     from fast_lightning.synthesis.writer import SynthesisWriter
 
     cfg = config_from_args(args)
-    n = int(cfg.synthesis.n)
-    if n <= 0:
-        raise UserError(f"N (synthesis.n) must be >= 1, got {n}")
+    n = int(cfg.synthesis.n)  # counts are validated by load_config
     batch_size = int(cfg.synthesis.batch_size)
-    if batch_size <= 0:
-        raise UserError(f"synthesis.batch_size must be >= 1, got {batch_size}")
     sampler = make_sampler(cfg)
 
     worker_run = os.environ.get(RUN_DIR_ENV)  # set: this is a DDP worker started by rank 0
@@ -178,6 +175,12 @@ def main(args: list[str]) -> int:
         raise UserError(str(exc)) from exc
 
     writer = SynthesisWriter(run_dir)
+    done = writer.completed()
+    if done and max(done) + 1 > n:
+        have = max(done) + 1
+        log.warning(f"N={n} but {run_dir} already holds {len(done)} pairs (indices up to {have - 1}): they are kept "
+                    f"and the run records n={have}; start a new run (no RESUME) for a set of {n}")
+        n = have
     s = cfg.sampling
     run_fields = {"sampler": str(s.name), "steps": int(sampler.expected_nfe(model.num_train_timesteps)),
                   "variant": str(s.variant) if s.name == "aias" else None, "seed": int(cfg.seed)}
@@ -194,7 +197,6 @@ def main(args: list[str]) -> int:
             time.strftime("%Y-%m-%d %H:%M:%S"),
             "resume": f"make synthesize CLASS={cfg.class_name} ... RESUME={run_dir}",
         })
-    done = writer.completed()
     pending = [i for i in range(n) if i not in done]
     if writes_run_files:
         log.info(f"synthesize {n} pairs for {cfg.class_name} with {sampler!r} (model: {meta.get('window')} window "
@@ -224,7 +226,9 @@ def main(args: list[str]) -> int:
         os.environ[RUN_DIR_ENV] = str(run_dir)
         start = time.time()
         try:
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
+            with explained_stops(run_dir, resume_command(cfg, "synthesize", run_dir), lambda: trainer,
+                                 progress=lambda: f"{len(writer.completed())} of {n} pairs are complete in {run_dir}"):
+                trainer.predict(module, dataloaders=loader, return_predictions=False)
         finally:
             if not worker_run:
                 os.environ.pop(RUN_DIR_ENV, None)

@@ -26,12 +26,13 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def pil_to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
-    """(C,H,W) float in [0,1]; grayscale is replicated to RGB, RGB converted to L for channels=1."""
+    """(C,H,W) float in [0,1]; grayscale is replicated to RGB, RGB converted to L for channels=1.
+    16-bit images are divided by the type's range (65535), never by their own maximum: a per-image contrast
+    stretch would make the same defect look different in every image."""
     mode = "L" if channels == 1 else "RGB"
-    if img.mode in ("I;16", "I;16B", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr / max(float(arr.max()), 1.0)
-        img = Image.fromarray((arr * 255).astype(np.uint8))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        img = Image.fromarray((arr * 255 + 0.5).astype(np.uint8))
     arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]
@@ -64,13 +65,13 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None, chan
 
 
 def mask_to_binary(arr: np.ndarray, path: str | Path | None = None, warn: bool = True) -> np.ndarray:
-    """Masks must be 0/255 (or 0/1); anything else is binarised at 0.5 of the max, with a warning."""
+    """Masks must be 0/255 (or 0/1); anything else is binarised at half the mask's own maximum, with a warning
+    (a fixed 128 would turn a faint {0, 100} mask into an empty one; check-data rejects such masks anyway)."""
     arr = arr.astype(np.float32)
     peak = float(arr.max()) if arr.size else 0.0
     if peak <= 0:
         return np.zeros(arr.shape, dtype=np.float32)
-    scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255 else peak
-    norm = arr / scale
+    norm = arr / max(peak, 1.0)
     if warn and not np.isin(norm, (0.0, 1.0)).all():
         warnings.warn(f"non-binary mask {path}: binarised at 0.5", stacklevel=2)
     return (norm >= 0.5).astype(np.float32)
