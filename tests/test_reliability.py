@@ -147,12 +147,18 @@ def test_case05_faint_masks_fail_check_data_and_never_binarise_to_empty(fake_mvt
         train_diffusion.main(common(fake_mvtec, tmp_path / "runs"))
 
 
-def test_case05b_empty_defect_masks_are_refused_naming_them(fake_mvtec, tmp_path):
+def test_case05b_a_class_whose_defect_masks_are_all_empty_is_refused_naming_them(fake_mvtec, tmp_path):
+    from fast_lightning.data.check import file_problems
     from fast_lightning.commands import train_diffusion
+    from fast_lightning.data.records import read_class
 
-    for mask in (fake_mvtec / "widget" / "ground_truth").rglob("*.png"):
+    masks = sorted((fake_mvtec / "widget" / "ground_truth").rglob("*.png"))
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(masks[0])
+    errors, warns = file_problems(read_class(fake_mvtec, "widget"))
+    assert not errors and any(str(masks[0]) in w for w in warns)  # one empty mask: a warning (real mt has 4)
+    for mask in masks:
         Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
-    with pytest.raises(DataError, match="empty mask for a defect image: .*_mask.png"):
+    with pytest.raises(DataError, match="every defect mask of widget is empty .*_mask.png"):
         train_diffusion.main(common(fake_mvtec, tmp_path / "runs"))
 
 

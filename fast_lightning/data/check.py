@@ -43,10 +43,10 @@ def _verify_image(path: str):
 
 
 def file_problems(index: ClassIndex, progress: bool = False) -> tuple[list[str], list[str]]:
-    """(errors, warnings) for every file of a class: corrupt headers, mask size != image size, faint or empty
-    defect masks, no defect images at all. Fast: images are verified, not decoded; only masks are read.
+    """(errors, warnings) for every file of a class: corrupt headers, mask size != image size, faint defect masks,
+    all defect masks empty, no defect images at all (one empty mask is a warning: real datasets have a few). Fast: images are verified, not decoded; only masks are read.
     The one check behind `make check-data` and the start of every command that reads data."""
-    errors, warns = list(index.problems), []
+    errors, warns, empty = list(index.problems), [], []
     if not index.defects:
         errors.append(f"no defect images in {Path(index.root) / index.name / 'test'} (only good/ or nothing): the "
                       "generator trains on defect images and the segmenter is evaluated on them; add "
@@ -77,8 +77,12 @@ def file_problems(index: ClassIndex, progress: bool = False) -> tuple[list[str],
         if caught:
             warns.append(f"non-binary mask (binarised at half its maximum): {rec.mask}")
         if binary.sum() == 0:
-            errors.append(f"empty mask for a defect image: {rec.mask} (image {rec.image}); draw the defect or "
-                          "move the image to test/good")
+            empty.append(rec.mask)
+            warns.append(f"empty mask for a defect image: {rec.mask}")
+    masks = [r.mask for r in index.defects if r.mask]
+    if masks and len(empty) == len(masks):
+        errors.append(f"every defect mask of {index.name} is empty ({len(empty)}: {', '.join(empty[:3])}"
+                      f"{', ...' if len(empty) > 3 else ''}): nothing to learn defects from; fix the masks")
     return errors, warns
 
 
