@@ -170,8 +170,21 @@ def test_case06_16bit_images_use_the_type_range_not_their_own_maximum(tmp_path):
     arr[0, 0] = 13107  # 0.2 of the 16-bit range
     Image.fromarray(arr).save(path)
     img = load_image(path, channels=1)
-    assert abs(float(img.max()) - 0.2) < 0.01  # a per-image stretch made this 1.0
-    assert abs(float(img[0, 1, 1]) - 1000 / 65535) < 0.005
+    assert abs(float(img.max()) - 0.2) < 1e-6  # a per-image stretch made this 1.0
+    assert abs(float(img[0, 1, 1]) - 1000 / 65535) < 1e-6  # and 8-bit quantisation made it 0
+    assert load_image(path, channels=3).shape == (3, 8, 8)
+
+    # synthesis pastes the source back: a 16-bit source keeps its depth, background bit for bit
+    from fast_lightning.data.io import bit_depth
+    from fast_lightning.synthesis.writer import SynthesisWriter
+
+    writer = SynthesisWriter(tmp_path / "run")
+    writer.prepare()
+    out = img.clone()
+    out[:, 4:, 4:] = 0.5  # "synthesized" inside the mask
+    writer.write_pair({"index": 0, "bit_depth": bit_depth(path)}, out, (out == 0.5).float())
+    written = np.asarray(Image.open(tmp_path / "run" / "images" / "000000.png"))
+    assert written.dtype == np.uint16 and (written[:4, :4] == arr[:4, :4]).all()
 
 
 def test_case07_class_with_only_good_test_images_fails_check_data(tmp_path, capsys):

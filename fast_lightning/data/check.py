@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fast_lightning.data.io import mask_to_binary, open_image
+from fast_lightning.data.io import SIXTEEN_BIT, mask_to_binary, open_image
 from fast_lightning.data.records import ClassIndex, DataError, read_class
 from fast_lightning.data.split import make_split
 
@@ -65,7 +65,7 @@ def file_problems(index: ClassIndex, progress: bool = False) -> tuple[list[str],
             errors.append(f"mask size {mask.size[0]}x{mask.size[1]} differs from its image {size[0]}x{size[1]}: "
                           f"{rec.mask} (image {rec.image}); masks must match their image pixel for pixel")
             continue
-        arr = np.asarray(mask.convert("L") if mask.mode not in ("L", "1", "I;16", "I;16B", "I") else mask)
+        arr = np.asarray(mask.convert("L") if mask.mode not in ("L", "1", *SIXTEEN_BIT) else mask)
         peak = int(arr.max()) if arr.size else 0
         if 1 < peak < FAINT_BELOW and arr.dtype == np.uint8:
             errors.append(f"faint mask (brightest value {peak} of 255): {rec.mask}; masks are 0/255 (or 0/1): "

@@ -62,7 +62,7 @@ class SynthesisWriter:
         """PNG image, PNG mask, then the manifest line (in that order; each step atomic)."""
         index = int(row["index"])
         name = pair_name(index)
-        save_image(image, self.images_dir / name)
+        save_image(image, self.images_dir / name, bits=int(row.get("bit_depth", 8)))  # a 16-bit source stays 16 bit
         save_image(mask, self.masks_dir / name)
         row = {"index": index, "image": f"images/{name}", "mask": f"masks/{name}", **{k: v for k, v in row.items()
                                                                                     if k != "index"}}
