@@ -167,6 +167,9 @@ def main(args: list[str]) -> int:
                 raise UserError(f"cannot resume {run_dir}: it used checkpoint {saved_info['checkpoint']}, "
                                 f"CKPT gives {ckpt}")
         model, meta = load_fast_diffusion(ckpt)
+        if int(meta.get("global_step", 0)) < 1:
+            raise UserError(f"diffusion checkpoint {ckpt} has not trained a single step (global_step 0): train one "
+                            f"with `make train-diffusion CLASS={cfg.class_name}` or pass CKPT=<a trained run>")
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
         out_res = cfg.synthesis.out_resolution
