@@ -209,7 +209,6 @@ def test_case08_an_option_invalid_for_any_sampler_is_an_error(tmp_path):
         make_sampler(load_config(["profile=smoke", "sampling.name=ddim", "sampling.variant=foo"]))
 
 
-@pytest.mark.slow
 def test_case09_synthesize_resume_with_smaller_n_keeps_the_record_consistent(fake_mvtec, tmp_path, caplog):
     from fast_lightning.commands import synthesize, train_diffusion
 
@@ -224,6 +223,12 @@ def test_case09_synthesize_resume_with_smaller_n_keeps_the_record_consistent(fak
     info = json.loads((run_dir / "run.json").read_text())
     rows = (run_dir / "manifest.jsonl").read_text().splitlines()
     assert info["n"] == len(rows) == 4
+    # case 3, second half: a checkpoint that never trained a step is never used for synthesis
+    ckpt = torch.load(runs / "diffusion" / "widget" / "latest" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["global_step"] = 0
+    torch.save(ckpt, tmp_path / "untrained.ckpt")
+    with pytest.raises(UserError, match="has not trained a single step"):
+        synthesize.main(args + ["synthesis.n=2", f"synthesis.ckpt={tmp_path / 'untrained.ckpt'}"])
 
 
 # ---- unclear before ----------------------------------------------------------------------------------------
