@@ -274,6 +274,19 @@ def test_disk_full_says_which_folder_and_resume_falls_back_to_the_newest_intact_
     assert "last.ckpt is missing" in caplog.text
 
 
+def test_disk_full_during_training_ends_with_the_resume_command(fake_mvtec, tmp_path, monkeypatch):
+    from fast_lightning import training
+    from fast_lightning.commands import train_diffusion
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training, "atomic_write_bytes", full)  # every checkpoint write hits a full disk
+    with pytest.raises(UserError, match="disk full.*continue with: make train-diffusion CLASS=widget .*RESUME="):
+        train_diffusion.main(common(fake_mvtec, tmp_path / "runs") + ["diffusion.max_steps=2",
+                                                                      "diffusion.checkpoint_every=1"])
+
+
 def test_manifest_with_a_cut_last_line_is_repaired_and_reported_once(tmp_path, caplog):
     from fast_lightning.synthesis.writer import SynthesisWriter
 
