@@ -29,6 +29,28 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, ConfigError, DataError, OmegaConfBaseException, FileNotFoundError)
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "Tip: try installing ..." product adverts; keeps every real notice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in str(record.msg)
+
+
+def quiet_lightning_logging() -> None:
+    """Each Lightning notice once, through our handler: Lightning adds its own "INFO: ..." handler to the
+    ``lightning`` logger and still propagates to the root one, so every line was printed twice."""
+    import lightning  # noqa: F401  (installs its handler on import; removed right after)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        lg = logging.getLogger(name)
+        for handler in list(lg.handlers):
+            lg.removeHandler(handler)
+        lg.propagate = True
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoAdverts) for f in handler.filters):
+            handler.addFilter(_NoAdverts())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -42,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from fast_lightning.hardware import configure_threads
 
     configure_threads()
+    quiet_lightning_logging()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(args) or 0)
@@ -51,6 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # config validation inside the package raises ValueError naming the key
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: completed work is kept; re-run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(str(exc) or "interrupted: completed work is kept; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -124,6 +124,7 @@ def load_config(
     cfg.profile = resolved
     resolve_hardware(cfg)
     OmegaConf.set_struct(cfg, True)
+    validate_values(cfg)
     return cfg
 
 
@@ -148,6 +149,54 @@ def resolve_hardware(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+# Counts and sizes, checked once when the config is built so that no command starts (and no run directory
+# is made) with a value that would fail later or, worse, run and produce nothing (max_steps=0).
+# key -> (minimum, make variable or None); a null value is allowed where the default is null.
+MINIMUMS = {
+    "diffusion.resolution": (8, None), "diffusion.max_steps": (1, None), "diffusion.checkpoint_every": (0, None),
+    "diffusion.sample_every": (0, None), "diffusion.num_log_samples": (0, None),
+    "diffusion.optim.batch_size": (1, None), "diffusion.optim.warmup_steps": (0, None),
+    "diffusion.num_train_timesteps": (2, None), "diffusion.unet.layers_per_block": (1, None),
+    "diffusion.farm.base_channels": (1, None), "diffusion.farm.time_dim": (1, None),
+    "sampling.steps": (1, "STEPS"), "sampling.t_end": (-1, None),
+    "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
+    "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
+    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
+    "segmentation.num_log_images": (0, None),
+    "data.resolution": (8, None), "data.batch_size": (1, None), "data.num_workers": (0, None),
+    "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
+}
+# shares: key -> (low, high, low inclusive, high inclusive)
+RANGES = {
+    "data.generator_fraction": (0.0, 1.0, False, False), "data.val_fraction": (0.0, 1.0, False, False),
+    "diffusion.normal_weight": (0.0, 1.0, True, True), "diffusion.crop.scale": (0.0, 1.0, False, True),
+    "diffusion.optim.ema_decay": (0.0, 1.0, True, False), "segmentation.synth_ratio": (0.0, 1.0, True, True),
+}
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """ConfigError naming the key (and make variable) of the first count/size/share out of range."""
+    for key, (low, var) in MINIMUMS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer >= {low}, got {value!r}")
+        if value < low:
+            name = f"{var} ({key})" if var else f"'{key}'"
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    for key, (lo, hi, lo_in, hi_in) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+        if not ok:
+            interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+            raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
+    if int(cfg.data.channels) not in (1, 3):
+        raise ConfigError(f"config key 'data.channels' must be 1 or 3, got {cfg.data.channels}")
+
+
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Overrides on an already-resolved config (used when re-running from a saved config)."""
     overrides = _parse_overrides(list(overrides))
@@ -158,6 +207,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     merged = OmegaConf.merge(cfg, patch)
     resolve_hardware(merged)
     OmegaConf.set_struct(merged, True)
+    validate_values(merged)
     return merged
 
 

@@ -6,9 +6,11 @@ One place decides how runs are logged (W&B offline by default), how checkpoints 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,25 @@ def wandb_mode(cfg: DictConfig) -> str:
     return os.environ.get("WANDB_MODE") or str(cfg.logger.wandb.mode)
 
 
+def check_logger_ready(cfg: DictConfig) -> None:
+    """W&B online needs a key: say so before anything is created (wandb would fail after ~20 s, run dir made)."""
+    if not cfg.logger.wandb.enabled or wandb_mode(cfg) != "online" or os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    from fast_lightning.cli import UserError
+
+    raise UserError(f"WANDB_MODE=online but no W&B API key is set (no WANDB_API_KEY, no {host} entry in ~/.netrc): "
+                    "run `wandb login`, or use WANDB_MODE=offline (sync later with `wandb sync`)")
+
+
 def build_logger(cfg: DictConfig, run_dir: Path, kind: str):
     """WandbLogger (offline unless the user asks for online); False when disabled."""
     w = cfg.logger.wandb
@@ -208,11 +229,29 @@ def finish_logger(trainer: L.Trainer | None) -> None:
             exp.finish()
 
 
+def resume_command(cfg: DictConfig, target: str, run_dir: Path) -> str:
+    """The exact make command that continues ``run_dir``."""
+    return f"make {target} CLASS={cfg.class_name} DATA={cfg.data_root} PROFILE={cfg.profile} RESUME={run_dir}"
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory (-> checkpoints/last.ckpt), or a ``latest`` link."""
+    """A checkpoint file, or a run directory (-> checkpoints/last.ckpt, else the newest intact step-*.ckpt,
+    with a warning: a disk that filled up while last.ckpt was being replaced must not strand the run),
+    or a ``latest`` link."""
     p = Path(os.path.realpath(path))
     if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
+        last = p / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            import logging
+            import zipfile
+
+            steps = sorted((p / "checkpoints").glob("step-*.ckpt"), reverse=True)
+            intact = [c for c in steps if zipfile.is_zipfile(c)]  # torch.save writes a zip archive
+            if intact:
+                logging.getLogger(__name__).warning(
+                    f"{last} is missing; resuming from the newest intact periodic checkpoint {intact[0].name}")
+                last = intact[0]
+        p = last
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (looked for {p}); pass a .ckpt file or a run directory")
     return Path(os.path.realpath(p))
@@ -232,3 +271,107 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def run_dir_of_checkpoint(path: Path) -> Path:
     path = Path(path)
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+# settings a resumed run must share with its checkpoint (the model's shape and what it was trained on)
+RESUME_KEYS = {
+    "diffusion": ("data.channels", "diffusion.resolution", "diffusion.window", "diffusion.backbone", "diffusion.unet",
+                  "diffusion.farm", "diffusion.adaptor", "diffusion.num_train_timesteps"),
+    "segmentation": ("data.channels", "data.resolution", "segmentation.arch", "segmentation.encoder"),
+}
+
+
+def check_resume_compatible(ckpt: dict, cfg: DictConfig, kind: str, type_names: list[str], path) -> None:
+    """The one config-vs-checkpoint check of RESUME for both kinds: kind, class, anomaly types, architecture
+    and working resolution. Raises CheckpointError listing every difference."""
+    from omegaconf import OmegaConf
+
+    meta = ckpt.get("fast_lightning") or {}
+    problems = []
+    if meta.get("kind") != kind:
+        problems.append(f"it is a {meta.get('kind')!r} checkpoint, not {kind!r}")
+    if meta.get("class_name") != cfg.class_name:
+        problems.append(f"class {meta.get('class_name')!r} != CLASS={cfg.class_name!r}")
+    if meta.get("type_names") is not None and list(meta["type_names"]) != list(type_names):
+        problems.append(f"anomaly types {meta.get('type_names')} != data's {list(type_names)}")
+    saved = OmegaConf.create((ckpt.get("hyper_parameters") or {}).get("config") or {})
+    if kind in RESUME_KEYS and meta.get("kind") == kind:
+        for key in RESUME_KEYS[kind]:
+            a, b = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+            a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
+            b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
+            if a != b:
+                problems.append(f"{key}: checkpoint has {a}, now {b}")
+    if kind == "diffusion" and OmegaConf.select(saved, "diffusion.backbone") == "latent":
+        problems += _latent_resume_problems(meta, saved, cfg)
+    if problems:
+        raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems) +
+                              ". Use the run's own settings (its config.yaml) or start a new run without RESUME. "
+                              "Nothing was written.")
+
+
+def _latent_resume_problems(meta: dict, saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """A latent-backbone run resumes only with the same trained parts and the same pretrained folder."""
+    from omegaconf import OmegaConf
+
+    problems = [f"{key}: checkpoint has {OmegaConf.select(saved, key)}, now {OmegaConf.select(cfg, key)}"
+                for key in ("diffusion.context_tokens", "diffusion.unfreeze_unet")
+                if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)]
+    if meta.get("pretrained_fingerprint") and cfg.diffusion.get("backbone") == "latent":
+        from fast_lightning.diffusion.latent import pretrained_fingerprint
+
+        fp = pretrained_fingerprint(cfg.diffusion.pretrained)
+        if fp != meta["pretrained_fingerprint"]:
+            problems.append(f"diffusion.pretrained={cfg.diffusion.pretrained} (fingerprint {fp}) is not the folder "
+                            f"it was trained with ({meta.get('pretrained')}, fingerprint {meta['pretrained_fingerprint']})")
+    return problems
+
+
+def accept_resume(cfg: DictConfig, kind: str) -> tuple[Path, Path]:
+    """(checkpoint, run dir) for RESUME=..., checked against cfg and the data BEFORE anything is written, so a
+    refused RESUME leaves the run it names untouched."""
+    from fast_lightning.data.datamodule import load_split
+
+    ckpt_path = resolve_checkpoint(cfg.resume)
+    ckpt = read_checkpoint(ckpt_path)
+    _, split = load_split(cfg)
+    check_resume_compatible(ckpt, cfg, kind, split.types, ckpt_path)
+    return ckpt_path, run_dir_of_checkpoint(ckpt_path)
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """last.ckpt, else the newest step-*.ckpt of a run (None when none was written yet)."""
+    ckpts = Path(run_dir) / "checkpoints"
+    if (ckpts / "last.ckpt").is_file():
+        return ckpts / "last.ckpt"
+    steps = sorted(ckpts.glob("step-*.ckpt"))
+    return steps[-1] if steps else None
+
+
+@contextmanager
+def explained_stops(run_dir: Path, resume_command: str, trainer_of=lambda: None, progress=None):
+    """Ctrl-C and a full disk end with one line that says where the work is and the exact command to resume,
+    instead of Lightning's "attempting graceful shutdown" + exit 1 or an Errno 28 traceback."""
+    from fast_lightning.cli import UserError
+
+    def where() -> str:
+        if progress is not None:
+            return progress()
+        ckpt = newest_checkpoint(run_dir)
+        return f"last checkpoint: {ckpt}" if ckpt else f"no checkpoint was written yet in {run_dir}"
+
+    try:
+        yield
+    except SystemExit as exc:  # Lightning answers Ctrl-C with its own shutdown, then sys.exit(1)
+        trainer = trainer_of()
+        if trainer is None or not getattr(trainer, "interrupted", False):
+            raise
+        raise KeyboardInterrupt(f"interrupted; {where()}; continue with: {resume_command}") from exc
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(f"interrupted; {where()}; continue with: {resume_command}") from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        target = exc.filename or run_dir
+        raise UserError(f"disk full while writing {target} (the file system holding {run_dir} has no space "
+                        f"left); free space there, then continue with: {resume_command}") from exc

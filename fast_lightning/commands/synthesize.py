@@ -31,6 +31,7 @@ from fast_lightning.data.datamodule import foreground_dir, load_split, report_fo
 from fast_lightning.data.datasets import NormalImageDataset
 from fast_lightning.hardware import cuda_selected, dataloader_workers
 from fast_lightning.runs import atomic_write_json, resolve_run_path, run_dir_for, save_config, update_latest
+from fast_lightning.training import explained_stops, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +134,8 @@ def main(args: list[str]) -> int:
     from fast_lightning.synthesis.writer import SynthesisWriter
 
     cfg = config_from_args(args)
-    n = int(cfg.synthesis.n)
-    if n <= 0:
-        raise UserError(f"N (synthesis.n) must be >= 1, got {n}")
+    n = int(cfg.synthesis.n)  # counts are validated by load_config
     batch_size = int(cfg.synthesis.batch_size)
-    if batch_size <= 0:
-        raise UserError(f"synthesis.batch_size must be >= 1, got {batch_size}")
     sampler = make_sampler(cfg)
 
     worker_run = os.environ.get(RUN_DIR_ENV)  # set: this is a DDP worker started by rank 0
@@ -173,6 +170,9 @@ def main(args: list[str]) -> int:
                 raise UserError(f"cannot resume {run_dir}: it used checkpoint {saved_info['checkpoint']}, "
                                 f"CKPT gives {ckpt}")
         model, meta = load_fast_diffusion(ckpt)
+        if int(meta.get("global_step", 0)) < 1:
+            raise UserError(f"diffusion checkpoint {ckpt} has not trained a single step (global_step 0): train one "
+                            f"with `make train-diffusion CLASS={cfg.class_name}` or pass CKPT=<a trained run>")
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
         out_res = cfg.synthesis.out_resolution
@@ -181,6 +181,12 @@ def main(args: list[str]) -> int:
         raise UserError(str(exc)) from exc
 
     writer = SynthesisWriter(run_dir)
+    done = writer.completed()
+    if done and max(done) + 1 > n:
+        have = max(done) + 1
+        log.warning(f"N={n} but {run_dir} already holds {len(done)} pairs (indices up to {have - 1}): they are kept "
+                    f"and the run records n={have}; start a new run (no RESUME) for a set of {n}")
+        n = have
     s = cfg.sampling
     run_fields = {"sampler": str(s.name), "steps": int(sampler.expected_nfe(model.num_train_timesteps)),
                   "variant": str(s.variant) if s.name == "aias" else None, "seed": int(cfg.seed)}
@@ -197,7 +203,6 @@ def main(args: list[str]) -> int:
             time.strftime("%Y-%m-%d %H:%M:%S"),
             "resume": f"make synthesize CLASS={cfg.class_name} ... RESUME={run_dir}",
         })
-    done = writer.completed()
     pending = [i for i in range(n) if i not in done]
     if writes_run_files:
         log.info(f"synthesize {n} pairs for {cfg.class_name} with {sampler!r} (model: {meta.get('window')} window "
@@ -233,7 +238,9 @@ def main(args: list[str]) -> int:
         os.environ[RUN_DIR_ENV] = str(run_dir)
         start = time.time()
         try:
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
+            with explained_stops(run_dir, resume_command(cfg, "synthesize", run_dir), lambda: trainer,
+                                 progress=lambda: f"{len(writer.completed())} of {n} pairs are complete in {run_dir}"):
+                trainer.predict(module, dataloaders=loader, return_predictions=False)
         finally:
             if not worker_run:
                 os.environ.pop(RUN_DIR_ENV, None)

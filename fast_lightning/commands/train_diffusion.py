@@ -12,17 +12,19 @@ from omegaconf import OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
-from fast_lightning.data.datamodule import AnomalyDataModule
+from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.diffusion.denoiser import parameter_count
-from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError, check_resume_compatible
+from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError
 from fast_lightning.runs import atomic_write_json, save_config, seed_everything, training_run_dir, update_latest
 from fast_lightning.training import (
+    accept_resume,
     build_trainer,
+    check_logger_ready,
+    explained_stops,
     finish_logger,
     gradient_clip_val,
     read_checkpoint,
-    resolve_checkpoint,
-    run_dir_of_checkpoint,
+    resume_command,
     step_timer,
 )
 
@@ -50,20 +52,19 @@ def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.T
 
 def main(args: list[str]) -> int:
     cfg = config_from_args(args)
+    check_logger_ready(cfg)  # before any run directory exists
     grad_clip = gradient_clip_val(cfg.diffusion.optim.grad_clip, "diffusion.optim.grad_clip")  # fail early
     ckpt_path = None
     if cfg.resume:
-        ckpt_path = resolve_checkpoint(cfg.resume)
-        run_dir = run_dir_of_checkpoint(ckpt_path)
+        ckpt_path, run_dir = accept_resume(cfg, "diffusion")  # checks first: a refused RESUME writes nothing
+        log.info(f"resuming from {ckpt_path}")
         save_config(cfg, run_dir)
     else:
+        load_split(cfg)  # the data check runs before any run directory exists (cached: setup() repeats it)
         run_dir = training_run_dir(cfg, "diffusion")
     seed_everything(int(cfg.seed))
     dm = AnomalyDataModule(cfg, stage="diffusion", run_dir=run_dir)
     dm.setup()
-    if ckpt_path is not None:
-        check_resume_compatible(read_checkpoint(ckpt_path), cfg, dm.type_names, ckpt_path)
-        log.info(f"resuming from {ckpt_path}")
     module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), dm.type_names, str(cfg.class_name))
     module.sample_dir = run_dir / "samples"
     if int(cfg.diffusion.num_log_samples) > 0:
@@ -79,7 +80,8 @@ def main(args: list[str]) -> int:
         trainer = build_trainer(cfg, run_dir, "diffusion", int(cfg.diffusion.max_steps), callbacks=[],
                                 checkpoint_every=int(cfg.diffusion.checkpoint_every),
                                 gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with explained_stops(run_dir, resume_command(cfg, "train-diffusion", run_dir), lambda: trainer):
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except NonFiniteLossError as exc:
         last = run_dir / "checkpoints" / "last.ckpt"
         kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
@@ -87,7 +89,8 @@ def main(args: list[str]) -> int:
     finally:
         finish_logger(trainer)
     # collective (barrier inside) under DDP: every rank calls it, only rank 0 writes
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    with explained_stops(run_dir, resume_command(cfg, "train-diffusion", run_dir)):
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if trainer.is_global_zero:
         elapsed = time.time() - start
         steps = int(trainer.global_step) - start_step
@@ -108,7 +111,8 @@ def main(args: list[str]) -> int:
             module.sample_dir = run_dir / "samples"
             module.to(trainer.strategy.root_device)
             module.log_samples_to_disk("final")
-        update_latest(run_dir)
+        if int(trainer.global_step) >= 1:  # `latest` only ever names a model that trained
+            update_latest(run_dir)
         print(json.dumps({k: summary[k] for k in ("global_step", "steps_per_second", "data_wait_share", "precision",
                                                   "peak_rss_mb")}))
         print(f"diffusion run: {run_dir}  (checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'})")

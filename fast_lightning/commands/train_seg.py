@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
-from fast_lightning.data.datamodule import AnomalyDataModule
+from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.runs import (
     atomic_write_json,
     save_config,
@@ -29,12 +29,12 @@ from fast_lightning.runs import (
     update_latest,
 )
 from fast_lightning.training import (
-    CheckpointError,
+    accept_resume,
     build_trainer,
+    check_logger_ready,
+    explained_stops,
     finish_logger,
-    read_checkpoint,
-    resolve_checkpoint,
-    run_dir_of_checkpoint,
+    resume_command,
     step_timer,
 )
 
@@ -200,22 +200,17 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
     """(run dir, checkpoint to resume from). DDP children reuse the launcher's run dir via the environment."""
     ckpt_path = None
     if cfg.resume:
-        try:
-            ckpt_path = resolve_checkpoint(cfg.resume)
-            meta = read_checkpoint(ckpt_path).get("fast_lightning", {})
-        except CheckpointError as exc:
-            raise UserError(str(exc)) from exc
-        if meta.get("kind") != "segmentation":
-            raise UserError(f"RESUME={cfg.resume} is not a segmentation checkpoint (kind={meta.get('kind')!r})")
-        run_dir = run_dir_of_checkpoint(ckpt_path)
+        ckpt_path, run_dir = accept_resume(cfg, "segmentation")  # checks first: a refused RESUME writes nothing
         save_config(cfg, run_dir)
     else:
+        load_split(cfg)  # the data check runs before any run directory exists (cached: setup() repeats it)
         run_dir = training_run_dir(cfg, "seg")
     return run_dir, ckpt_path
 
 
 def main(args: list[str]) -> int:
     cfg = config_from_args(args)
+    check_logger_ready(cfg)  # before any run directory exists
     s = cfg.segmentation
     check_model_config(cfg)
     synth_name = str(s.synth)
@@ -259,7 +254,8 @@ def main(args: list[str]) -> int:
     trainer = None
     try:
         trainer = build_trainer(cfg, run_dir, "seg", max_steps, callbacks=callbacks, val_every=val_every)
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with explained_stops(run_dir, resume_command(cfg, "train-seg", run_dir), lambda: trainer):
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         fit_seconds = time.time() - start
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.exists():  # no validation ran (e.g. fast_dev_run): still leave a checkpoint behind

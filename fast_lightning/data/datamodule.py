@@ -47,7 +47,11 @@ def report_foreground(dataset: NormalImageDataset, class_name: str) -> tuple[int
 
 
 def load_split(cfg: DictConfig) -> tuple[ClassIndex, Split]:
+    """Index, file check (once per class and file state, cached under run_root/.cache) and split."""
+    from fast_lightning.data.check import validate_class_files
+
     index = read_class(cfg.data_root, cfg.class_name)
+    validate_class_files(index, Path(cfg.run_root) / ".cache" / "data-check")
     split = make_split(index, cfg.data.generator_fraction, cfg.data.val_fraction)
     return index, split
 

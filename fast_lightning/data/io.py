@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import DataError
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 _INTERPOLATION = {"bicubic": Image.BICUBIC, "area": Image.BOX, "bilinear": Image.BILINEAR}
 
 
@@ -27,12 +28,13 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def pil_to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
-    """(C,H,W) float in [0,1]; grayscale is replicated to RGB, RGB converted to L for channels=1."""
+    """(C,H,W) float in [0,1]; grayscale is replicated to RGB, RGB converted to L for channels=1.
+    16-bit images are divided by the type's range (65535), never by their own maximum: a per-image contrast
+    stretch would make the same defect look different in every image."""
     mode = "L" if channels == 1 else "RGB"
-    if img.mode in ("I;16", "I;16B", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr / max(float(arr.max()), 1.0)
-        img = Image.fromarray((arr * 255).astype(np.uint8))
+    if img.mode in SIXTEEN_BIT:  # full 16-bit precision: synthesis pastes the source back bit for bit
+        t = torch.from_numpy(np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0))[None]
+        return t.expand(channels, -1, -1).contiguous()
     arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]
@@ -59,19 +61,19 @@ def resize_image(img: Image.Image, size: int | tuple[int, int] | None, interpola
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3,
                interpolation: str = "bicubic") -> torch.Tensor:
     img = open_image(path)
-    if img.mode not in ("L", "RGB", "I;16", "I;16B", "I"):
+    if img.mode not in ("L", "RGB", *SIXTEEN_BIT):
         img = img.convert("RGB")
     return pil_to_tensor(resize_image(img, size, interpolation), channels).clamp_(0.0, 1.0)
 
 
 def mask_to_binary(arr: np.ndarray, path: str | Path | None = None, warn: bool = True) -> np.ndarray:
-    """Masks must be 0/255 (or 0/1); anything else is binarised at 0.5 of the max, with a warning."""
+    """Masks must be 0/255 (or 0/1); anything else is binarised at half the mask's own maximum, with a warning
+    (a fixed 128 would turn a faint {0, 100} mask into an empty one; check-data rejects such masks anyway)."""
     arr = arr.astype(np.float32)
     peak = float(arr.max()) if arr.size else 0.0
     if peak <= 0:
         return np.zeros(arr.shape, dtype=np.float32)
-    scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255 else peak
-    norm = arr / scale
+    norm = arr / max(peak, 1.0)
     if warn and not np.isin(norm, (0.0, 1.0)).all():
         warnings.warn(f"non-binary mask {path}: binarised at 0.5", stacklevel=2)
     return (norm >= 0.5).astype(np.float32)
@@ -94,13 +96,24 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None
     return mask
 
 
-def save_image(tensor: torch.Tensor, path: str | Path) -> None:
-    """(C,H,W) in [0,1] -> PNG, written atomically."""
+def bit_depth(path: str | Path) -> int:
+    """16 for 16-bit images, else 8 (from the header only)."""
+    with Image.open(path) as img:
+        return 16 if img.mode in SIXTEEN_BIT else 8
+
+
+def save_image(tensor: torch.Tensor, path: str | Path, bits: int = 8) -> None:
+    """(C,H,W) in [0,1] -> PNG, written atomically; ``bits=16`` keeps a 16-bit source's depth (one channel
+    only: PNG via Pillow has no 16-bit RGB, so 3-channel images are written at 8 bit)."""
     from fast_lightning.runs import atomic_write_bytes
     import io
 
-    arr = (tensor.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    x = tensor.detach().float().clamp(0, 1).cpu().numpy()
+    if bits == 16 and x.shape[0] == 1:
+        img = Image.fromarray((x[0] * 65535.0 + 0.5).astype(np.uint16))
+    else:
+        arr = (x * 255.0 + 0.5).astype(np.uint8)
+        img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

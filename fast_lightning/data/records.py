@@ -109,6 +109,9 @@ def read_class(root: str | Path, class_name: str, strict: bool = True) -> ClassI
     """
     root = Path(root)
     class_dir = root / class_name
+    if root.exists() and not root.is_dir():
+        raise DataError(f"DATA={root} is a file, not a folder: pass the dataset root folder that contains "
+                        f"{class_name}/ (e.g. DATA={root.parent})")
     if not class_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
         hint = f"classes found under {root}: {', '.join(found)}" if found else (

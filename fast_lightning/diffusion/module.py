@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import grad_norm
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion
 
@@ -223,40 +223,3 @@ def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
         raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not match its own config: {exc}") from exc
     meta = dict(meta, config=cfg, path=str(resolve_checkpoint(path)), global_step=int(ckpt.get("global_step", 0)))
     return model.eval().to(map_location), meta
-
-
-def check_resume_compatible(ckpt: dict, cfg: DictConfig, type_names: list[str], path) -> None:
-    meta = ckpt.get("fast_lightning", {})
-    problems = []
-    if meta.get("kind") != "diffusion":
-        problems.append(f"kind={meta.get('kind')!r} (expected 'diffusion')")
-    if meta.get("class_name") != cfg.class_name:
-        problems.append(f"class {meta.get('class_name')!r} != CLASS={cfg.class_name!r}")
-    if meta.get("type_names") != list(type_names):
-        problems.append(f"anomaly types {meta.get('type_names')} != data's {list(type_names)}")
-    if meta.get("resolution") != int(cfg.diffusion.resolution):
-        problems.append(f"resolution {meta.get('resolution')} != diffusion.resolution={cfg.diffusion.resolution}")
-    saved = OmegaConf.create(ckpt["hyper_parameters"]["config"]).diffusion
-    keys = ["backbone", "unet", "farm", "adaptor", "num_train_timesteps"]
-    if saved.get("backbone") == "latent":
-        keys += ["context_tokens", "unfreeze_unet"]
-        if meta.get("pretrained_fingerprint") and cfg.diffusion.get("backbone") == "latent":
-            from fast_lightning.diffusion.latent import pretrained_fingerprint
-
-            fp = pretrained_fingerprint(cfg.diffusion.pretrained)
-            if fp != meta["pretrained_fingerprint"]:
-                problems.append(f"diffusion.pretrained={cfg.diffusion.pretrained} (fingerprint {fp}) is not the "
-                                f"folder it was trained with ({meta.get('pretrained')}, fingerprint "
-                                f"{meta['pretrained_fingerprint']})")
-    for key in keys:
-        a, b = saved.get(key), cfg.diffusion.get(key)
-        a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
-        b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
-        if a != b:
-            problems.append(f"diffusion.{key} {a} != {b}")
-    if problems:
-        from fast_lightning.training import CheckpointError
-
-        raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems) +
-                              ". Use the run's own settings (its config.yaml) or start a new run without RESUME.")
-

@@ -48,7 +48,8 @@ def build_sampler(cfg: Mapping) -> Sampler:
     ``variant`` exact|paper [exact] (aias), ``t_end`` [1] (aias), ``eta`` [0.0] (ddim),
     ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm`` [true],
     ``farm_min_t`` [2] (FARM only at timesteps t >= farm_min_t; 0 = every step, the old behaviour).
-    ``ddpm`` always runs all T timesteps (``steps`` is validated but not used). Unknown keys are ignored.
+    ``ddpm`` always runs all T timesteps (``steps`` is validated but not used). Every known option is
+    validated whichever sampler is chosen; unknown keys are ignored.
     Errors are ValueErrors that name the offending ``sampling.*`` key.
     """
     get = cfg.get
@@ -65,22 +66,31 @@ def build_sampler(cfg: Mapping) -> Sampler:
     common = dict(farm=bool(get("farm", True)), farm_min_t=farm_min_t, renoise=str(get("renoise", "every")),
                   renoise_band=renoise_band)
 
+    # every option is validated whichever sampler uses it: a typo never passes silently (VARIANT=foo with ddim)
+    t_end = _as_int(get("t_end", 1), "sampling.t_end")
+    if t_end < -1:
+        raise ValueError(f"sampling.t_end must be >= -1, got {t_end}")
+    variant = str(get("variant", "exact"))
+    if variant not in VARIANTS:
+        raise ValueError(f"sampling.variant must be one of {list(VARIANTS)}, got {variant!r} (checked for every "
+                         "sampler, though only aias uses it)")
+    if common["renoise"] not in RENOISE_MODES:
+        raise ValueError(f"sampling.renoise must be one of {list(RENOISE_MODES)}, got {common['renoise']!r}")
+    eta = get("eta", 0.0)
+    try:
+        eta = float(eta)
+    except (TypeError, ValueError):
+        raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}") from None
+    if eta < 0:
+        raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}")
+
     if name == "aias":
-        t_end = _as_int(get("t_end", 1), "sampling.t_end")
-        if t_end < -1:
-            raise ValueError(f"sampling.t_end must be >= -1, got {t_end}")
         if steps < t_end + 2:
             raise ValueError(f"sampling.steps must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
-        variant = str(get("variant", "exact"))
         return AIASSampler(steps=steps, variant=variant, t_end=t_end, **common)
     if name == "ddpm":
         return DDPMSampler(**common)
     if name == "ddim":
-        eta = get("eta", 0.0)
-        try:
-            eta = float(eta)
-        except (TypeError, ValueError):
-            raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}") from None
         return DDIMSampler(steps=steps, eta=eta, **common)
     return DPMSolverSampler(steps=steps, **common)
 

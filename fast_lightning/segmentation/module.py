@@ -321,6 +321,7 @@ class SegmentationModule(L.LightningModule):
         checkpoint["fast_lightning"] = {
             "kind": "segmentation",
             "class_name": self.hparams.class_name,
+            "type_names": getattr(getattr(self._trainer, "datamodule", None), "type_names", None),
             "synthesizer": self.hparams.synthesizer,
             "arch": str(s.arch), "encoder": str(s.encoder),
             "resolution": int(self.cfg.data.resolution), "channels": int(self.cfg.data.channels),

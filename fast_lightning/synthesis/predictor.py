@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import Dataset
 
 from fast_lightning.data.datasets import foreground_mask, item_generator
-from fast_lightning.data.io import load_image
+from fast_lightning.data.io import bit_depth, load_image
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.synthesis.pipeline import AnomalySynthesizer, SynthesisError, _resize_image
 from fast_lightning.synthesis.writer import SynthesisWriter
@@ -67,7 +67,8 @@ class SynthesisIndexDataset(Dataset):
         if tid == 0 and self.type_names:  # a plain mask sampler: uniform type
             tid = 1 + int(torch.randint(len(self.type_names), (1,), generator=g))
         return {"index": int(index), "image": image, "mask": mask, "cond": int(tid), "source": os.path.abspath(path),
-                "mask_source": source, "type_rule": rule, "out_resolution": self.out_resolution}
+                "mask_source": source, "type_rule": rule, "out_resolution": self.out_resolution,
+                "bit_depth": bit_depth(path)}
 
     def __getitem__(self, k: int) -> dict:
         return self.item(self.indices[k])
@@ -106,7 +107,8 @@ class SynthesisPredictor(L.LightningModule):
                 "row": {
                     "index": int(it["index"]), "source": it["source"], "mask_source": it["mask_source"],
                     "type": self.type_names[tid - 1] if 0 < tid <= len(self.type_names) else "normal",
-                    "type_id": tid, "type_rule": it.get("type_rule", "mask"), **self.run_fields, "height": int(h), "width": int(w),
+                    "type_id": tid, "type_rule": it.get("type_rule", "mask"), **self.run_fields,
+                    "height": int(h), "width": int(w), "bit_depth": int(it.get("bit_depth", 8)),
                     "area": round(float(m.float().mean()), 6),
                 },
                 "image": img.detach().float().cpu(), "mask": m.detach().float().cpu(),

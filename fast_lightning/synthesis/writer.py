@@ -14,6 +14,7 @@ without a line, a half-written line after a crash) is redone on resume.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +24,13 @@ from fast_lightning.data.io import save_image
 from fast_lightning.runs import atomic_write_text, json_default
 
 MANIFEST = "manifest.jsonl"
+log = logging.getLogger(__name__)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def pair_name(index: int) -> str:
@@ -34,6 +42,7 @@ class SynthesisWriter:
         self.run_dir = Path(run_dir)
         self.images_dir = self.run_dir / "images"
         self.masks_dir = self.run_dir / "masks"
+        self._reported: tuple = ()
 
     @property
     def manifest_path(self) -> Path:
@@ -53,12 +62,14 @@ class SynthesisWriter:
         """PNG image, PNG mask, then the manifest line (in that order; each step atomic)."""
         index = int(row["index"])
         name = pair_name(index)
-        save_image(image, self.images_dir / name)
+        save_image(image, self.images_dir / name, bits=int(row.get("bit_depth", 8)))  # a 16-bit source stays 16 bit
         save_image(mask, self.masks_dir / name)
         row = {"index": index, "image": f"images/{name}", "mask": f"masks/{name}", **{k: v for k, v in row.items()
                                                                                     if k != "index"}}
         line = json.dumps(row, default=json_default) + "\n"
         path = self.rank_manifest(rank)
+        if path.is_file() and path.stat().st_size and not _ends_with_newline(path):
+            line = "\n" + line  # a line cut by a crash (or a full disk) stays on its own line, never glued to this one
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode("utf-8"))  # one write per line: a crash leaves at most one broken line
@@ -74,15 +85,22 @@ class SynthesisWriter:
     def completed(self) -> dict[int, dict]:
         """index -> manifest row, for every pair whose line exists and whose two PNGs are on disk."""
         rows: dict[int, dict] = {}
+        cut = []
         for path in self._manifest_files():
-            for line in path.read_text().splitlines():
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
                 try:
                     row = json.loads(line)
                     index = int(row["index"])
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue  # a line cut by a crash: that pair is redone
+                    cut.append(f"{path.name}:{number}")  # a line cut by a crash: that pair is redone
+                    continue
                 if (self.run_dir / row["image"]).is_file() and (self.run_dir / row["mask"]).is_file():
                     rows[index] = row
+        if cut and tuple(cut) != self._reported:
+            self._reported = tuple(cut)
+            log.warning(f"skipped {len(cut)} cut manifest line(s) ({', '.join(cut[:3])}); those pairs are redone")
         return rows
 
     def merge(self) -> list[dict]:
