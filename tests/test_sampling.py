@@ -363,3 +363,61 @@ def test_build_sampler():
 def test_build_sampler_errors_name_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):
         build_sampler(cfg)
+
+
+# ---------------------------------------------------------------------------------------- frozen AIAS loop
+def _old_aias_loop(model, bg, mask, cond, gens, steps, variant="exact", t_end=1, farm_min_t=2,
+                   renoise="every", band=(250, 750)):
+    """Frozen copy of AIASSampler's own loop before AIAS became a scheduler (same ops, same draw order).
+
+    The shared-loop AIASSampler must reproduce it bit for bit: x_T; per step FARM z (if injected), kernel z
+    (if V > 0), re-noise eps (if active and t_e >= 0).
+    """
+    ac = model.schedule.alphas_cumprod.detach().to("cpu", torch.float64)
+    T = int(model.schedule.num_train_timesteps)
+
+    def randn():
+        return torch.stack([torch.randn(bg.shape[1:], generator=g, dtype=torch.float32) for g in gens])
+
+    def abar(t):
+        return 1.0 if t < 0 else float(ac[t])
+
+    def tvec(t):
+        return torch.full((bg.shape[0],), int(t), dtype=torch.long)
+
+    b = aias_boundaries(T, steps, t_end)
+    pairs = list(zip(b[:-1], b[1:])) + [(t, t - 1) for t in range(t_end, -1, -1)]
+    x = randn()
+    for ts, te in pairs:
+        pi, sigma, var = (float(v) for v in segment_coefficients(ac, ts, te, variant))
+        x_in = x
+        if model.farm is not None and ts >= farm_min_t:
+            ab = abar(ts)
+            x_an = math.sqrt(ab) * model.farm_x0(x, mask, tvec(ts)) + math.sqrt(1.0 - ab) * randn()
+            x_in = (1 - mask) * x + mask * x_an
+        eps = model.predict_eps(x_in, tvec(ts), cond, mask)
+        ab = abar(ts)
+        x0 = (x_in - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
+        x = pi * x_in + sigma * x0
+        if var > 0.0:
+            x = x + math.sqrt(var) * randn()
+        if renoise == "every" or (renoise == "band" and band[0] < te < band[1]):
+            bg_t = bg if te < 0 else model.schedule.q_sample(bg, tvec(te), randn())
+            x = (1 - mask) * bg_t + mask * x
+    return mask * x + (1 - mask) * bg
+
+
+@pytest.mark.parametrize("kw", [
+    dict(steps=10),
+    dict(steps=5, variant="paper"),
+    dict(steps=6, t_end=-1, renoise="band", band=(10, 40)),
+    dict(steps=8, t_end=3, farm_min_t=0, renoise="none"),
+    dict(steps=50, farm_min_t=4),
+])
+def test_aias_bit_identical_to_frozen_loop(kw):
+    model = FakeModel(T=50)
+    bg, mask, cond = _inputs(B=3)
+    ref = _old_aias_loop(model, bg, mask, cond, _gens(3), **kw)
+    band = kw.pop("band", (250, 750))
+    out = AIASSampler(**kw, renoise_band=band)(model, bg, mask, cond, _gens(3))
+    assert torch.equal(out, ref)
