@@ -421,3 +421,121 @@ def test_aias_bit_identical_to_frozen_loop(kw):
     band = kw.pop("band", (250, 750))
     out = AIASSampler(**kw, renoise_band=band)(model, bg, mask, cond, _gens(3))
     assert torch.equal(out, ref)
+
+
+# ---------------------------------------------------------------------------------------- AIASScheduler
+def _aias_scheduler(T=50, **kw):
+    from fast_lightning.sampling import AIASScheduler
+
+    return AIASScheduler(num_train_timesteps=T, **SCHED_KW, **kw)
+
+
+def test_scheduler_timesteps_are_the_aias_plan_and_from_config_keeps_betas():
+    from fast_lightning.sampling import AIASScheduler
+
+    ddpm = DDPMScheduler(num_train_timesteps=1000, **SCHED_KW, clip_sample=True, variance_type="fixed_small")
+    s = AIASScheduler.from_config(ddpm.config, variant="paper")
+    assert s.config.variant == "paper" and s.config.t_end == 1 and s.order == 1 and s.init_noise_sigma == 1.0
+    assert torch.equal(s.alphas_cumprod, ddpm.alphas_cumprod)  # same betas, bit for bit
+    s.set_timesteps(10)
+    assert s.timesteps.tolist() == [999, 874, 749, 624, 500, 375, 250, 125, 1, 0]
+    assert s.timesteps.dtype == torch.long
+    ts, te, pi, sigma, var = s.plan[-3]
+    assert (ts, te) == (125, 1)
+    assert (pi, sigma, var) == tuple(float(c) for c in segment_coefficients(ddpm.alphas_cumprod, 125, 1, "paper"))
+    s2 = _aias_scheduler(T=1000, t_end=-1)
+    s2.set_timesteps(10)
+    assert s2.timesteps.tolist() == aias_boundaries(1000, 10, -1)[:-1]
+    # a round trip through the config keeps the AIAS options
+    again = AIASScheduler.from_config(s.config)
+    again.set_timesteps(10)
+    assert again.plan == s.plan
+
+
+def test_scheduler_step_kernel_noise_and_errors():
+    s = _aias_scheduler(T=50)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="set_timesteps"):
+        s.step(eps, 49, x)
+    s.set_timesteps(5)
+    t = s.timesteps[0]  # a tensor, as pipelines pass it
+    ts, te, pi, sigma, var = s.plan[0]
+    ab = float(s.alphas_cumprod[ts])
+    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    out = s.step(eps, t, x, generator=_gens(2))
+    torch.testing.assert_close(out.pred_original_sample, x0)
+    z = torch.stack([torch.randn(3, 4, 4, generator=g) for g in _gens(2)])
+    torch.testing.assert_close(out.prev_sample, pi * x + sigma * x0 + math.sqrt(var) * z)
+    # per-sample generators: sample 1 alone == sample 1 in the batch; one generator == a list of one
+    alone = s.step(eps[1:], t, x[1:], generator=_gens(2)[1:]).prev_sample
+    assert torch.equal(alone[0], out.prev_sample[1])
+    single = s.step(eps[:1], t, x[:1], generator=_gens(1)[0]).prev_sample
+    assert torch.equal(single, s.step(eps[:1], t, x[:1], generator=_gens(1)).prev_sample)
+    # the last tail step (t = 0) is deterministic: V = 0, returns x0_hat
+    prev, pred = s.step(eps, 0, x, return_dict=False)
+    torch.testing.assert_close(prev, pred)
+    # v-prediction / x0-prediction reach the same kernel output for the same underlying x0
+    v = math.sqrt(ab) * eps - math.sqrt(1 - ab) * x0
+    for kind, model_out in (("v_prediction", v), ("sample", x0)):
+        sv = _aias_scheduler(T=50, prediction_type=kind)
+        sv.set_timesteps(5)
+        torch.testing.assert_close(sv.step(model_out, t, x, generator=_gens(2)).prev_sample, out.prev_sample,
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not in scheduler.timesteps"):
+        s.step(eps, 18, x)
+    with pytest.raises(ValueError, match="one torch.Generator per sample"):
+        s.step(eps, t, x, generator=_gens(3))
+    with pytest.raises(ValueError, match="variant"):
+        _aias_scheduler(variant="ddim")
+    with pytest.raises(ValueError, match="t_end"):
+        _aias_scheduler(T=50, t_end=49)
+    with pytest.raises(ValueError, match="prediction_type"):
+        _aias_scheduler(prediction_type="flow")
+    # add_noise is q(x_t | x_0) on the same schedule
+    tt = torch.tensor([3, 40])
+    ab_t = s.alphas_cumprod[tt].view(-1, 1, 1, 1)
+    torch.testing.assert_close(s.add_noise(x, eps, tt), ab_t.sqrt() * x + (1 - ab_t).sqrt() * eps)
+
+
+class _UNetModel(FakeModel):
+    """The duck-typed model interface around a diffusers UNet2DModel (eps-prediction, no cond, no FARM)."""
+
+    def __init__(self, unet, T):
+        self.schedule = FakeSchedule(T)
+        self.unet = unet
+        self.farm = None
+        self.calls = 0
+
+    def predict_eps(self, x, t, cond, mask):
+        self.calls += 1
+        return self.unet(x, t).sample
+
+
+def test_aias_scheduler_in_a_diffusers_pipeline_equals_aias_sampler():
+    """AIASScheduler in diffusers' own DDPMPipeline == our AIASSampler (FARM off, no re-noising), same noise."""
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    from fast_lightning.sampling import AIASScheduler
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.eval()
+    T, B, steps = 50, 2, 6
+    scheduler = AIASScheduler.from_config(FakeSchedule(T).make_diffusers_scheduler(DDPMScheduler).config)
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        images = pipe(batch_size=B, generator=_gens(B), num_inference_steps=steps, output_type="pt").images
+
+    model = _UNetModel(unet, T)
+    bg = torch.zeros(B, 3, 8, 8)
+    mask = torch.ones(B, 1, 8, 8)  # generate everywhere: the paste-back keeps the sampler's x
+    sampler = AIASSampler(steps=steps, farm=False, renoise="none")
+    x = sampler(model, bg, mask, torch.zeros(B, dtype=torch.long), _gens(B))
+    assert sampler.nfe == model.calls == steps
+    ours = (x / 2 + 0.5).clamp(0, 1)  # the pipeline's own output conversion
+    torch.testing.assert_close(images, ours, atol=1e-6, rtol=0)
+    assert images.std() > 0.05  # a real image, not a constant

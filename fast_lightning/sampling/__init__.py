@@ -5,13 +5,22 @@ All samplers share one contract (docs/ARCHITECTURE.md)::
     sampler = build_sampler(cfg.sampling)
     x = sampler(model, background, mask, cond, generators)   # model space, pasted back outside the mask
     sampler.nfe                                               # network evaluations of that call
+
+Each sampler is a diffusers-shaped scheduler (AIAS: :class:`AIASScheduler`, usable in any diffusers pipeline)
+run by the one loop in :class:`Sampler` that adds FARM injection and background re-noising.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fast_lightning.sampling.aias import VARIANTS, AIASSampler, aias_boundaries, segment_coefficients
+from fast_lightning.sampling.aias import (
+    VARIANTS,
+    AIASSampler,
+    AIASScheduler,
+    aias_boundaries,
+    segment_coefficients,
+)
 from fast_lightning.sampling.base import (
     DEFAULT_FARM_MIN_T,
     DEFAULT_RENOISE_BAND,
@@ -99,6 +108,7 @@ __all__ = [
     "Sampler",
     "SamplingRun",
     "AIASSampler",
+    "AIASScheduler",
     "DDPMSampler",
     "DDIMSampler",
     "DPMSolverSampler",

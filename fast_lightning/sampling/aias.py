@@ -3,14 +3,24 @@
 Within a window [t_e, t_s] the network's x0-prediction is assumed constant, so the t_s - t_e DDPM posterior
 steps compose into ONE affine-Gaussian kernel ``x_te = Pi x_ts + Sigma x0_hat + sqrt(V) z``: one network
 evaluation per segment instead of one per timestep.
+
+:class:`AIASScheduler` is that kernel as a diffusers scheduler (usable in any diffusers pipeline, e.g.
+``pipe.scheduler = AIASScheduler.from_config(pipe.scheduler.config)``); :class:`AIASSampler` runs it in the
+package's one sampling loop (FARM injection, background re-noising).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from diffusers import ConfigMixin, DDPMScheduler, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from fast_lightning.sampling.base import (
@@ -18,7 +28,7 @@ from fast_lightning.sampling.base import (
     DEFAULT_RENOISE_BAND,
     ProgressFn,
     Sampler,
-    SamplingRun,
+    per_sample_randn,
 )
 
 VARIANTS = ("exact", "paper")
@@ -129,8 +139,130 @@ def aias_boundaries(T: int, steps: int, t_end: int = 1) -> list[int]:
     return bounds
 
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+@dataclass
+class AIASSchedulerOutput(BaseOutput):
+    """``prev_sample``: x at the segment end t_e; ``pred_original_sample``: the x0_hat the kernel used."""
+
+    prev_sample: Tensor
+    pred_original_sample: Tensor | None = None
+
+
+class AIASScheduler(SchedulerMixin, ConfigMixin):
+    """AIAS as a diffusers scheduler: ``set_timesteps(n)`` plans n network evaluations, ``step`` jumps a segment.
+
+    ``timesteps`` are the segment starts ``aias_boundaries(T, n, t_end)[:-1]`` followed by the tail steps
+    t_end, ..., 0; ``step(model_output, t, sample)`` applies ``Pi sample + Sigma x0_hat + sqrt(V) z`` for the
+    segment starting at t (coefficients from :func:`segment_coefficients`, float64). No x0 clipping (latents
+    are unbounded). Stateless between steps, so the order of calls does not matter.
+
+    Noise z (only when V > 0): ``generator`` may be one ``torch.Generator`` (diffusers' usual, drawn with
+    ``randn_tensor``) or a list of one generator per sample, drawing sample i's (C, H, W) noise from
+    ``generator[i]`` in float32 (:func:`~fast_lightning.sampling.base.per_sample_randn`), so a sample is
+    identical alone or in a batch. ``from_config`` of another scheduler keeps its betas; options AIAS does not
+    have (``clip_sample``, ``steps_offset``, ...) are ignored.
+
+    Args:
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas: the training schedule, with
+            diffusers' meaning (the betas are computed by diffusers' ``DDPMScheduler``, so they match any
+            diffusers scheduler with the same config bit for bit).
+        variant: ``"exact"`` (true composition of the posterior steps) or ``"paper"`` (the paper's Lemma 2).
+        t_end: last segment boundary; the plain DDPM tail steps t_end, ..., 0 follow (-1 = no tail).
+        prediction_type: what the network predicts: ``"epsilon"``, ``"sample"`` (x0) or ``"v_prediction"``.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, variant: str = "exact", t_end: int = 1,
+                 prediction_type: str = "epsilon"):
+        _check_variant(variant)
+        if isinstance(t_end, bool) or not isinstance(t_end, int):
+            raise ValueError(f"AIASScheduler t_end must be an int >= -1, got {t_end!r}")
+        aias_boundaries(num_train_timesteps, t_end + 2, t_end)  # t_end in range for this T (error names it)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"AIASScheduler prediction_type must be one of {list(PREDICTION_TYPES)}, "
+                             f"got {prediction_type!r}")
+        try:
+            self._ddpm = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
+                                       beta_end=beta_end, beta_schedule=beta_schedule, trained_betas=trained_betas)
+        except NotImplementedError as exc:
+            raise ValueError(f"AIASScheduler beta_schedule={beta_schedule!r} is not a diffusers beta schedule "
+                             f"({exc})") from None
+        self.betas = self._ddpm.betas
+        self.alphas_cumprod = self._ddpm.alphas_cumprod  # float32, as in every diffusers scheduler
+        self._abar = self.alphas_cumprod.to(torch.float64)  # kernel math in float64
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)
+        self.plan: list[tuple[int, int, float, float, float]] = []
+        self._kernels: dict[int, tuple[float, float, float]] = {}
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Plan ``num_inference_steps`` evaluations: ``self.timesteps`` and the (t_s, t_e, Pi, Sigma, V) plan."""
+        T, t_end = self.config.num_train_timesteps, self.config.t_end
+        bounds = aias_boundaries(T, num_inference_steps, t_end)
+        pairs = list(zip(bounds[:-1], bounds[1:])) + [(t, t - 1) for t in range(t_end, -1, -1)]
+        self.plan = [(ts, te, *(float(c) for c in segment_coefficients(self._abar, ts, te, self.config.variant)))
+                     for ts, te in pairs]
+        self._kernels = {ts: (pi, sigma, var) for ts, _, pi, sigma, var in self.plan}
+        self.timesteps = torch.tensor([ts for ts, _ in pairs], dtype=torch.long, device=device)
+        self.num_inference_steps = int(num_inference_steps)
+
+    def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
+        return sample
+
+    def _x0_hat(self, model_output: Tensor, sample: Tensor, ab: float) -> Tensor:
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return (sample - math.sqrt(1.0 - ab) * model_output) / math.sqrt(ab)
+        if kind == "sample":
+            return model_output
+        return math.sqrt(ab) * sample - math.sqrt(1.0 - ab) * model_output  # v_prediction
+
+    def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
+             generator: torch.Generator | Sequence[torch.Generator] | None = None,
+             return_dict: bool = True) -> AIASSchedulerOutput | tuple[Tensor, Tensor]:
+        """Jump the segment that starts at ``timestep``: ``Pi sample + Sigma x0_hat + sqrt(V) z``."""
+        if self.num_inference_steps is None:
+            raise ValueError("AIASScheduler.step called before set_timesteps(num_inference_steps)")
+        t = int(timestep)
+        if t not in self._kernels:
+            raise ValueError(f"AIASScheduler.step: timestep {t} is not in scheduler.timesteps "
+                             f"{[ts for ts, *_ in self.plan]}; call step with those values, in any order")
+        pi, sigma, var = self._kernels[t]
+        x0 = self._x0_hat(model_output, sample, float(self._abar[t]))
+        prev = pi * sample + sigma * x0
+        if var > 0.0:
+            prev = prev + math.sqrt(var) * self._noise(sample, generator)
+        if not return_dict:
+            return prev, x0
+        return AIASSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    @staticmethod
+    def _noise(sample: Tensor, generator) -> Tensor:
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != sample.shape[0]:
+                raise ValueError(f"AIASScheduler.step: got {len(generator)} generators for a batch of "
+                                 f"{sample.shape[0]}; pass one torch.Generator per sample (or a single one)")
+            return per_sample_randn(generator, sample.shape[1:], sample.device, sample.dtype)
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        return noise.to(sample.dtype)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """q(x_t | x_0) on this schedule (diffusers' DDPM forward process on the same betas)."""
+        return self._ddpm.add_noise(original_samples, noise, timesteps)
+
+
 class AIASSampler(Sampler):
-    """FAST's AIAS sampler: ``steps`` network evaluations in total.
+    """FAST's AIAS sampler: ``steps`` network evaluations in total (:class:`AIASScheduler` in the shared loop).
 
     Per segment [t_s -> t_e] (reference algorithm, section 4):
 
@@ -142,6 +274,7 @@ class AIASSampler(Sampler):
     4. background re-noising ``x = (1-M) q_sample(background, t_e) + M x`` (per ``renoise``).
 
     Then single DDPM posterior steps at t = t_end, ..., 0 (same operations; at t = 0 V = 0, no noise).
+    Steps 1 and 4 are the shared loop (:meth:`Sampler._sample`), 2-3 are :meth:`AIASScheduler.step`.
     Step 1 runs only where ``t_s >= farm_min_t`` (default 2): every segment (they all start at t_s >= the
     last boundary above the tail), but none of the default t = 1, 0 tail, which are plain posterior steps as
     in the authors' code. With FARM in the tail the exact t = 0 kernel returns x0_hat of the injected input,
@@ -154,6 +287,7 @@ class AIASSampler(Sampler):
     """
 
     name = "aias"
+    scheduler_cls = AIASScheduler
 
     def __init__(self, steps: int = 10, variant: str = "exact", t_end: int = 1, *, farm: bool = True,
                  farm_min_t: int = DEFAULT_FARM_MIN_T, renoise: str = "every",
@@ -172,32 +306,11 @@ class AIASSampler(Sampler):
     def min_steps(self) -> int:
         return self.t_end + 2
 
-    def expected_nfe(self, num_train_timesteps: int) -> int:
+    def num_steps(self, num_train_timesteps: int) -> int:
         return self.steps
 
-    def plan(self, alphas_cumprod: Tensor) -> list[tuple[int, int, float, float, float]]:
-        """The (t_s, t_e, Pi, Sigma, V) of every network evaluation, segments then tail steps."""
-        T = int(alphas_cumprod.shape[0])
-        b = aias_boundaries(T, self.steps, self.t_end)
-        pairs = list(zip(b[:-1], b[1:])) + [(t, t - 1) for t in range(self.t_end, -1, -1)]
-        out = []
-        for ts, te in pairs:
-            pi, sigma, var = segment_coefficients(alphas_cumprod, ts, te, self.variant)
-            out.append((ts, te, float(pi), float(sigma), float(var)))
-        return out
-
-    def _sample(self, run: SamplingRun) -> Tensor:
-        plan = self.plan(run.alphas_cumprod)
-        x = run.randn()
-        for ts, te, pi, sigma, var in plan:
-            x_in = run.inject(x, ts)
-            eps = run.eps(x_in, ts)
-            x0 = run.x0_hat(x_in, eps, ts)
-            x = pi * x_in + sigma * x0
-            if var > 0.0:
-                x = x + math.sqrt(var) * run.randn()
-            x = run.renoise(x, te)
-        return x
+    def _scheduler_kwargs(self) -> dict:
+        return dict(variant=self.variant, t_end=self.t_end)
 
     def __repr__(self) -> str:
         return (f"AIASSampler(steps={self.steps}, variant={self.variant!r}, t_end={self.t_end}, "

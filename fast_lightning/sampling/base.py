@@ -1,4 +1,4 @@
-"""Common sampler machinery: per-sample noise, FARM injection, background re-noising, paste-back, NFE.
+"""Common sampler machinery: the one sampling loop, per-sample noise, FARM injection, re-noising, paste-back.
 
 Every sampler in this package shares one calling convention (see docs/ARCHITECTURE.md)::
 
@@ -11,6 +11,10 @@ Every sampler in this package shares one calling convention (see docs/ARCHITECTU
   ``model.schedule.q_sample(x0, t, eps)``, ``model.schedule.make_diffusers_scheduler(cls, **kw)``;
 - ``model.predict_eps(x, t, cond, mask) -> eps_hat`` with ``t`` a LongTensor (B,);
 - ``model.farm`` (``None`` when FARM is disabled) and ``model.farm_x0(x, mask, t) -> x0_an``.
+
+Every sampler is a scheduler with the diffusers shape (``set_timesteps(n)``, ``timesteps``,
+``step(eps, t, x, generator=...)``) plus :meth:`Sampler._sample`, the one loop that adds FARM injection and
+background re-noising around it; AIAS's scheduler is :class:`~fast_lightning.sampling.AIASScheduler`.
 
 Randomness: sample ``i`` draws ALL of its noise from ``generators[i]`` (a per-sample draw of shape
 (C, h, w) in float32 on the generator's device, then stacked and moved to the working device/dtype), and
@@ -56,11 +60,22 @@ def check_farm_min_t(value) -> int:
     return value
 
 
+def per_sample_randn(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str,
+                     dtype: torch.dtype) -> Tensor:
+    """N(0, I) of shape (B, *shape): sample i drawn from generators[i] in float32 on its device, then cast.
+
+    The one noise draw of the package (samplers and :class:`AIASScheduler`), so sample i's noise never
+    depends on the batch it is in.
+    """
+    draws = [torch.randn(tuple(shape), generator=g, device=g.device, dtype=torch.float32) for g in generators]
+    return torch.stack(draws).to(device=device, dtype=dtype)
+
+
 class SamplingRun:
     """State of one sampler call: validated inputs, noise source, NFE counter.
 
-    Subclasses of :class:`Sampler` build their loop from these few operations so that FARM injection,
-    background re-noising and per-sample randomness are identical for AIAS and the baselines.
+    :meth:`Sampler._sample` builds the one loop from these few operations, so FARM injection, background
+    re-noising and per-sample randomness are identical for AIAS and the baselines.
     """
 
     def __init__(self, sampler: "Sampler", model, background: Tensor, mask: Tensor, cond: Tensor,
@@ -103,10 +118,8 @@ class SamplingRun:
         return torch.full((self.batch,), int(t), dtype=torch.long, device=self.device)
 
     def randn(self) -> Tensor:
-        """N(0, I) of shape (B, C, h, w): sample i from generators[i] (float32 draw, then cast)."""
-        draws = [torch.randn(self.shape, generator=g, device=g.device, dtype=torch.float32)
-                 for g in self.generators]
-        return torch.stack(draws).to(device=self.device, dtype=self.dtype)
+        """N(0, I) of shape (B, C, h, w): sample i from generators[i] (:func:`per_sample_randn`)."""
+        return per_sample_randn(self.generators, self.shape, self.device, self.dtype)
 
     def farm_active(self, t: int) -> bool:
         """The one FARM rule for every sampler: FARM on, present, and ``t >= sampler.farm_min_t``."""
@@ -134,11 +147,6 @@ class SamplingRun:
             self.sampler.progress(self.nfe, self.total)
         return out
 
-    def x0_hat(self, x: Tensor, eps: Tensor, t: int) -> Tensor:
-        """x0 = (x - sqrt(1-abar_t) eps) / sqrt(abar_t); no clipping (latents are unbounded)."""
-        ab = self.abar(t)
-        return (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
-
     def renoise_active(self, t_e: int) -> bool:
         mode = self.sampler.renoise
         if mode == "none":
@@ -160,7 +168,11 @@ class SamplingRun:
 
 
 class Sampler:
-    """Base class: common options and the call contract; subclasses implement ``_sample(run)``.
+    """Base class: common options, the call contract and the one sampling loop.
+
+    A sampler is a scheduler plus this loop. Subclasses only say which scheduler (``scheduler_cls`` and
+    ``_scheduler_kwargs``, built on the model's betas by ``model.schedule.make_diffusers_scheduler``), how many
+    timesteps to ask it for (``num_steps``) and, if needed, extra ``step`` arguments (``_step_kwargs``).
 
     Args:
         farm: inject FARM's anomaly-aware noise before the network evaluations at ``t >= farm_min_t`` (when
@@ -178,6 +190,7 @@ class Sampler:
     """
 
     name = "base"
+    scheduler_cls: type | None = None  # a diffusers-shaped scheduler class (ours or diffusers')
 
     def __init__(self, *, farm: bool = True, farm_min_t: int = DEFAULT_FARM_MIN_T, renoise: str = "every",
                  renoise_band: Sequence[int | float] = DEFAULT_RENOISE_BAND,
@@ -191,11 +204,48 @@ class Sampler:
     def min_steps(self) -> int:
         return 1
 
-    def expected_nfe(self, num_train_timesteps: int) -> int:
+    def num_steps(self, num_train_timesteps: int) -> int:
+        """The ``num_inference_steps`` passed to ``scheduler.set_timesteps`` (one network evaluation each)."""
         raise NotImplementedError
 
+    def expected_nfe(self, num_train_timesteps: int) -> int:
+        return self.num_steps(num_train_timesteps)
+
+    def _scheduler_kwargs(self) -> dict:
+        return {}
+
+    def _step_kwargs(self) -> dict:
+        return {}
+
+    def make_scheduler(self, model):
+        """A fresh scheduler on ``model``'s betas, timesteps not yet set (multistep schedulers keep state)."""
+        return model.schedule.make_diffusers_scheduler(self.scheduler_cls, **self._scheduler_kwargs())
+
     def _sample(self, run: SamplingRun) -> Tensor:
-        raise NotImplementedError
+        """The one loop: per timestep FARM injection -> eps -> ``scheduler.step`` -> background re-noising.
+
+        Re-noising targets the next listed timestep (the level the network is told at the next evaluation;
+        -1 = clean background after the last step); for AIAS that is exactly the segment end t_e.
+        The per-sample generators go to every ``step``: schedulers that add noise (AIAS, DDPM, DDIM with
+        eta > 0) draw sample i's noise from generators[i]; deterministic ones ignore them.
+        Draw order per sample: x_T; then per step FARM z (if injected), the step's noise, re-noise eps.
+        """
+        n = self.num_steps(run.T)
+        if n > run.T:
+            raise ValueError(f"sampling.steps must be <= T = {run.T} for {self.name}, got {n}")
+        sched = self.make_scheduler(run.model)
+        sched.set_timesteps(n)  # timesteps stay on CPU; the schedulers index their CPU tables with them
+        timesteps = [int(t) for t in sched.timesteps]
+        step_kwargs = dict(self._step_kwargs(), generator=run.generators)
+
+        x = run.randn() * float(sched.init_noise_sigma)
+        for i, t in enumerate(timesteps):
+            t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            x_in = run.inject(x, t)
+            eps = run.eps(sched.scale_model_input(x_in, t), t)
+            x = sched.step(eps, t, x_in, **step_kwargs).prev_sample.to(run.dtype)
+            x = run.renoise(x, t_next)
+        return x
 
     def __call__(self, model, background: Tensor, mask: Tensor, cond: Tensor,
                  generators: Sequence[torch.Generator]) -> Tensor:
