@@ -125,6 +125,11 @@ def test_schedule_matches_diffusers(kind, diffusers_name):
     assert ddim.config.clip_sample is False and ddim.config.timestep_spacing == "trailing"
     dpm = sched.make_diffusers_scheduler("DPMSolverMultistepScheduler")
     assert torch.equal(dpm.alphas_cumprod, sched.alphas_cumprod)
+    # AIAS takes its abar from the scheduler built here: bit-equal to the schedule's (AIAS outputs unchanged)
+    from fast_lightning.sampling import AIASScheduler
+
+    aias = sched.make_diffusers_scheduler(AIASScheduler, variant="paper")
+    assert torch.equal(aias.alphas_cumprod, sched.alphas_cumprod) and aias.config.variant == "paper"
 
 
 def test_schedule_q_sample_buffers_and_bad_kind():
