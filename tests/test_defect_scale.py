@@ -39,7 +39,7 @@ def test_defect_scale_counts_vanished_masks_per_type(tiny_scratches):
     assert 1.0 <= dent.median_area_px <= 4.0  # a 6x8 block at a 5x6 sampling step
     assert scale.vanished_share == pytest.approx(0.5) and scale.vanished_share > VANISHED_WARN_SHARE
     msg = scale.warning()
-    assert "4 of 8" in msg and "data.resolution=8" in msg and "crack 4/4" in msg
+    assert "4 of 8" in msg and "working size 8x8" in msg and "crack 4/4" in msg
     # the same resize rule as evaluation: LabelledDataset's masks are empty exactly for the vanished ones
     ds = LabelledDataset([r for r in split.real_test if r.is_anomalous], resolution=8)
     assert sum(int(ds[i]["mask"].sum() > 0) for i in range(len(ds))) == scale.kept
@@ -57,8 +57,8 @@ def test_check_data_reports_defect_scale(tiny_scratches):
     report = check_class(tiny_scratches, "widget", progress=False, resolution=8)
     assert report.ok
     text = "\n".join(report.lines)
-    assert "defect scale at data.resolution=8" in text and "crack" in text
-    assert any("empty at data.resolution=8" in w for w in report.warnings)
+    assert "defect scale at the working size 8x8" in text and "crack" in text
+    assert any("empty at the working size 8x8" in w for w in report.warnings)
     quiet = check_class(tiny_scratches, "widget", progress=False)  # no resolution: no table, no warning
     assert not any("defect scale" in line for line in quiet.lines)
     assert not any("data.resolution" in w for w in quiet.warnings)
