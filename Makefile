@@ -1,6 +1,6 @@
 # fast-lightning: every target bootstraps .venv itself (python3 -m venv + pip, pinned, CPU torch by default).
 # Variables: CLASS DATA PROFILE (smoke|cpu|gpu|auto) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
-#            SYNTHS SEEDS SWEEP TRIALS, plus ARGS="key=value ..." for any config override (see experiments/).
+#            SYNTHS SEEDS CLASSES SWEEP TRIALS, plus ARGS="key=value ..." for any config override (see experiments/).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -25,7 +25,7 @@ $(STAMP): requirements.txt constraints.txt
 	@touch $(STAMP)
 
 .PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train \
-        train-seg eval-seg compare ablate sweep sweep-local clean-runs
+        train-seg eval-seg compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
 	@echo "fast-lightning make targets (variables in CAPS; ARGS='key=value ...' overrides any config key):"
@@ -68,6 +68,9 @@ eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test s
 
 compare: $(STAMP) ## segmenter per synthesizer x seed [SYNTHS SEEDS] -> reports/CLASS/comparison.{md,csv,png}
 	$(RUN) compare $(COMMON) $(call opt,$(SYNTHS),synths) $(call opt,$(SEEDS),seeds) $(ARGS)
+
+benchmark: $(STAMP) ## compare on tire + magnetic tile, 5 synths x 3 seeds, cpu profile [CLASSES SYNTHS SEEDS PROFILE] -> reports/benchmark.*
+	$(RUN) benchmark profile=$(if $(filter auto,$(PROFILE)),cpu,$(PROFILE)) $(call opt,$(CLASSES),classes) $(call opt,$(SYNTHS),synths) $(call opt,$(SEEDS),seeds) $(ARGS)
 
 ablate: $(STAMP) ## AIAS steps (2,5,10,50,DDPM), FARM on/off, FARM in tail (old) vs downstream metrics -> reports/CLASS/ablation.*
 	$(RUN) ablate $(COMMON) $(ARGS)

@@ -182,12 +182,14 @@ def test_datamodule_diffusion_and_segmentation(fake_mvtec, tmp_path):
     assert batch["image"].shape == (cfg.diffusion.optim.batch_size, 3, 32, 32)
     seg = AnomalyDataModule(cfg, stage="segmentation")
     val = next(iter(seg.val_dataloader()))
-    assert val["image"].shape[1:] == (3, 32, 32) and val["mask"].shape[1] == 1
+    # smoke: data.seg_scale=64 on the 40x48 fake class -> a 64x64 working size (sides rounded to 32)
+    assert seg.working_size == (64, 64)
+    assert val["image"].shape[1:] == (3, 64, 64) and val["mask"].shape[1] == 1
     test_paths = {r.image for r in seg.split.test}
     gen_paths = {r.image for r in seg.split.generator_train}
     assert not test_paths & gen_paths
     normal = next(iter(seg.train_dataloader()))
-    assert normal["foreground"].shape == (cfg.segmentation.batch_size, 1, 32, 32)
+    assert normal["foreground"].shape == (cfg.segmentation.batch_size, 1, 64, 64)  # cropped after synthesis
 
     def fake_synth(images, foreground, generator):
         masks = torch.zeros_like(foreground)

@@ -55,7 +55,7 @@ def test_defect_scale_warns_when_more_than_a_tenth_vanish(tiny_scratches):
     assert crack.kept == 0 and crack.median_area_px == 0.0 and crack.empty_native == 4
     assert scale.vanished_share == pytest.approx(0.5) and scale.vanished_share > VANISHED_WARN_SHARE
     msg = scale.warning()
-    assert "4 of 8" in msg and "data.resolution=8" in msg and "crack 4/4" in msg
+    assert "4 of 8" in msg and "working size 8x8" in msg and "crack 4/4" in msg
     # the same resize rule as evaluation: LabelledDataset's masks are empty exactly for the vanished ones
     ds = LabelledDataset([r for r in split.real_test if r.is_anomalous], resolution=8)
     assert sum(int(ds[i]["mask"].sum() > 0) for i in range(len(ds))) == scale.kept
@@ -73,11 +73,11 @@ def test_check_data_reports_defect_scale(tiny_scratches):
     report = check_class(tiny_scratches, "widget", progress=False, resolution=8)
     assert report.ok
     text = "\n".join(report.lines)
-    assert "defect scale at data.resolution=8" in text and "crack" in text
-    assert not any("empty at data.resolution=8" in w for w in report.warnings)  # 1-px cracks are kept
+    assert "defect scale at the working size 8x8" in text and "crack" in text
+    assert not any("empty at the working size 8x8" in w for w in report.warnings)  # 1-px cracks are kept
     _set_crack_masks(tiny_scratches, 0)
     vanished = check_class(tiny_scratches, "widget", progress=False, resolution=8)
-    assert any("empty at data.resolution=8" in w for w in vanished.warnings)
+    assert any("empty at the working size 8x8" in w for w in vanished.warnings)
     quiet = check_class(tiny_scratches, "widget", progress=False)  # no resolution: no table, no warning
     assert not any("defect scale" in line for line in quiet.lines)
     assert not any("data.resolution" in w for w in quiet.warnings)

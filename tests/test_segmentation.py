@@ -269,7 +269,7 @@ def check_metrics_file(run_dir: Path, synth: str) -> dict:
     for v in m["test_per_type"].values():
         assert 0.0 <= v["pixel_ap"] <= 1.0 and v["images"] > v["defect_images"] > 0
     scale = m["defect_scale"]
-    assert scale["resolution"] == m["resolution"] and scale["masks"] == c["val_defect_images"] + c["test_defect_images"]
+    assert scale["size"] == m["working_size"] and scale["masks"] == c["val_defect_images"] + c["test_defect_images"]
     split = json.loads((run_dir / "split.json").read_text())
     gen = {r["image"] for r in split["generator_train"]}
     val, test = {r["image"] for r in split["val"]}, {r["image"] for r in split["test"]}

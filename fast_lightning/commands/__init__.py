@@ -14,6 +14,7 @@ COMMANDS = {
     "eval-seg": ("fast_lightning.commands.eval_seg", "re-evaluate a segmenter checkpoint on the real-test split"),
     "demo": ("fast_lightning.commands.demo", "the whole pipeline on the embedded demo dataset, with a results table"),
     "compare": ("fast_lightning.commands.compare", "segmenter per synthesizer and seed; comparison table, plots, sample sheet"),
+    "benchmark": ("fast_lightning.commands.benchmark", "compare on the fixed suite (tire, magnetic tile), 3 seeds; targets met?"),
     "ablate": ("fast_lightning.commands.ablate", "AIAS steps and FARM on/off against downstream metrics"),
     "sweep": ("fast_lightning.commands.sweep", "register a W&B sweep and start an agent (needs W&B login)"),
     "sweep-local": ("fast_lightning.commands.sweep_local", "run a W&B sweep YAML locally without a server"),

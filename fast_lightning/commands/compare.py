@@ -34,12 +34,19 @@ DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third"
 
 
 def parse_synths(text: str) -> list[str]:
-    from fast_lightning.synthesis import SEG_SYNTHESIZERS
+    """Comma-separated segmentation.synth values; each is a synthesizer or two joined by '+'."""
+    from fast_lightning.synthesis import SEG_SYNTHESIZERS, SynthesisError, synth_parts
 
     names = [s.strip() for s in str(text).split(",") if s.strip()]
-    bad = [s for s in names if s not in SEG_SYNTHESIZERS]
+    bad = []
+    for name in names:
+        try:
+            synth_parts(name)
+        except SynthesisError:
+            bad.append(name)
     if not names or bad:
-        raise UserError(f"SYNTHS={text!r}: unknown {bad or 'empty list'}; choose from {', '.join(SEG_SYNTHESIZERS)}")
+        raise UserError(f"SYNTHS={text!r}: unknown {bad or 'empty list'}; choose from {', '.join(SEG_SYNTHESIZERS)} "
+                        "or two of them joined by '+' (e.g. real_third+fast)")
     return names
 
 
@@ -88,7 +95,9 @@ def synthesizer_rows(cfg, synths: list[str], n: int = 6) -> list[tuple[str, torc
 
 
 def run_study(cfg, rest: list[str], synths: list[str], seeds: int, redo: bool, tag: str) -> list[dict]:
-    if "fast" in synths:
+    from fast_lightning.synthesis import synth_parts
+
+    if any("fast" in synth_parts(s) for s in synths):
         ckpt = ensure_diffusion(cfg, rest, redo)
         rest = rest + [f"synthesis.ckpt={ckpt}"]
     key = settings_hash(rest)
@@ -127,8 +136,10 @@ def main(args: list[str]) -> int:
     sheet = sample_sheet(synthesizer_rows(cfg, synths), out / "samples.png")
     md = [
         f"# {title}", "",
-        f"- data: `{cfg.data_root}/{cfg.class_name}`, profile `{cfg.profile}`, {cfg.data.resolution} px, "
-        f"{cfg.segmentation.max_steps} steps per run, synthetic share {cfg.segmentation.synth_ratio} of each batch",
+        f"- data: `{cfg.data_root}/{cfg.class_name}`, profile `{cfg.profile}`, working size "
+        f"{'x'.join(str(v) for v in first.get('working_size') or [cfg.data.resolution] * 2)} px, training crops "
+        f"{cfg.segmentation.crop or 'none'}, {cfg.segmentation.max_steps} steps per run, synthetic share "
+        f"{cfg.segmentation.synth_ratio} of each batch (real_ratio {cfg.segmentation.real_ratio} in a+b mixes)",
         f"- evaluated on: {first.get('evaluated_on')}: {counts.get('test_images')} test images "
         f"({counts.get('test_defect_images')} with defects); threshold for IoU/Acc chosen on "
         f"{counts.get('val_images')} separate validation images",

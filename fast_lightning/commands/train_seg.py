@@ -52,6 +52,8 @@ def check_model_config(cfg: DictConfig) -> None:
     s = cfg.segmentation
     try:
         check_resolution(int(cfg.data.resolution), str(s.arch), str(s.encoder))
+        if s.get("crop"):  # the working size itself is rounded to data.datasets.SEG_DIVISOR
+            check_resolution(int(s.crop), str(s.arch), str(s.encoder))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -86,10 +88,10 @@ def split_counts(dm: AnomalyDataModule) -> dict:
 
 
 def report_defect_scale(dm: AnomalyDataModule) -> dict:
-    """Log how many real-test defects survive data.resolution (warn above 10% vanished); JSON for metrics.json."""
+    """Log how many real-test defects survive the working size (warn above 10% vanished); JSON for metrics.json."""
     from fast_lightning.data.defect_scale import defect_scale
 
-    scale = defect_scale(dm.split.real_test, int(dm.cfg.data.resolution))
+    scale = defect_scale(dm.split.real_test, dm.working_size)
     for line in scale.lines():
         log.info(line)
     if scale.warning():
@@ -250,7 +252,8 @@ def main(args: list[str]) -> int:
     callbacks = [ckpt_cb, last_cb, FinalValidation(), SampleSheet(run_dir / "samples.png")]
     log.info(f"segmenter {s.arch}/{s.encoder} for {cfg.class_name} on synth={synth_name}: "
              f"{counts['train_normal_images']} normal train images, val {counts['val_images']}, "
-             f"test {counts['test_images']} real images at {cfg.data.resolution}px -> {run_dir}")
+             f"test {counts['test_images']} real images at {dm.working_size[0]}x{dm.working_size[1]} px "
+             f"(training crops {s.get('crop') or 'none'}) -> {run_dir}")
     trainer = None
     try:
         trainer = build_trainer(cfg, run_dir, "seg", max_steps, callbacks=callbacks, val_every=val_every)
@@ -276,6 +279,7 @@ def main(args: list[str]) -> int:
         "class_name": str(cfg.class_name),
         "data_root": str(cfg.data_root),
         "resolution": int(cfg.data.resolution),
+        "working_size": list(dm.working_size),
         "synthesizer": synth_name,
         "synthesizer_info": synth_info(synth, cfg),
         "arch": str(s.arch),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fast_lightning.data.datasets import working_size
 from fast_lightning.data.defect_scale import defect_scale
 from fast_lightning.data.io import SIXTEEN_BIT, mask_to_binary, open_image
 from fast_lightning.data.records import ClassIndex, DataError, read_class
@@ -89,8 +90,10 @@ def file_problems(index: ClassIndex, progress: bool = False) -> tuple[list[str],
 
 
 def check_class(root: str | Path, class_name: str, generator_fraction: float = 1 / 3,
-                val_fraction: float = 1 / 3, progress: bool = True, resolution: int | None = None) -> CheckReport:
-    """``resolution`` (data.resolution) adds the defect-scale table of the real-test masks at that size."""
+                val_fraction: float = 1 / 3, progress: bool = True, resolution: int | None = None,
+                seg_scale: int | None = None) -> CheckReport:
+    """``resolution`` (data.resolution) adds the defect-scale table of the real-test masks at the segmenter's
+    working size (``data.datasets.working_size``: ``seg_scale`` on the longer side when set)."""
     report = CheckReport()
     try:
         index = read_class(root, class_name, strict=False)
@@ -110,7 +113,11 @@ def check_class(root: str | Path, class_name: str, generator_fraction: float = 1
         report.lines.append(f"{label:<{width}}  " + "  ".join(f"{counts[s].get(label, 0):>15}" for s in counts))
     report.lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s].values()):>15}" for s in counts))
     if resolution:
-        scale = defect_scale(split.real_test, int(resolution))
+        try:
+            size = working_size(split.normal_train, seg_scale, int(resolution))
+        except OSError:  # an unreadable normal image (already listed in the errors): square seg_scale
+            size = int(seg_scale)
+        scale = defect_scale(split.real_test, size)
         report.lines.extend(scale.lines())
         if scale.warning():
             report.warnings.append(scale.warning())

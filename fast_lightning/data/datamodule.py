@@ -1,9 +1,12 @@
 """The one DataModule both LightningModules share.
 
 - ``stage="diffusion"``: generator-train windows (defects of the first third + normal images).
-- ``stage="segmentation"``: normal train images, turned into (image, mask) pairs on the training device
-  by an injected synthesizer (this module imports no model code), plus the REAL-test split for
-  validation and test (disjoint, both unseen by any generator). Batches carry ``record`` (index into
+- ``stage="segmentation"``: normal train images at the working size (``working_size``: square
+  ``data.resolution``, or ``data.seg_scale`` on the longer side with the class's aspect ratio), turned into
+  (image, mask) pairs on the training device by an injected synthesizer (this module imports no model code),
+  THEN cropped to ``segmentation.crop`` (a ``segmentation.crop_defect_share`` of the synthesized items
+  centred on their defect), plus the REAL-test split for validation and test (disjoint, both unseen by any
+  generator) as whole working-size images. Batches carry ``record`` (index into
   ``split.normal_train``) and ``hflip``; a synthesizer with ``native_input = True`` receives them as
   ``synth(images, foreground, generator, records=..., hflip=...)`` and works on the full-resolution image.
 """
@@ -19,10 +22,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from fast_lightning.data.datasets import (
+    SEG_DIVISOR,
     GeneratorTrainDataset,
     LabelledDataset,
     NormalImageDataset,
     StepSampler,
+    working_size,
 )
 from fast_lightning.data.foreground import warn_foreground_fallback
 from fast_lightning.data.records import ClassIndex, read_class
@@ -46,6 +51,48 @@ def report_foreground(dataset: NormalImageDataset, class_name: str) -> tuple[int
     return n_fallback, n
 
 
+def crop_size(cfg: DictConfig, hw: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of the training crop: ``segmentation.crop`` clipped to the working size; None = whole image."""
+    side = cfg.segmentation.get("crop")
+    if not side:
+        return None
+    side = int(side)
+    if side < 1:
+        raise ValueError(f"segmentation.crop={side} must be a positive side in pixels (or null for the whole image)")
+    h, w = min(side, hw[0]), min(side, hw[1])
+    return None if (h, w) == tuple(hw) else (h, w)
+
+
+def crop_batch(batch: dict, size: tuple[int, int], defect_share: float, generator: torch.Generator) -> dict:
+    """Crop every item of a (synthesized) training batch to ``size``: items whose mask is non-empty are
+    centred on a random defect pixel with probability ``defect_share`` (else, and for defect-free items, the
+    crop is uniform over the image). Keys cropped: image, mask, foreground (when present)."""
+    images = batch["image"]
+    b, _, H, W = images.shape
+    ch, cw = size
+    masks = batch["mask"]
+    tops, lefts = [], []
+    for i in range(b):
+        pixels = None
+        if float(torch.rand((), generator=generator)) < defect_share:
+            pixels = torch.nonzero(masks[i, 0] > 0.5).cpu()
+        if pixels is not None and pixels.shape[0] > 0:
+            y, x = pixels[int(torch.randint(pixels.shape[0], (), generator=generator))].tolist()
+            top = min(max(y - ch // 2, 0), H - ch)
+            left = min(max(x - cw // 2, 0), W - cw)
+        else:
+            top = int(torch.randint(H - ch + 1, (), generator=generator))
+            left = int(torch.randint(W - cw + 1, (), generator=generator))
+        tops.append(top)
+        lefts.append(left)
+    out = dict(batch)
+    for key in ("image", "mask", "foreground"):
+        if key in batch:
+            t = batch[key]
+            out[key] = torch.stack([t[i, :, y:y + ch, x:x + cw] for i, (y, x) in enumerate(zip(tops, lefts))])
+    return out
+
+
 def load_split(cfg: DictConfig) -> tuple[ClassIndex, Split]:
     """Index, file check (once per class and file state, cached under run_root/.cache) and split."""
     from fast_lightning.data.check import validate_class_files
@@ -67,6 +114,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.index: ClassIndex | None = None
         self.split: Split | None = None
         self._foreground_reported = False
+        self._working_size: tuple[int, int] | None = None
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -83,6 +131,16 @@ class AnomalyDataModule(L.LightningDataModule):
 
             return getattr(rank_zero_only, "rank", 0) == 0
         return trainer.is_global_zero
+
+    @property
+    def working_size(self) -> tuple[int, int]:
+        """(H, W) of the segmenter's working image (training before cropping, validation, test, defect scale)."""
+        if self._working_size is None:
+            self.setup()
+            data = self.cfg.data
+            self._working_size = working_size(self.split.normal_train, data.get("seg_scale"), int(data.resolution),
+                                              SEG_DIVISOR)
+        return self._working_size
 
     @property
     def type_names(self) -> list[str]:
@@ -118,7 +176,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def normal_dataset(self) -> NormalImageDataset:
         self.setup()
         data = self.cfg.data
-        ds = NormalImageDataset(self.split.normal_train, resolution=int(data.resolution),
+        ds = NormalImageDataset(self.split.normal_train, resolution=self.working_size,
                                 channels=int(data.channels), foreground=str(data.foreground),
                                 foreground_dir=foreground_dir(self.cfg),
                                 interpolation=str(data.image_interpolation), seed=int(self.cfg.seed),
@@ -132,7 +190,7 @@ class AnomalyDataModule(L.LightningDataModule):
         """which: val | test | generator_train (the real_third bank and the synthesis mask bank)."""
         self.setup()
         data = self.cfg.data
-        return LabelledDataset(getattr(self.split, which), resolution=int(data.resolution),
+        return LabelledDataset(getattr(self.split, which), resolution=self.working_size,
                                channels=int(data.channels), interpolation=str(data.image_interpolation))
 
     # ---- loaders -----------------------------------------------------------------------------------
@@ -157,9 +215,20 @@ class AnomalyDataModule(L.LightningDataModule):
     # ---- synthesis on the training device ------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
-        if self.stage != "segmentation" or trainer is None or not trainer.training or self.synthesizer is None:
+        if self.stage != "segmentation" or trainer is None or not trainer.training:
             return batch
-        return self.synthesize_batch(batch, step=int(trainer.global_step), rank=int(trainer.global_rank))
+        step, rank = int(trainer.global_step), int(trainer.global_rank)
+        if self.synthesizer is not None:
+            batch = self.synthesize_batch(batch, step=step, rank=rank)
+        return self.crop_training_batch(batch, step=step, rank=rank)
+
+    def crop_training_batch(self, batch: dict, step: int = 0, rank: int = 0) -> dict:
+        """``segmentation.crop`` after synthesis (the synthesizer saw the whole working image)."""
+        size = crop_size(self.cfg, tuple(batch["image"].shape[-2:]))
+        if size is None:
+            return batch
+        g = torch.Generator().manual_seed(int(self.cfg.seed) * 7919 + step * 131 + rank + 104_729)
+        return crop_batch(batch, size, float(self.cfg.segmentation.crop_defect_share), g)
 
     def synthesize_batch(self, batch: dict, step: int = 0, rank: int = 0) -> dict:
         """Replace the first ``synth_ratio`` share of a normal batch by synthesized anomalies."""

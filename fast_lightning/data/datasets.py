@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
@@ -15,6 +16,42 @@ from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_ten
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import Record
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
+
+
+SEG_DIVISOR = 32  # working sides are multiples of this: what smp's strictest decoders need (models.required_divisor)
+
+
+def working_size(records: list[Record], seg_scale: int | None, resolution: int,
+                 divisor: int = SEG_DIVISOR) -> tuple[int, int]:
+    """(H, W) of the segmenter's working image for a class.
+
+    ``seg_scale`` (data.seg_scale) null: the square ``resolution`` (data.resolution), the old path. Else the
+    longer side is ``seg_scale`` and the aspect ratio is the median H/W of ``records`` (the normal-train
+    images; headers only), both sides rounded to ``divisor``. One size per run keeps batches stackable and the
+    metrics exact; images of another aspect ratio (magnetic tile crops vary) are stretched to it.
+    """
+    if not seg_scale:
+        return int(resolution), int(resolution)
+    scale = int(seg_scale)
+    if scale < divisor or scale % divisor:
+        raise ValueError(f"data.seg_scale={seg_scale} must be a positive multiple of {divisor} (e.g. 256)")
+    if not records:
+        return scale, scale
+    ratios = []
+    for rec in records:
+        with Image.open(rec.image) as im:  # header only: no decode
+            w, h = im.size
+        ratios.append(h / w)
+    ratio = float(sorted(ratios)[len(ratios) // 2])
+    if ratio >= 1:
+        h, w = scale, max(divisor, int(round(scale / ratio / divisor)) * divisor)
+    else:
+        h, w = max(divisor, int(round(scale * ratio / divisor)) * divisor), scale
+    return h, w
+
+
+def as_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def item_generator(seed: int, index: int) -> torch.Generator:
@@ -141,16 +178,17 @@ class GeneratorTrainDataset(Dataset):
 
 
 class NormalImageDataset(Dataset):
-    """Normal train images at the working resolution with their foreground (segmenter training input), plus
-    ``record`` (index into ``normals``) and ``hflip`` so the synthesizer can use the full-resolution image."""
+    """Normal train images at the working size with their foreground (segmenter training input), plus
+    ``record`` (index into ``normals``) and ``hflip`` so the synthesizer can use the full-resolution image.
+    ``resolution``: an int (square) or (H, W), see ``working_size``."""
 
-    def __init__(self, normals: list[Record], *, resolution: int, channels: int = 3, foreground: str = "auto",
+    def __init__(self, normals: list[Record], *, resolution: int | tuple[int, int], channels: int = 3, foreground: str = "auto",
                  foreground_dir: str | None = None, interpolation: str = "bicubic", augment: bool = True,
                  seed: int = 0, length: int | None = None):
         if not normals:
             raise ValueError("no normal training images")
         check_foreground_options(foreground, foreground_dir)
-        self.normals, self.resolution, self.channels = normals, resolution, channels
+        self.normals, self.resolution, self.channels = normals, as_size(resolution), channels
         self.foreground, self.foreground_dir = foreground, foreground_dir
         self.interpolation, self.augment = interpolation, augment
         self.seed = seed
@@ -212,10 +250,13 @@ def foreground_mask(image: torch.Tensor, mode: str, path: str | Path | None = No
 
 
 class LabelledDataset(Dataset):
-    """Real images with their masks at the working resolution (validation / test / real_third bank)."""
+    """Real images with their masks at the working size (validation / test / real_third bank); ``resolution``:
+    an int (square) or (H, W)."""
 
-    def __init__(self, records: list[Record], *, resolution: int, channels: int = 3, interpolation: str = "bicubic"):
-        self.records, self.resolution, self.channels, self.interpolation = records, resolution, channels, interpolation
+    def __init__(self, records: list[Record], *, resolution: int | tuple[int, int], channels: int = 3,
+                 interpolation: str = "bicubic"):
+        self.records, self.channels, self.interpolation = records, channels, interpolation
+        self.resolution = as_size(resolution)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -229,5 +270,5 @@ class LabelledDataset(Dataset):
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         items = [self[i] for i in range(len(self))]
         if not items:
-            return torch.zeros(0, self.channels, self.resolution, self.resolution), torch.zeros(0, 1, self.resolution, self.resolution)
+            return torch.zeros(0, self.channels, *self.resolution), torch.zeros(0, 1, *self.resolution)
         return torch.stack([x["image"] for x in items]), torch.stack([x["mask"] for x in items])

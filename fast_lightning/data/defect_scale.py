@@ -29,7 +29,8 @@ class TypeScale:
 
 @dataclass
 class DefectScale:
-    resolution: int
+    resolution: int                 # longer side of the working size
+    size: tuple[int, int] = (0, 0)  # working (H, W); square data.resolution unless data.seg_scale is set
     types: dict[str, TypeScale] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # masks that failed to load (check-data names them)
 
@@ -52,12 +53,13 @@ class DefectScale:
         worst = sorted(self.types.items(), key=lambda kv: kv[1].kept_share)
         detail = ", ".join(f"{name} {t.masks - t.kept}/{t.masks}" for name, t in worst if t.kept < t.masks)
         return (f"{self.masks - self.kept} of {self.masks} real-test defect masks ({self.vanished_share:.0%}) are "
-                f"empty at data.resolution={self.resolution} ({detail}); those images are scored as defect-free. "
-                "Use a larger data.resolution to evaluate small defects.")
+                f"empty at the working size {self.size[0]}x{self.size[1]} ({detail}); those images are scored as "
+                "defect-free. Use a larger data.seg_scale (or data.resolution when seg_scale is null) to evaluate "
+                "small defects.")
 
     def lines(self) -> list[str]:
         width = max([len(n) for n in self.types] + [len("all types")])
-        out = [f"defect scale at data.resolution={self.resolution} (real-test masks):",
+        out = [f"defect scale at the working size {self.size[0]}x{self.size[1]} px (real-test masks):",
                f"{'type':<{width}}  {'masks':>6}  {'kept':>6}  {'kept %':>7}  {'median px':>10}  {'native px':>10}  "
                f"{'empty native':>12}"]
         for name, t in self.types.items():
@@ -69,25 +71,27 @@ class DefectScale:
         return out
 
     def to_json(self) -> dict:
-        return {"resolution": self.resolution, "masks": self.masks, "kept": self.kept,
+        return {"resolution": self.resolution, "size": list(self.size), "masks": self.masks, "kept": self.kept,
                 "vanished_share": round(self.vanished_share, 4), "warn_above": VANISHED_WARN_SHARE,
                 "types": {k: asdict(v) for k, v in self.types.items()}, "unreadable": list(self.unreadable)}
 
 
-def defect_scale(records: list[Record], resolution: int) -> DefectScale:
-    """Per defect type: masks kept non-empty at ``resolution`` and their median area (working pixels).
+def defect_scale(records: list[Record], resolution: int | tuple[int, int]) -> DefectScale:
+    """Per defect type: masks kept non-empty at ``resolution`` (an int: square, or the working (H, W) of
+    ``data.datasets.working_size``) and their median area (working pixels).
 
     ``records`` are real-test records (``Split.real_test``); defect-free ones are ignored. Masks that cannot be
     read are listed in ``unreadable`` and left out (check-data reports why).
     """
     areas: dict[str, list[tuple[float, float]]] = {}
-    report = DefectScale(resolution=int(resolution))
+    size = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
+    report = DefectScale(resolution=max(size), size=size)
     for rec in records:
         if not rec.is_anomalous or rec.mask is None:
             continue
         try:
             native = float(load_mask(rec.mask).sum())
-            working = float(load_mask(rec.mask, int(resolution)).sum())
+            working = float(load_mask(rec.mask, size).sum())
         except DataError:
             report.unreadable.append(rec.mask)
             continue

@@ -3,7 +3,9 @@ synthesizers (batched ``synth(normals, foreground, generator) -> (images, masks)
 
 ``build_seg_synthesizer(name, cfg, datamodule)`` is the one entry point the segmentation stage uses:
 ``fast`` (online FAST, pooled), ``fast_cached`` (pairs from `make synthesize`), and the baselines
-``draem``, ``cutpaste``, ``real_third``. Model code is imported lazily, only for the FAST synthesizers.
+``draem``, ``cutpaste``, ``real_third``, and any two of them joined by ``+`` (``real_third+fast``: real
+labels plus synthesis in every batch, see ``MixedSynthesizer``). Model code is imported lazily, only for
+the FAST synthesizers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from fast_lightning.synthesis.baselines import (
     SYNTHESIZERS,
     CutPasteSynthesizer,
+    MixedSynthesizer,
     DraemSynthesizer,
     RealThirdSynthesizer,
     color_jitter,
@@ -34,6 +37,17 @@ from fast_lightning.synthesis.pipeline import (
 SEG_SYNTHESIZERS = ("fast", "fast_cached", *SYNTHESIZERS)
 
 
+def synth_parts(name: str) -> list[str]:
+    """The members of a segmentation.synth value: ``fast`` -> [fast]; ``real_third+fast`` -> both.
+    Raises SynthesisError naming the key for unknown members or more than two."""
+    parts = [p.strip() for p in str(name).split("+")]
+    bad = [p for p in parts if p not in SEG_SYNTHESIZERS]
+    if bad or len(parts) > 2 or len(set(parts)) != len(parts):
+        raise SynthesisError(f"unknown segmentation.synth {name!r}: use one of {', '.join(SEG_SYNTHESIZERS)} or two "
+                             "different ones joined by '+' (e.g. real_third+fast)")
+    return parts
+
+
 def resolve_cached_dir(cfg) -> Path:
     """``segmentation.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
     given = cfg.segmentation.get("fast_cached_dir")
@@ -47,14 +61,19 @@ def resolve_cached_dir(cfg) -> Path:
 
 
 def build_seg_synthesizer(name: str, cfg, datamodule):
-    """The segmentation synthesizer ``name`` for ``cfg`` (outputs at ``data.resolution``; ``fast`` synthesizes
-    on the full-resolution normals the DataModule names by record index).
+    """The segmentation synthesizer ``name`` for ``cfg`` (outputs at the working size of the batch it gets,
+    ``datamodule.working_size``; ``fast`` synthesizes on the full-resolution normals the DataModule names by
+    record index). ``a+b``: a MixedSynthesizer, ``segmentation.real_ratio`` of the items from ``a``.
 
     ``datamodule``: an AnomalyDataModule (its split gives the generator-train masks / real pairs).
     """
+    parts = synth_parts(name)
+    if len(parts) == 2:
+        first, second = (build_seg_synthesizer(p, cfg, datamodule) for p in parts)
+        return MixedSynthesizer(first, second, float(cfg.segmentation.real_ratio), names=parts)
     datamodule.setup()
     split = datamodule.split
-    size = int(cfg.data.resolution)
+    size = datamodule.working_size
     syn = cfg.synthesis
     if name == "fast":
         ckpt = resolve_diffusion_checkpoint(cfg)

@@ -28,6 +28,7 @@ __all__ = [
     "DraemSynthesizer",
     "CutPasteSynthesizer",
     "RealThirdSynthesizer",
+    "MixedSynthesizer",
     "SYNTHESIZERS",
     "color_jitter",
     "procedural_texture",
@@ -226,9 +227,11 @@ class CutPasteSynthesizer:
     """CutPaste: cut a region of the same image, colour-jitter it and paste it onto the foreground.
 
     - "patch": rectangle covering ``area_range`` of the image with aspect ratio (h/w) log-uniform in
-      ``aspect_range``, cut anywhere, pasted centred on a random foreground pixel (kept inside the image).
+      ``aspect_range``, cut centred on a random foreground pixel (so its content is the object, not the
+      background) and pasted centred on another random foreground pixel (both kept inside the image).
     - "scar": thin rectangle, width U(scar_width_range) px at ``reference_size`` (scaled to the resolution,
-      at least 1 px), length U(scar_length_range) x min(H, W), randomly rotated, bilinearly resampled.
+      at least 1 px), length U(scar_length_range) x min(H, W), randomly rotated, bilinearly resampled from
+      around a random foreground pixel.
     - "both": each sample picks one of the two at random.
     The mask is the pasted region AND the foreground; pixels outside it are untouched.
     """
@@ -261,7 +264,8 @@ class CutPasteSynthesizer:
         aspect = math.exp(_u(g, math.log(self.aspect_range[0]), math.log(self.aspect_range[1])))
         ph = max(1, min(h, int(round(math.sqrt(area * aspect)))))
         pw = max(1, min(w, int(round(math.sqrt(area / aspect)))))
-        sy, sx = _ri(g, 0, h - ph + 1), _ri(g, 0, w - pw + 1)
+        cy, cx = _random_fg_pixel(fg, g)  # source on the object too
+        sy, sx = min(max(cy - ph // 2, 0), h - ph), min(max(cx - pw // 2, 0), w - pw)
         patch = self._jitter(x[:, sy:sy + ph, sx:sx + pw], g)
         ty, tx = _random_fg_pixel(fg, g)
         y0 = min(max(ty - ph // 2, 0), h - ph)  # clamping keeps (ty, tx) inside the rectangle
@@ -280,9 +284,11 @@ class CutPasteSynthesizer:
         length = max(width, _u(g, *self.scar_length_range) * side)
         theta = _u(g, 0.0, math.pi)
         ty, tx = _random_fg_pixel(fg, g)
-        # source centre: a random point where the unrotated scar fits (as far as the image allows)
-        sy = _u(g, min(length / 2, h / 2), max(h - length / 2, h / 2))
-        sx = _u(g, min(width / 2, w / 2), max(w - width / 2, w / 2))
+        # source centre: a random foreground pixel (the content is the object), kept where the unrotated scar
+        # fits as far as the image allows
+        cy, cx = _random_fg_pixel(fg, g)
+        sy = min(max(float(cy), min(length / 2, h / 2)), max(h - length / 2, h / 2))
+        sx = min(max(float(cx), min(width / 2, w / 2)), max(w - width / 2, w / 2))
         yy, xx = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
                                 torch.arange(w, device=x.device, dtype=torch.float32), indexing="ij")
         dy, dx = yy - ty, xx - tx
@@ -373,6 +379,47 @@ class RealThirdSynthesizer:
             out_i.append(x)
             out_m.append(m)
         return torch.stack(out_i).to(normals.dtype), torch.stack(out_m).to(normals.dtype)
+
+
+# ---- real labels plus synthesis ----------------------------------------------------------------------------
+
+class MixedSynthesizer:
+    """Two synthesizers in one batch (``segmentation.synth=a+b``, e.g. ``real_third+fast``): the first
+    round(B * ``first_share``) items come from ``first``, the rest from ``second``; each member keeps its own
+    behaviour (no logic duplicated). ``native_input`` members (online fast) receive their slice of
+    ``records``/``hflip``. ``last_types`` is concatenated when both members report it."""
+
+    def __init__(self, first, second, first_share: float = 0.5, names: Sequence[str] | None = None) -> None:
+        if not 0.0 <= float(first_share) <= 1.0:
+            raise ValueError(f"segmentation.real_ratio={first_share} must lie in [0, 1]")
+        self.parts = [first, second]
+        self.first_share = float(first_share)
+        self.names = list(names) if names else [type(first).__name__, type(second).__name__]
+        self.native_input = any(getattr(p, "native_input", False) for p in self.parts)
+
+    def split(self, b: int) -> int:
+        """Items of a batch of ``b`` that come from the first member."""
+        return int(round(b * self.first_share))
+
+    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
+                 records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = normals.shape[0]
+        k = self.split(b)
+        gens = None if isinstance(generator, torch.Generator) else _generators(generator, b)
+        images, masks = [], []
+        for part, sl in zip(self.parts, (slice(0, k), slice(k, b))):
+            if sl.stop - sl.start == 0:
+                continue
+            g = generator if gens is None else gens[sl]
+            fg = None if foreground is None else foreground[sl]
+            kwargs = {}
+            if getattr(part, "native_input", False) and records is not None:
+                kwargs = {"records": records[sl], "hflip": None if hflip is None else hflip[sl]}
+            img, m = part(normals[sl], fg, g, **kwargs)
+            images.append(img.to(normals.dtype))
+            masks.append(m.to(normals.dtype))
+        return torch.cat(images), torch.cat(masks)
 
 
 SYNTHESIZERS: dict[str, type] = {

@@ -662,8 +662,10 @@ class CachedSegSynthesizer:
     backgrounds are other normal train images). Loaded once on CPU, moved to the batch's device once.
     """
 
-    def __init__(self, folder: str | Path, resolution: int, channels: int = 3) -> None:
+    def __init__(self, folder: str | Path, resolution: int | tuple[int, int], channels: int = 3) -> None:
         from fast_lightning.data.io import load_image, load_mask
+
+        hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
 
         folder = Path(os.path.realpath(folder))
         rows = read_manifest(folder)
@@ -672,10 +674,10 @@ class CachedSegSynthesizer:
             img_p, mask_p = folder / row["image"], folder / row["mask"]
             if not (img_p.is_file() and mask_p.is_file()):
                 continue
-            m = resize_mask(load_mask(mask_p)[None], (resolution, resolution))[0]
+            m = resize_mask(load_mask(mask_p)[None], hw)[0]
             if not bool(m.any()):
                 continue
-            images.append(load_image(img_p, resolution, channels))
+            images.append(load_image(img_p, hw, channels))
             masks.append(m)
         if not images:
             raise SynthesisError(f"{folder} holds no complete (image, mask) pairs; run `make synthesize` first")
