@@ -69,7 +69,8 @@ def _segmenter_step(cfg, device: torch.device):
     model = build_segmenter(str(s.arch), str(s.encoder), None, in_channels=int(cfg.data.channels)).to(device).train()
     loss_fn = build_loss(dict(s.loss))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    b, r = int(s.batch_size), int(cfg.data.resolution)
+    # the training step runs on crops when segmentation.crop is set, else on the square working resolution
+    b, r = int(s.batch_size), int(s.crop or cfg.data.resolution)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(b, int(cfg.data.channels), r, r, generator=g).to(device)
     y = (torch.rand(b, 1, r, r, generator=g) > 0.95).float().to(device)
