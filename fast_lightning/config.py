@@ -17,15 +17,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
+from fast_lightning.errors import ConfigError
 from fast_lightning.schema import RootConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 PROFILES = ("smoke", "cpu", "gpu")
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message names the key or file."""
+__all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 
 
 def _load_yaml(path: Path) -> DictConfig:

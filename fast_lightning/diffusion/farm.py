@@ -14,6 +14,7 @@ from torch import nn
 
 from fast_lightning.diffusion.denoiser import resize_mask
 from fast_lightning.schema import DiffusionConfig, FarmConfig
+from fast_lightning.errors import ConfigError
 
 
 def sinusoidal_table(num_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -55,7 +56,7 @@ class FARM(nn.Module):
         super().__init__()
         size = int(size)
         if size < 4 or size % 4:
-            raise ValueError(
+            raise ConfigError(
                 f"FARM needs a spatial size divisible by 4 (it works at size/4), got size={size}; "
                 f"choose diffusion.resolution (the model-space size) as a multiple of 4"
             )
