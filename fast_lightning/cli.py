@@ -1,4 +1,9 @@
-"""Command-line dispatcher: ``python -m fast_lightning <command> [key=value ...]``."""
+"""Command-line dispatcher: ``python -m fast_lightning <command> [key=value ...]``.
+
+User mistakes (fast_lightning.errors.UserError and its ConfigError/DataError subclasses, and a few library
+errors listed in ``_user_errors``) print one line; anything else, a plain ValueError included, is a bug and
+keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,7 @@ import os
 import sys
 
 from fast_lightning.commands import COMMANDS
-
-
-class UserError(Exception):
-    """An error with a message the user can act on; printed without a traceback."""
+from fast_lightning.errors import UserError  # noqa: F401  (commands import it from here)
 
 
 def usage() -> str:
@@ -23,10 +25,11 @@ def usage() -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import OmegaConfBaseException
 
-    from fast_lightning.config import ConfigError
-    from fast_lightning.data.records import DataError
+    from fast_lightning.data.demo import DemoDatasetError
+    from fast_lightning.synthesis import SynthesisError  # a ValueError subclass, not yet a UserError
 
-    return (UserError, ConfigError, DataError, OmegaConfBaseException, FileNotFoundError)
+    # ConfigError, DataError, CheckpointError and PretrainedFolderError are UserErrors
+    return (UserError, SynthesisError, DemoDatasetError, OmegaConfBaseException, FileNotFoundError)
 
 
 class _NoAdverts(logging.Filter):
@@ -65,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_threads()
     quiet_lightning_logging()
+    from fast_lightning.training import expected_warnings_silenced
+
     module = importlib.import_module(COMMANDS[command][0])
     try:
-        return int(module.main(args) or 0)
+        with expected_warnings_silenced():
+            return int(module.main(args) or 0)
     except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # config validation inside the package raises ValueError naming the key
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -1,7 +1,9 @@
 """Configuration: experiments/ config groups + a profile + command-line dotlist overrides.
 
-Overrides are merged in struct mode with an explicit type check, because plain YAML configs would
-otherwise accept ``lr=abc`` or create ``--lr`` silently (see engineering notes on W&B sweeps).
+Types and defaults come from one place, the dataclasses in fast_lightning/schema.py; the YAML files
+(documented copies of those defaults, a test keeps them equal), the profile and the overrides are merged onto
+``OmegaConf.structured(RootConfig)``, so ``lr=abc`` or an unknown ``--lr`` is an error naming the key (see
+engineering notes on W&B sweeps) instead of being accepted silently.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+
+from fast_lightning.errors import ConfigError
+from fast_lightning.schema import RootConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 PROFILES = ("smoke", "cpu", "gpu")
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message names the key or file."""
+__all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -43,11 +47,15 @@ def resolve_profile(profile: str) -> str:
 
 
 def base_config(experiments_dir: Path = EXPERIMENTS_DIR) -> DictConfig:
-    root = _load_yaml(experiments_dir / "config.yaml")
+    """The typed schema (fast_lightning/schema.py) with config.yaml and its group files merged on top."""
+    path = experiments_dir / "config.yaml"
+    root = _load_yaml(path)
     defaults = root.pop("defaults", {})
+    cfg = typed_merge(OmegaConf.structured(RootConfig), root, source=str(path))
     for group, choice in defaults.items():
-        root[group] = _load_yaml(experiments_dir / group / f"{choice}.yaml")
-    return root
+        group_path = experiments_dir / group / f"{choice}.yaml"
+        cfg = typed_merge(cfg, OmegaConf.create({group: _load_yaml(group_path)}), source=str(group_path))
+    return cfg
 
 
 def _parse_overrides(overrides: Sequence[str]) -> list[str]:
@@ -72,38 +80,72 @@ def _type_name(value) -> str:
     return type(value).__name__
 
 
-def _check_types(reference: DictConfig, patch: DictConfig, prefix: str = "") -> None:
-    """Every key of ``patch`` must exist in ``reference`` with a compatible type."""
+_NODE_TYPES = {BooleanNode: "bool", IntegerNode: "int", FloatNode: "float", StringNode: "str"}
+
+
+def _expected(node) -> str:
+    """The schema type of a config node, in words ("float", "int or null", "list", "mapping")."""
+    if isinstance(node, DictConfig):
+        name = "mapping"
+    elif isinstance(node, ListConfig):
+        name = "list"
+    else:
+        name = next((n for cls, n in _NODE_TYPES.items() if isinstance(node, cls)), "any value")
+    return f"{name} or null" if node._is_optional() and name != "any value" else name
+
+
+def _node(cfg: DictConfig, key: str):
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    return parent, (parent._get_node(leaf) if isinstance(parent, DictConfig) and leaf in parent else None)
+
+
+def _strict_scalars(reference: DictConfig, patch: DictConfig, prefix: str = "") -> None:
+    """OmegaConf coerces 3 -> True for a bool and True -> "True" for a str; a typo in a flag must be an error."""
     for key in patch.keys():
-        full = f"{prefix}{key}"
         if key not in reference:
-            near = ", ".join(sorted(str(k) for k in reference.keys()))
-            raise ConfigError(f"unknown config key '{full}' (known keys here: {near})")
-        ref_node = reference._get_node(key)
-        new = patch[key]
-        ref = None if ref_node is None or ref_node._is_none() else reference[key]
-        if ref is None or new is None:
-            continue  # null defaults accept any value; anything may be set to null
-        if isinstance(ref, DictConfig):
-            if not isinstance(new, DictConfig):
-                raise ConfigError(f"config key '{full}' is a mapping, got {new!r}")
-            _check_types(ref, new, prefix=f"{full}.")
+            continue  # the typed merge names the unknown key
+        ref_node, new = reference._get_node(key), patch._get_node(key)
+        if isinstance(ref_node, DictConfig) and isinstance(new, DictConfig):
+            _strict_scalars(ref_node, new, prefix=f"{prefix}{key}.")
             continue
-        ok = {
-            bool: lambda v: isinstance(v, bool),
-            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            str: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
-        }
-        if isinstance(ref, ListConfig):
-            if not isinstance(new, ListConfig):
-                raise ConfigError(f"config key '{full}' expects a list like {list(ref)}, got {new!r}")
-            continue
-        check = ok.get(type(ref))
-        if check is not None and not check(new):
-            raise ConfigError(
-                f"config key '{full}' expects {type(ref).__name__} (default {ref!r}), got {new!r} ({_type_name(new)})"
-            )
+        value = patch[key]
+        wrong = (isinstance(ref_node, BooleanNode) and value is not None and not isinstance(value, bool)) or (
+            isinstance(ref_node, StringNode) and isinstance(value, bool))
+        if wrong:
+            default = None if ref_node._is_none() else ref_node._value()
+            raise ConfigError(f"config key '{prefix}{key}' expects {_expected(ref_node)} (default {default!r}), "
+                              f"got {value!r} ({_type_name(value)})")
+
+
+def typed_merge(cfg: DictConfig, patch: DictConfig, source: str = "command line") -> DictConfig:
+    """``OmegaConf.merge`` onto the typed config, with its errors turned into a ConfigError naming the key,
+    the expected type and default, the value given and where it came from (a file or the command line)."""
+    _strict_scalars(cfg, patch)
+    try:
+        return OmegaConf.merge(cfg, patch)
+    except OmegaConfBaseException as exc:
+        key = str(exc.full_key or exc.key or "")
+        where = f" ({source})" if source != "command line" else ""
+        if isinstance(exc, ConfigKeyError):
+            parent, _ = _node(cfg, key)
+            near = ", ".join(sorted(str(k) for k in parent.keys())) if isinstance(parent, DictConfig) else ""
+            raise ConfigError(f"unknown config key '{key}'{where} (known keys here: {near})") from None
+        base_key = key.split("[", 1)[0]
+        _, node = _node(cfg, base_key)
+        value = OmegaConf.select(patch, base_key, default=None) if isinstance(patch, DictConfig) else None
+        if node is None:
+            raise ConfigError(f"config key '{key}'{where}: {str(exc).splitlines()[0]}") from None
+        default = None if node._is_none() else OmegaConf.to_container(node) if isinstance(
+            node, (DictConfig, ListConfig)) else node._value()
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
+        if value is None and not node._is_optional():
+            raise ConfigError(f"config key '{key}'{where} expects {_expected(node)} (default {default!r}) "
+                              "and cannot be null") from None
+        detail = f" ({str(exc).splitlines()[0]})" if "[" in key else ""
+        raise ConfigError(f"config key '{key}'{where} expects {_expected(node)} (default {default!r}), "
+                          f"got {value!r} ({_type_name(value)}){detail}") from None
 
 
 def load_config(
@@ -111,16 +153,16 @@ def load_config(
     profile: str | None = None,
     experiments_dir: Path = EXPERIMENTS_DIR,
 ) -> DictConfig:
-    """Resolved config: groups, then profile, then overrides. ``profile=...`` may come in the overrides."""
+    """Resolved config: schema, groups, then profile, then overrides. ``profile=...`` may come in the overrides."""
     overrides = _parse_overrides(list(overrides))
     cfg = base_config(experiments_dir)
     patch = OmegaConf.from_dotlist(overrides) if overrides else OmegaConf.create({})
-    _check_types(cfg, patch)
+    typed_merge(cfg, patch)  # a bad override is reported before the profile is looked at
     chosen = profile or patch.get("profile") or os.environ.get("PROFILE") or cfg.profile
     resolved = resolve_profile(str(chosen))
-    prof = _load_yaml(experiments_dir / "profile" / f"{resolved}.yaml")
-    _check_types(cfg, prof, prefix="")
-    cfg = OmegaConf.merge(cfg, prof, patch)
+    prof_path = experiments_dir / "profile" / f"{resolved}.yaml"
+    cfg = typed_merge(cfg, _load_yaml(prof_path), source=str(prof_path))
+    cfg = typed_merge(cfg, patch)
     cfg.profile = resolved
     resolve_hardware(cfg)
     OmegaConf.set_struct(cfg, True)
@@ -198,13 +240,16 @@ def validate_values(cfg: DictConfig) -> None:
 
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
-    """Overrides on an already-resolved config (used when re-running from a saved config)."""
+    """Overrides on an already-resolved config (used when re-running from a saved config).
+
+    A saved (untyped) config is first put onto the schema, so overrides are type-checked as in ``load_config``.
+    """
     overrides = _parse_overrides(list(overrides))
     if not overrides:
         return cfg
-    patch = OmegaConf.from_dotlist(overrides)
-    _check_types(cfg, patch)
-    merged = OmegaConf.merge(cfg, patch)
+    if OmegaConf.get_type(cfg) is not RootConfig:
+        cfg = typed_merge(OmegaConf.structured(RootConfig), cfg, source="saved config")
+    merged = typed_merge(cfg, OmegaConf.from_dotlist(overrides))
     resolve_hardware(merged)
     OmegaConf.set_struct(merged, True)
     validate_values(merged)

@@ -1,8 +1,11 @@
-"""Shared fixtures: a seeded fake MVTec tree, the embedded demo class, and the real shared data (skipped if absent)."""
+"""Shared fixtures: a seeded fake MVTec tree, the real shared data (skipped if absent), and ``run_cli``, the one
+way tests start ``python -m fast_lightning``."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,20 @@ from PIL import Image
 import fast_lightning  # noqa: F401  (torchvision shim before anything else)
 
 os.environ.setdefault("WANDB_MODE", "disabled")
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, expect=0) -> subprocess.CompletedProcess:
+    """``python -m fast_lightning <args>`` as a user starts it (one thread, W&B off, this checkout first on the
+    path); asserts the exit code ``expect`` (None: any) and shows the output's tail when it differs."""
+    full_env = dict(os.environ, PYTHONPATH=str(PROJECT_DIR), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "fast_lightning", *map(str, args)], cwd=cwd or PROJECT_DIR,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    if expect is not None:
+        assert proc.returncode == expect, f"exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:
@@ -55,16 +71,6 @@ def fake_mvtec(tmp_path) -> Path:
     """Returns the dataset root; the class is 'widget'."""
     make_fake_mvtec(tmp_path)
     return tmp_path
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    """The embedded demo class at a tiny size (generated once per test session)."""
-    from fast_lightning.data.demo import generate_demo_dataset
-
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(root, size=64, n_train=12, n_test_good=4, defects_per_type=6, seed=0)
-    return root
 
 
 def shared_class(dataset: str, class_name: str) -> tuple[Path, str]:

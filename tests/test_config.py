@@ -44,3 +44,29 @@ def test_config_is_struct_and_null_defaults_accept_values():
     again = apply_overrides(cfg, ["sampling.steps=20"])
     assert again.sampling.steps == 20
     assert OmegaConf.is_struct(again)
+
+
+def test_yaml_group_files_document_exactly_the_schema_defaults():
+    """experiments/*.yaml are commented copies of fast_lightning/schema.py: they may not disagree or miss a key."""
+    from fast_lightning.config import EXPERIMENTS_DIR
+    from fast_lightning.schema import RootConfig
+
+    schema = OmegaConf.to_container(OmegaConf.structured(RootConfig))
+    root = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS_DIR / "config.yaml"))
+    for group, choice in root.pop("defaults").items():
+        assert OmegaConf.to_container(OmegaConf.load(EXPERIMENTS_DIR / group / f"{choice}.yaml")) == schema[group], group
+        root[group] = schema[group]
+    assert root == schema
+
+
+def test_null_only_where_the_schema_allows_it():
+    assert load_config(["profile=smoke", "synthesis.seg_refresh=null"]).synthesis.seg_refresh is None
+    with pytest.raises(ConfigError, match=r"'data\.resolution' expects int .*cannot be null"):
+        load_config(["profile=smoke", "data.resolution=null"])
+
+
+def test_saved_config_overrides_are_type_checked():
+    saved = OmegaConf.create(OmegaConf.to_container(load_config(["profile=smoke"])))
+    with pytest.raises(ConfigError, match=r"'sampling\.steps' expects int"):
+        apply_overrides(saved, ["sampling.steps=many"])
+    assert apply_overrides(saved, ["sampling.steps=7"]).sampling.steps == 7

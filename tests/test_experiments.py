@@ -1,7 +1,6 @@
 """End-to-end studies at smoke size: make demo / compare / ablate through their real entry points."""
 
 import csv
-import math
 
 import pytest
 
@@ -27,7 +26,7 @@ def test_compare_writes_report_and_reuses_runs(fake_mvtec, tmp_path, monkeypatch
     assert [r["synthesizer"] for r in rows] == ["fast", "draem", "cutpaste", "real_third"]
     for r in rows:
         v = float(r["pixel_auroc_mean"])
-        assert math.isnan(v) or 0 <= v <= 1
+        assert 0 <= v <= 1, r  # the fake class has real defect pixels: the AUROC is defined
     assert "pixel AUROC" in (out / "comparison.md").read_text()
     capsys.readouterr()
     assert compare.main(args) == 0  # second call reuses every finished run

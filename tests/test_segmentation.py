@@ -82,6 +82,7 @@ def stub_module(tmp_path):
 
 
 # ---- unit: training, threshold, de-duplication ------------------------------------------------------------
+@pytest.mark.slow  # 56 s measured (--durations, -m "not slow" run on the shared 2-core machine)
 def test_training_step_loss_decreases(tmp_path):
     from lightning.pytorch.callbacks import Callback
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import dataclasses
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from fast_lightning.cli import UserError
 from fast_lightning.config import load_config
@@ -15,20 +19,41 @@ def config_from_args(args: list[str], require_class: bool = True) -> DictConfig:
     return cfg
 
 
+def options_schema(names: dict[str, object]) -> type:
+    """A dataclass for a command's own options (``name=default``): the default fixes the option's type
+    (None: any string), so OmegaConf checks the values exactly like config keys."""
+    fields = [(_field_name(k), type(v) if v is not None else Optional[str], dataclasses.field(default=v))
+              for k, v in names.items()]
+    return dataclasses.make_dataclass("CommandOptions", fields)
+
+
+def _field_name(option: str) -> str:
+    return option.replace(".", "__")  # `bench.batch` is an option name, not a nested key
+
+
 def pop_options(args: list[str], names: dict[str, object]) -> tuple[dict[str, object], list[str]]:
-    """Split command-specific options (``name=value``, not config keys) from config overrides."""
-    options = dict(names)
-    rest = []
+    """Split command-specific options (``name=value``, not config keys) from config overrides.
+
+    Values are checked against ``options_schema(names)`` by OmegaConf: ``seeds=abc`` is a UserError naming
+    the option, its type and default. Values are merged as the raw strings typed, so a str option keeps
+    exactly what was written (``redo=true`` stays "true").
+    """
+    given, rest = {}, []
     for item in args:
         key, sep, value = item.partition("=")
         if sep and key in names:
-            default = names[key]
-            try:
-                options[key] = type(default)(value) if default is not None and not isinstance(default, bool) else value
-            except ValueError as exc:
-                raise UserError(f"option {key} expects {type(default).__name__}, got {value!r}") from exc
+            given[key] = value
         else:
             rest.append(item)
+    typed = OmegaConf.structured(options_schema(names))
+    for key, value in given.items():
+        try:
+            typed = OmegaConf.merge(typed, {_field_name(key): value})
+        except ValidationError as exc:
+            default = names[key]
+            raise UserError(f"option {key} expects {type(default).__name__} (default {default!r}), "
+                            f"got {value!r}") from exc
+    options = {key: typed[_field_name(key)] for key in names}
     return options, rest
 
 

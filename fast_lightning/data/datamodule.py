@@ -33,6 +33,7 @@ from fast_lightning.data.foreground import warn_foreground_fallback
 from fast_lightning.data.records import ClassIndex, read_class
 from fast_lightning.data.split import Split, make_split
 from fast_lightning.hardware import cuda_selected, dataloader_workers
+from fast_lightning.errors import ConfigError
 
 Synthesizer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -58,7 +59,7 @@ def crop_size(cfg: DictConfig, hw: tuple[int, int]) -> tuple[int, int] | None:
         return None
     side = int(side)
     if side < 1:
-        raise ValueError(f"segmentation.crop={side} must be a positive side in pixels (or null for the whole image)")
+        raise ConfigError(f"segmentation.crop={side} must be a positive side in pixels (or null for the whole image)")
     h, w = min(side, hw[0]), min(side, hw[1])
     return None if (h, w) == tuple(hw) else (h, w)
 

@@ -14,8 +14,9 @@ from torch.utils.data import Dataset, DistributedSampler
 from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
 from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor
 from fast_lightning.data.masks import resize_mask
-from fast_lightning.data.records import Record
+from fast_lightning.data.records import DataError, Record
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
+from fast_lightning.errors import ConfigError
 
 
 SEG_DIVISOR = 32  # working sides are multiples of this: what smp's strictest decoders need (models.required_divisor)
@@ -34,7 +35,7 @@ def working_size(records: list[Record], seg_scale: int | None, resolution: int,
         return int(resolution), int(resolution)
     scale = int(seg_scale)
     if scale < divisor or scale % divisor:
-        raise ValueError(f"data.seg_scale={seg_scale} must be a positive multiple of {divisor} (e.g. 256)")
+        raise ConfigError(f"data.seg_scale={seg_scale} must be a positive multiple of {divisor} (e.g. 256)")
     if not records:
         return scale, scale
     ratios = []
@@ -145,9 +146,9 @@ class GeneratorTrainDataset(Dataset):
                  channels: int = 3, window: str = "crop", crop_scale: float = 0.35, normal_weight: float = 0.25,
                  normal_crops: bool = True, augment: dict | None = None, seed: int = 0, length: int = 10**9):
         if window not in ("full", "crop"):
-            raise ValueError(f"diffusion.window must be 'full' or 'crop', got {window!r}")
+            raise ConfigError(f"diffusion.window must be 'full' or 'crop', got {window!r}")
         if not defects:
-            raise ValueError("the generator-train split holds no defect images: nothing to learn anomalies from")
+            raise DataError("the generator-train split holds no defect images: nothing to learn anomalies from")
         self.defects, self.normals, self.type_ids = defects, normals, type_ids
         self.resolution, self.window, self.crop_scale = resolution, window, crop_scale
         self.normal_weight = normal_weight if normals else 0.0
@@ -186,7 +187,7 @@ class NormalImageDataset(Dataset):
                  foreground_dir: str | None = None, interpolation: str = "bicubic", augment: bool = True,
                  seed: int = 0, length: int | None = None):
         if not normals:
-            raise ValueError("no normal training images")
+            raise DataError("no normal training images")
         check_foreground_options(foreground, foreground_dir)
         self.normals, self.resolution, self.channels = normals, as_size(resolution), channels
         self.foreground, self.foreground_dir = foreground, foreground_dir
@@ -229,9 +230,9 @@ class NormalImageDataset(Dataset):
 
 def check_foreground_options(mode: str, folder: str | None) -> None:
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"data.foreground must be auto, on or off, got {mode!r}")
+        raise ConfigError(f"data.foreground must be auto, on or off, got {mode!r}")
     if folder and mode == "off":
-        raise ValueError(f"data.foreground=off ignores data.foreground_dir={folder!r}: set data.foreground=auto "
+        raise ConfigError(f"data.foreground=off ignores data.foreground_dir={folder!r}: set data.foreground=auto "
                          "to use the folder's masks, or data.foreground_dir=null")
 
 
@@ -244,7 +245,7 @@ def foreground_mask(image: torch.Tensor, mode: str, path: str | Path | None = No
         return torch.ones(1, *image.shape[-2:])
     if folder:
         if path is None:
-            raise ValueError("foreground_mask: data.foreground_dir needs the image's path (masks match by file stem)")
+            raise ConfigError("foreground_mask: data.foreground_dir needs the image's path (masks match by file stem)")
         return load_foreground_mask(folder, Path(path).stem, tuple(image.shape[-2:]))
     return estimate_foreground(image)
 

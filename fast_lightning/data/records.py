@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fast_lightning.errors import DataError  # noqa: F401  (defined with the other user errors)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the file or folder and what to do."""
 
 
 @dataclass(frozen=True)

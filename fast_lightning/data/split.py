@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fast_lightning.data.records import GOOD, ClassIndex, Record
+from fast_lightning.errors import ConfigError
 
 
 @dataclass
@@ -73,9 +74,9 @@ def _by_label(records: list[Record]) -> dict[str, list[Record]]:
 
 def make_split(index: ClassIndex, generator_fraction: float = 1 / 3, val_fraction: float = 1 / 3) -> Split:
     if not 0 < generator_fraction < 1:
-        raise ValueError(f"data.generator_fraction must be in (0, 1), got {generator_fraction}")
+        raise ConfigError(f"data.generator_fraction must be in (0, 1), got {generator_fraction}")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     split = Split(index.name, index.root, index.types, normal_train=list(index.train_good))
     for label, records in _by_label(index.test).items():
         if label == GOOD:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fast_lightning.data.masks import resize_mask  # the one mask resize rule (re-exported for FARM/Adaptor)
+from fast_lightning.errors import ConfigError
 
 
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -100,13 +101,13 @@ class PixelUNetDenoiser(Denoiser):
         block_out_channels = tuple(int(c) for c in block_out_channels)
         attention_levels = tuple(bool(a) for a in attention_levels)
         if len(block_out_channels) != len(attention_levels):
-            raise ValueError(
+            raise ConfigError(
                 f"diffusion.unet.attention_levels has {len(attention_levels)} entries but "
                 f"diffusion.unet.block_out_channels has {len(block_out_channels)}; give one per block"
             )
         factor = 2 ** (len(block_out_channels) - 1)
         if size % factor:
-            raise ValueError(
+            raise ConfigError(
                 f"diffusion.resolution={size} must be divisible by {factor} "
                 f"(2**(len(diffusion.unet.block_out_channels)-1))"
             )
@@ -119,7 +120,7 @@ class PixelUNetDenoiser(Denoiser):
         if norm_num_groups is None:
             norm_num_groups = _auto_norm_groups(block_out_channels)
         if any(c % norm_num_groups for c in block_out_channels):
-            raise ValueError(
+            raise ConfigError(
                 f"diffusion.unet.norm_num_groups={norm_num_groups} must divide every block width "
                 f"{block_out_channels}"
             )
@@ -196,7 +197,7 @@ def build_denoiser(
 ) -> Denoiser:
     """Build the backbone named by ``diffusion.backbone`` (see ``DENOISER_REGISTRY``)."""
     if backbone not in DENOISER_REGISTRY:
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.backbone={backbone!r} is not a known denoiser backbone; known: {sorted(DENOISER_REGISTRY)}"
         )
     return DENOISER_REGISTRY[backbone](cfg_unet, int(image_channels), int(size), int(num_types))

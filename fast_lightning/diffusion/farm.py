@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from fast_lightning.diffusion.denoiser import resize_mask
+from fast_lightning.schema import DiffusionConfig, FarmConfig
+from fast_lightning.errors import ConfigError
 
 
 def sinusoidal_table(num_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -35,7 +37,7 @@ class FARM(nn.Module):
     """Encoder (no skips) -> soft-masked bottleneck at s/4 + time projection -> mask-guided decoder.
 
     Args: ``in_channels`` C of x_t, ``size`` spatial size s of x_t (divisible by 4; the background gate f_bg
-    predicts one value per s/4 x s/4 cell), ``base_channels`` w (reference 64), ``time_dim`` (128),
+    predicts one value per s/4 x s/4 cell), ``base_channels`` w (paper reference 64; default from the schema), ``time_dim`` (128),
     ``num_train_timesteps`` T (rows of the trainable time embedding).
 
     M_d (mask at s/4) uses the project's one mask resize rule (``data.masks.resize_mask``): area coverage
@@ -47,14 +49,14 @@ class FARM(nn.Module):
         self,
         in_channels: int,
         size: int,
-        base_channels: int = 64,
-        time_dim: int = 128,
-        num_train_timesteps: int = 1000,
+        base_channels: int = FarmConfig.base_channels,
+        time_dim: int = FarmConfig.time_dim,
+        num_train_timesteps: int = DiffusionConfig.num_train_timesteps,
     ) -> None:
         super().__init__()
         size = int(size)
         if size < 4 or size % 4:
-            raise ValueError(
+            raise ConfigError(
                 f"FARM needs a spatial size divisible by 4 (it works at size/4), got size={size}; "
                 f"choose diffusion.resolution (the model-space size) as a multiple of 4"
             )

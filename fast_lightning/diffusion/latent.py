@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fast_lightning.diffusion.denoiser import Denoiser, register_denoiser
+from fast_lightning.errors import ConfigError
 
 AUTOENCODER_DIRS = ("vae", "vqvae")
 AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
@@ -31,7 +32,7 @@ _HASH_CHUNK = 1 << 20
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
 
-class PretrainedFolderError(ValueError):
+class PretrainedFolderError(ConfigError):
     """``diffusion.pretrained`` is missing, incomplete or not the folder a checkpoint was trained with."""
 
 
@@ -120,10 +121,10 @@ class LatentDiffusionDenoiser(Denoiser):
 
         root, ae_dir, unet_dir = locate_pretrained(pretrained)
         if latent_encode not in LATENT_ENCODE_MODES:
-            raise ValueError(f"diffusion.latent_encode must be one of {list(LATENT_ENCODE_MODES)}, "
+            raise ConfigError(f"diffusion.latent_encode must be one of {list(LATENT_ENCODE_MODES)}, "
                              f"got {latent_encode!r}")
         if int(context_tokens) < 1:
-            raise ValueError(f"diffusion.context_tokens must be >= 1, got {context_tokens}")
+            raise ConfigError(f"diffusion.context_tokens must be >= 1, got {context_tokens}")
         ae_class = json.loads((ae_dir / "config.json").read_text()).get("_class_name", "AutoencoderKL")
         if ae_class not in AUTOENCODER_CLASSES:
             raise PretrainedFolderError(f"{ae_dir}/config.json names _class_name={ae_class!r}; the latent backbone "
@@ -138,7 +139,7 @@ class LatentDiffusionDenoiser(Denoiser):
 
         vc, uc = self.vae.config, self.unet.config
         if int(vc.in_channels) != int(image_channels):
-            raise ValueError(f"the autoencoder in {ae_dir} takes {vc.in_channels}-channel images but "
+            raise ConfigError(f"the autoencoder in {ae_dir} takes {vc.in_channels}-channel images but "
                              f"data.channels={image_channels}; set data.channels={vc.in_channels}")
         if int(uc.in_channels) != int(vc.latent_channels) or int(uc.out_channels) != int(vc.latent_channels):
             raise PretrainedFolderError(f"{unet_dir} expects {uc.in_channels} input / {uc.out_channels} output "
@@ -148,7 +149,7 @@ class LatentDiffusionDenoiser(Denoiser):
                                         f"latent backbone conditions through encoder_hidden_states")
         factor = 2 ** (len(vc.block_out_channels) - 1)
         if int(size) % factor:
-            raise ValueError(f"diffusion.resolution={size} must be divisible by the autoencoder's downsampling "
+            raise ConfigError(f"diffusion.resolution={size} must be divisible by the autoencoder's downsampling "
                              f"factor {factor}")
         self.image_channels = int(image_channels)
         self.image_size = int(size)
@@ -233,10 +234,10 @@ def latent_options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
     enc = str(get("latent_encode", "sample"))
     if enc not in LATENT_ENCODE_MODES:
-        raise ValueError(f"diffusion.latent_encode must be one of {list(LATENT_ENCODE_MODES)}, got {enc!r}")
+        raise ConfigError(f"diffusion.latent_encode must be one of {list(LATENT_ENCODE_MODES)}, got {enc!r}")
     k = get("context_tokens", 4)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"diffusion.context_tokens must be an integer >= 1, got {k!r}")
+        raise ConfigError(f"diffusion.context_tokens must be an integer >= 1, got {k!r}")
     pretrained = get("pretrained", None)
     locate_pretrained(pretrained)  # clear error before anything is built
     return {"pretrained": str(Path(str(pretrained)).expanduser().resolve()), "latent_encode": enc,

@@ -18,6 +18,10 @@ from fast_lightning.diffusion.denoiser import DENOISER_REGISTRY, Denoiser, build
 from fast_lightning.diffusion.farm import FARM
 from fast_lightning.diffusion.latent import latent_options  # also registers diffusion.backbone=latent
 from fast_lightning.diffusion.schedule import SCHEDULE_KINDS, NoiseSchedule
+from fast_lightning.schema import DiffusionConfig
+from fast_lightning.errors import ConfigError
+
+_DEFAULTS = DiffusionConfig()  # missing keys of a partial config fall back to the schema, the one source of defaults
 
 
 class FASTDiffusion(nn.Module):
@@ -33,8 +37,8 @@ class FASTDiffusion(nn.Module):
         schedule: NoiseSchedule,
         adaptor: Adaptor | None = None,
         type_names: Sequence[str] = (),
-        lambda_eps: float = 2.0,
-        lambda_farm: float = 5.0,
+        lambda_eps: float = DiffusionConfig.lambda_eps,
+        lambda_farm: float = DiffusionConfig.lambda_farm,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -166,37 +170,37 @@ def _get(cfg: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
 
 def _as_int(value: Any, key: str, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value}")
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
     return value
 
 
 def _as_float(value: Any, key: str, minimum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} must be a number, got {value!r}")
+        raise ConfigError(f"{key} must be a number, got {value!r}")
     value = float(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value}")
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
     return value
 
 
 def _as_int_tuple(value: Any, key: str) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise ValueError(f"{key} must be a non-empty list of integers, got {value!r}")
+        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
     return tuple(_as_int(v, key, minimum=1) for v in value)
 
 
 def _as_bool_tuple(value: Any, key: str) -> tuple[bool, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{key} must be a list of booleans, got {value!r}")
+        raise ConfigError(f"{key} must be a list of booleans, got {value!r}")
     out = []
     for v in value:
         if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
             out.append(bool(v))
         else:
-            raise ValueError(f"{key} must be a list of booleans (true/false), got element {v!r}")
+            raise ConfigError(f"{key} must be a list of booleans (true/false), got element {v!r}")
     return tuple(out)
 
 
@@ -214,12 +218,12 @@ def build_fast_diffusion(
     num_train_timesteps, beta_start, beta_end, lambda_eps (2.0), lambda_farm (5.0).
     Invalid values raise ValueError naming the offending ``diffusion.*`` key.
     """
-    backbone = str(_get(cfg, "backbone", "pixel_unet"))
+    backbone = str(_get(cfg, "backbone", _DEFAULTS.backbone))
     if backbone not in DENOISER_REGISTRY:
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.backbone={backbone!r} is not a known denoiser backbone; known: {sorted(DENOISER_REGISTRY)}"
         )
-    resolution = _as_int(_get(cfg, "resolution", 64), "diffusion.resolution", minimum=4)
+    resolution = _as_int(_get(cfg, "resolution", _DEFAULTS.resolution), "diffusion.resolution", minimum=4)
     image_channels = _as_int(image_channels, "data.channels", minimum=1)
     num_types = _as_int(num_types, "num_types", minimum=0)
     type_names = [str(n) for n in type_names]
@@ -228,61 +232,64 @@ def build_fast_diffusion(
 
     unet_cfg = _get(cfg, "unet", {}) or {}
     blocks = _as_int_tuple(
-        _get(unet_cfg, "block_out_channels", (32, 64, 128, 128)), "diffusion.unet.block_out_channels"
+        _get(unet_cfg, "block_out_channels", _DEFAULTS.unet.block_out_channels), "diffusion.unet.block_out_channels"
     )
     attn = _as_bool_tuple(
         _get(unet_cfg, "attention_levels", (False,) * max(len(blocks) - 2, 0) + (True,) * min(len(blocks), 2)),
         "diffusion.unet.attention_levels",
     )
     if len(attn) != len(blocks):
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.unet.attention_levels has {len(attn)} entries but diffusion.unet.block_out_channels has "
             f"{len(blocks)}; give one true/false per block"
         )
-    layers = _as_int(_get(unet_cfg, "layers_per_block", 1), "diffusion.unet.layers_per_block", minimum=1)
-    dropout = _as_float(_get(unet_cfg, "dropout", 0.0), "diffusion.unet.dropout", minimum=0.0)
+    layers = _as_int(_get(unet_cfg, "layers_per_block", _DEFAULTS.unet.layers_per_block),
+        "diffusion.unet.layers_per_block", minimum=1)
+    dropout = _as_float(_get(unet_cfg, "dropout", _DEFAULTS.unet.dropout), "diffusion.unet.dropout", minimum=0.0)
     if dropout >= 1.0:
-        raise ValueError(f"diffusion.unet.dropout must be in [0, 1), got {dropout}")
-    mask_channel = bool(_get(unet_cfg, "mask_channel", True))
+        raise ConfigError(f"diffusion.unet.dropout must be in [0, 1), got {dropout}")
+    mask_channel = bool(_get(unet_cfg, "mask_channel", _DEFAULTS.unet.mask_channel))
     factor = 2 ** (len(blocks) - 1)
     pixel = backbone == "pixel_unet"  # the latent backbone checks sizes against its own autoencoder
     if pixel and resolution % factor:
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.resolution={resolution} must be divisible by {factor} = 2**(number of UNet blocks - 1) "
             f"(diffusion.unet.block_out_channels has {len(blocks)} blocks)"
         )
     if pixel and resolution % 4:
-        raise ValueError(f"diffusion.resolution={resolution} must be divisible by 4 (FARM works at resolution/4)")
+        raise ConfigError(f"diffusion.resolution={resolution} must be divisible by 4 (FARM works at resolution/4)")
     norm_groups = _get(unet_cfg, "norm_num_groups", None)
     if norm_groups is not None:
         norm_groups = _as_int(norm_groups, "diffusion.unet.norm_num_groups", minimum=1)
         if any(c % norm_groups for c in blocks):
-            raise ValueError(f"diffusion.unet.norm_num_groups={norm_groups} must divide every block width {blocks}")
+            raise ConfigError(f"diffusion.unet.norm_num_groups={norm_groups} must divide every block width {blocks}")
     head_dim = _get(unet_cfg, "attention_head_dim", None)
     if head_dim is not None:
         head_dim = _as_int(head_dim, "diffusion.unet.attention_head_dim", minimum=1)
 
     farm_cfg = _get(cfg, "farm", {}) or {}
-    farm_enabled = bool(_get(farm_cfg, "enabled", True))
-    farm_w = _as_int(_get(farm_cfg, "base_channels", 64), "diffusion.farm.base_channels", minimum=1)
-    farm_tdim = _as_int(_get(farm_cfg, "time_dim", 128), "diffusion.farm.time_dim", minimum=2)
-    use_adaptor = bool(_get(cfg, "adaptor", False))
+    farm_enabled = bool(_get(farm_cfg, "enabled", _DEFAULTS.farm.enabled))
+    farm_w = _as_int(_get(farm_cfg, "base_channels", _DEFAULTS.farm.base_channels),
+        "diffusion.farm.base_channels", minimum=1)
+    farm_tdim = _as_int(_get(farm_cfg, "time_dim", _DEFAULTS.farm.time_dim), "diffusion.farm.time_dim", minimum=2)
+    use_adaptor = bool(_get(cfg, "adaptor", _DEFAULTS.adaptor))
 
-    kind = str(_get(cfg, "schedule", "scaled_linear"))
+    kind = str(_get(cfg, "schedule", _DEFAULTS.schedule))
     if kind not in SCHEDULE_KINDS:
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.schedule={kind!r} is not a known noise schedule; allowed values: {sorted(SCHEDULE_KINDS)}"
         )
-    steps = _as_int(_get(cfg, "num_train_timesteps", 1000), "diffusion.num_train_timesteps", minimum=2)
-    beta_start = _as_float(_get(cfg, "beta_start", 0.00085), "diffusion.beta_start", minimum=0.0)
-    beta_end = _as_float(_get(cfg, "beta_end", 0.012), "diffusion.beta_end", minimum=0.0)
+    steps = _as_int(_get(cfg, "num_train_timesteps", _DEFAULTS.num_train_timesteps),
+        "diffusion.num_train_timesteps", minimum=2)
+    beta_start = _as_float(_get(cfg, "beta_start", _DEFAULTS.beta_start), "diffusion.beta_start", minimum=0.0)
+    beta_end = _as_float(_get(cfg, "beta_end", _DEFAULTS.beta_end), "diffusion.beta_end", minimum=0.0)
     if kind != "cosine" and not (0.0 < beta_start < beta_end < 1.0):
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.beta_start / diffusion.beta_end must satisfy 0 < beta_start < beta_end < 1, "
             f"got {beta_start}, {beta_end}"
         )
-    lambda_eps = _as_float(_get(cfg, "lambda_eps", 2.0), "diffusion.lambda_eps", minimum=0.0)
-    lambda_farm = _as_float(_get(cfg, "lambda_farm", 5.0), "diffusion.lambda_farm", minimum=0.0)
+    lambda_eps = _as_float(_get(cfg, "lambda_eps", _DEFAULTS.lambda_eps), "diffusion.lambda_eps", minimum=0.0)
+    lambda_farm = _as_float(_get(cfg, "lambda_farm", _DEFAULTS.lambda_farm), "diffusion.lambda_farm", minimum=0.0)
 
     resolved = {
         "backbone": backbone,
@@ -312,7 +319,7 @@ def build_fast_diffusion(
     denoiser = build_denoiser(resolved.get(backbone, resolved["unet"]), backbone, image_channels, resolution,
                               num_types)
     if not pixel and denoiser.latent_size % 4:
-        raise ValueError(
+        raise ConfigError(
             f"diffusion.resolution={resolution} gives {denoiser.latent_size}x{denoiser.latent_size} latents; FARM "
             f"needs a multiple of 4: use a multiple of {4 * (resolution // denoiser.latent_size)}"
         )

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fast_lightning.errors import ConfigError
+
 # our name -> diffusers ``beta_schedule`` name
 SCHEDULE_KINDS: dict[str, str] = {
     "scaled_linear": "scaled_linear",  # FAST / LDM default
@@ -41,12 +43,12 @@ class NoiseSchedule(nn.Module):
     ) -> None:
         super().__init__()
         if kind not in SCHEDULE_KINDS:
-            raise ValueError(
+            raise ConfigError(
                 f"diffusion.schedule={kind!r} is not a known noise schedule; allowed values: "
                 f"{sorted(SCHEDULE_KINDS)}"
             )
         if int(num_train_timesteps) < 2:
-            raise ValueError(f"diffusion.num_train_timesteps must be >= 2, got {num_train_timesteps}")
+            raise ConfigError(f"diffusion.num_train_timesteps must be >= 2, got {num_train_timesteps}")
         from diffusers import DDPMScheduler
 
         self.num_train_timesteps = int(num_train_timesteps)

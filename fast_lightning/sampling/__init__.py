@@ -29,6 +29,7 @@ from fast_lightning.sampling.base import (
     SamplingRun,
 )
 from fast_lightning.sampling.baselines import DDIMSampler, DDPMSampler, DPMSolverSampler
+from fast_lightning.errors import ConfigError
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "aias": AIASSampler,
@@ -40,13 +41,13 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 def _as_int(value, key: str) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{key} must be an int, got {value!r}")
+        raise ConfigError(f"{key} must be an int, got {value!r}")
     try:
         out = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{key} must be an int, got {value!r}") from None
+        raise ConfigError(f"{key} must be an int, got {value!r}") from None
     if out != value:
-        raise ValueError(f"{key} must be an int, got {value!r}")
+        raise ConfigError(f"{key} must be an int, got {value!r}")
     return out
 
 
@@ -64,10 +65,10 @@ def build_sampler(cfg: Mapping) -> Sampler:
     get = cfg.get
     name = str(get("name", "aias")).lower()
     if name not in SAMPLERS:
-        raise ValueError(f"sampling.name must be one of {sorted(SAMPLERS)}, got {get('name')!r}")
+        raise ConfigError(f"sampling.name must be one of {sorted(SAMPLERS)}, got {get('name')!r}")
     steps = _as_int(get("steps", 10), "sampling.steps")
     if steps < 1:
-        raise ValueError(f"sampling.steps must be >= 1, got {steps}")
+        raise ConfigError(f"sampling.steps must be >= 1, got {steps}")
     renoise_band = get("renoise_band", DEFAULT_RENOISE_BAND)
     if renoise_band is not None and not isinstance(renoise_band, (str, bytes)):
         renoise_band = tuple(renoise_band)
@@ -78,24 +79,24 @@ def build_sampler(cfg: Mapping) -> Sampler:
     # every option is validated whichever sampler uses it: a typo never passes silently (VARIANT=foo with ddim)
     t_end = _as_int(get("t_end", 1), "sampling.t_end")
     if t_end < -1:
-        raise ValueError(f"sampling.t_end must be >= -1, got {t_end}")
+        raise ConfigError(f"sampling.t_end must be >= -1, got {t_end}")
     variant = str(get("variant", "exact"))
     if variant not in VARIANTS:
-        raise ValueError(f"sampling.variant must be one of {list(VARIANTS)}, got {variant!r} (checked for every "
+        raise ConfigError(f"sampling.variant must be one of {list(VARIANTS)}, got {variant!r} (checked for every "
                          "sampler, though only aias uses it)")
     if common["renoise"] not in RENOISE_MODES:
-        raise ValueError(f"sampling.renoise must be one of {list(RENOISE_MODES)}, got {common['renoise']!r}")
+        raise ConfigError(f"sampling.renoise must be one of {list(RENOISE_MODES)}, got {common['renoise']!r}")
     eta = get("eta", 0.0)
     try:
         eta = float(eta)
     except (TypeError, ValueError):
-        raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}") from None
+        raise ConfigError(f"sampling.eta must be a number >= 0, got {eta!r}") from None
     if eta < 0:
-        raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}")
+        raise ConfigError(f"sampling.eta must be a number >= 0, got {eta!r}")
 
     if name == "aias":
         if steps < t_end + 2:
-            raise ValueError(f"sampling.steps must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
+            raise ConfigError(f"sampling.steps must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
         return AIASSampler(steps=steps, variant=variant, t_end=t_end, **common)
     if name == "ddpm":
         return DDPMSampler(**common)

@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from fast_lightning.errors import ConfigError
 from fast_lightning.sampling.base import (
     DEFAULT_FARM_MIN_T,
     DEFAULT_RENOISE_BAND,
@@ -36,7 +37,7 @@ VARIANTS = ("exact", "paper")
 
 def _check_variant(variant: str) -> str:
     if variant not in VARIANTS:
-        raise ValueError(f"sampling.variant must be one of {list(VARIANTS)}, got {variant!r}")
+        raise ConfigError(f"sampling.variant must be one of {list(VARIANTS)}, got {variant!r}")
     return variant
 
 
@@ -121,13 +122,13 @@ def aias_boundaries(T: int, steps: int, t_end: int = 1) -> list[int]:
     """
     T, steps, t_end = int(T), int(steps), int(t_end)
     if not -1 <= t_end < T - 1:
-        raise ValueError(f"sampling.t_end must satisfy -1 <= t_end < T-1 = {T - 1}, got {t_end}")
+        raise ConfigError(f"sampling.t_end must satisfy -1 <= t_end < T-1 = {T - 1}, got {t_end}")
     minimum = t_end + 2
     if steps < minimum:
-        raise ValueError(f"sampling.steps must be >= {minimum} for AIAS with t_end={t_end} "
+        raise ConfigError(f"sampling.steps must be >= {minimum} for AIAS with t_end={t_end} "
                          f"(at least one segment plus the tail), got {steps}")
     if steps > T:
-        raise ValueError(f"sampling.steps must be <= T = {T} for AIAS (steps = T is DDPM), got {steps}")
+        raise ConfigError(f"sampling.steps must be <= T = {T} for AIAS (steps = T is DDPM), got {steps}")
     K = steps - t_end
     start, stop = float(T - 1), float(t_end)
     # float64 linspace, floor with a tiny guard so exact integers never truncate down
@@ -135,7 +136,7 @@ def aias_boundaries(T: int, steps: int, t_end: int = 1) -> list[int]:
     bounds = [int(math.floor(v + 1e-9)) for v in vals]
     bounds[0], bounds[-1] = T - 1, t_end
     if any(a <= b for a, b in zip(bounds[:-1], bounds[1:])):  # cannot happen for steps <= T; keep a guard
-        raise ValueError(f"sampling.steps={steps} gives repeated AIAS boundaries for T={T}")
+        raise ConfigError(f"sampling.steps={steps} gives repeated AIAS boundaries for T={T}")
     return bounds
 
 
@@ -295,9 +296,9 @@ class AIASSampler(Sampler):
         super().__init__(farm=farm, farm_min_t=farm_min_t, renoise=renoise, renoise_band=renoise_band,
                          progress=progress)
         if isinstance(t_end, bool) or not isinstance(t_end, int) or t_end < -1:
-            raise ValueError(f"sampling.t_end must be an int >= -1, got {t_end!r}")
+            raise ConfigError(f"sampling.t_end must be an int >= -1, got {t_end!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < t_end + 2:
-            raise ValueError(f"sampling.steps must be an int >= {t_end + 2} for AIAS with t_end={t_end}, "
+            raise ConfigError(f"sampling.steps must be an int >= {t_end + 2} for AIAS with t_end={t_end}, "
                              f"got {steps!r}")
         self.steps = steps
         self.variant = _check_variant(variant)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from fast_lightning.errors import ConfigError
+
 RENOISE_MODES = ("every", "band", "none")
 DEFAULT_RENOISE_BAND = (250, 750)
 # FARM is injected only at timesteps t >= farm_min_t. 2 keeps it out of AIAS's refinement tail (t = 1, 0 for
@@ -43,20 +45,20 @@ ProgressFn = Callable[[int, int], None]
 def check_renoise(renoise: str, band: Sequence[int | float]) -> tuple[str, tuple[float, float]]:
     """Validate the background re-noising options; errors name the config keys users edit."""
     if renoise not in RENOISE_MODES:
-        raise ValueError(f"sampling.renoise must be one of {list(RENOISE_MODES)}, got {renoise!r}")
+        raise ConfigError(f"sampling.renoise must be one of {list(RENOISE_MODES)}, got {renoise!r}")
     try:
         lo, hi = (float(v) for v in band)
     except (TypeError, ValueError):
-        raise ValueError(f"sampling.renoise_band must be two numbers [low, high], got {band!r}") from None
+        raise ConfigError(f"sampling.renoise_band must be two numbers [low, high], got {band!r}") from None
     if not lo < hi:
-        raise ValueError(f"sampling.renoise_band must satisfy low < high, got {band!r}")
+        raise ConfigError(f"sampling.renoise_band must satisfy low < high, got {band!r}")
     return renoise, (lo, hi)
 
 
 def check_farm_min_t(value) -> int:
     """Validate ``sampling.farm_min_t`` (an int >= 0)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"sampling.farm_min_t must be an int >= 0 (0 = FARM at every step), got {value!r}")
+        raise ConfigError(f"sampling.farm_min_t must be an int >= 0 (0 = FARM at every step), got {value!r}")
     return value
 
 
@@ -232,7 +234,7 @@ class Sampler:
         """
         n = self.num_steps(run.T)
         if n > run.T:
-            raise ValueError(f"sampling.steps must be <= T = {run.T} for {self.name}, got {n}")
+            raise ConfigError(f"sampling.steps must be <= T = {run.T} for {self.name}, got {n}")
         sched = self.make_scheduler(run.model)
         sched.set_timesteps(n)  # timesteps stay on CPU; the schedulers index their CPU tables with them
         timesteps = [int(t) for t in sched.timesteps]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from fast_lightning.errors import ConfigError
 from fast_lightning.sampling.base import (
     DEFAULT_FARM_MIN_T,
     DEFAULT_RENOISE_BAND,
@@ -28,7 +29,7 @@ from fast_lightning.sampling.base import (
 
 def _check_steps(steps, minimum: int = 1) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
-        raise ValueError(f"sampling.steps must be an int >= {minimum}, got {steps!r}")
+        raise ConfigError(f"sampling.steps must be an int >= {minimum}, got {steps!r}")
     return steps
 
 
@@ -72,7 +73,7 @@ class DDIMSampler(Sampler):
                          progress=progress)
         self.steps = _check_steps(steps)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
-            raise ValueError(f"sampling.eta must be a number >= 0, got {eta!r}")
+            raise ConfigError(f"sampling.eta must be a number >= 0, got {eta!r}")
         self.eta = float(eta)
 
     def _scheduler_kwargs(self) -> dict:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fast_lightning.errors import ConfigError
+
 __all__ = ["DiceFocalLoss", "build_loss"]
 
 _LOSS_KEYS = {"name", "dice_weight", "focal_weight", "focal_gamma", "focal_alpha"}
@@ -54,10 +56,10 @@ def build_loss(cfg: Mapping[str, Any] | None = None) -> DiceFocalLoss:
     cfg = dict(cfg or {})
     unknown = set(cfg) - _LOSS_KEYS
     if unknown:
-        raise ValueError(f"unknown segmentation loss keys {sorted(unknown)}; allowed: {sorted(_LOSS_KEYS)}")
+        raise ConfigError(f"unknown segmentation loss keys {sorted(unknown)}; allowed: {sorted(_LOSS_KEYS)}")
     name = cfg.pop("name", "dice_focal")
     if name not in ("dice_focal", None):
-        raise ValueError(f"segmentation.loss.name={name!r} is unknown; valid values: dice_focal")
+        raise ConfigError(f"segmentation.loss.name={name!r} is unknown; valid values: dice_focal")
     return DiceFocalLoss(
         dice_weight=float(cfg.get("dice_weight", 1.0)),
         focal_weight=float(cfg.get("focal_weight", 1.0)),

@@ -22,6 +22,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from fast_lightning.errors import ConfigError
+
 __all__ = ["build_segmenter", "required_divisor", "check_resolution", "available_archs"]
 
 # minimum spatial size where smp's decoders would otherwise pool down to nothing
@@ -44,7 +46,7 @@ def _check_arch(arch: str) -> str:
     names = available_archs()
     key = str(arch).lower()
     if key not in names:
-        raise ValueError(f"segmentation.arch={arch!r} is not an smp architecture; valid values: {', '.join(names)}")
+        raise ConfigError(f"segmentation.arch={arch!r} is not an smp architecture; valid values: {', '.join(names)}")
     return key
 
 
@@ -61,7 +63,7 @@ def _check_encoder(encoder: str) -> None:
     examples = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2", "mit_b0",
                 "tu-convnext_tiny"]
     examples = [e for e in examples if e in known or e.startswith("tu-")]
-    raise ValueError(
+    raise ConfigError(
         f"segmentation.encoder={encoder!r} is unknown; valid values include {', '.join(examples)} "
         f"({len(known)} smp encoders, or 'tu-<timm model name>')"
     )
@@ -112,7 +114,7 @@ def build_segmenter(
                                      in_channels=int(in_channels), classes=1, **kwargs)
     except (KeyError, ValueError) as err:
         # wrong weights name for this encoder, or an arch/encoder combination smp rejects
-        raise ValueError(
+        raise ConfigError(
             f"cannot build segmentation.arch={arch!r} with segmentation.encoder={encoder!r} "
             f"(encoder_weights={encoder_weights!r}): {err}"
         ) from err
@@ -138,7 +140,7 @@ def required_divisor(arch: str = "Unet", encoder: str = "resnet18", **kwargs: An
         with torch.device("meta"):
             model = smp.create_model(key, encoder_name=encoder, encoder_weights=None, classes=1, **kwargs)
     except (KeyError, ValueError) as err:
-        raise ValueError(f"cannot build segmentation.arch={arch!r} with segmentation.encoder={encoder!r}: {err}") from err
+        raise ConfigError(f"cannot build segmentation.arch={arch!r} with segmentation.encoder={encoder!r}: {err}") from err
     if not getattr(model, "requires_divisible_input_shape", True):
         return 1
     return int(getattr(model.encoder, "output_stride", 32))
@@ -151,11 +153,11 @@ def check_resolution(resolution: int | tuple[int, int], arch: str = "Unet", enco
     div = required_divisor(arch, encoder, **kwargs)
     if h % div or w % div:
         up = ((h + div - 1) // div * div, (w + div - 1) // div * div)
-        raise ValueError(
+        raise ConfigError(
             f"data.resolution={resolution} does not suit segmentation.arch={arch!r} (needs multiples of {div}); "
             f"use e.g. {up[0] if up[0] == up[1] else up}, or segmentation.arch=Unet which takes any size"
         )
     min_size = _MIN_SIZE.get(str(arch).lower(), 0)
     if min(h, w) < min_size:
-        raise ValueError(f"data.resolution={resolution} is too small for segmentation.arch={arch!r} "
+        raise ConfigError(f"data.resolution={resolution} is too small for segmentation.arch={arch!r} "
                          f"(needs at least {min_size} px)")

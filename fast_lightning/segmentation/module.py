@@ -32,10 +32,6 @@ from fast_lightning.evaluation.metrics import SegmentationMetrics, aupro, per_ty
 from fast_lightning.segmentation.losses import build_loss
 from fast_lightning.segmentation.models import build_segmenter
 
-# Metrics are computed from the all-gathered, de-duplicated set and are identical on every rank, so logging
-# them without sync_dist is correct; silence Lightning's generic advice to sync.
-warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PANEL_ROWS = ("image", "ground truth", "predicted", "probability")
