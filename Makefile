@@ -24,7 +24,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train \
+.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet \
         train-seg eval-seg compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
@@ -56,6 +56,9 @@ synthesize: $(STAMP) ## synthesize N pairs for CLASS [N STEPS SAMPLER VARIANT CK
 
 bench-sampling: $(STAMP) ## AIAS vs DDIM vs DDPM speed on one model [CKPT] -> reports/bench_sampling.json + .png
 	$(RUN) bench-sampling $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
+
+sheet: $(STAMP) ## synthesized defects at the model's scale next to real ones, per sampling setting [CKPT] -> reports/CLASS/sheet.png
+	$(RUN) sheet $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
 
 bench-train: $(STAMP) ## training steps/s fp32 vs bf16 on this machine (and what precision=auto picks) -> reports/bench_train.{json,png}
 	$(RUN) bench-train $(call opt,$(filter-out auto,$(PROFILE)),profile) $(ARGS)
