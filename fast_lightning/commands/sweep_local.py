@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fast_lightning import tables
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import pop_options
 from fast_lightning.config import PROJECT_ROOT, ConfigError, load_config
@@ -378,18 +379,6 @@ def summary_rows(spec: SweepSpec, trials: list[Trial], full: bool = False) -> tu
     return header, rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
-
-
 def write_summary(spec: SweepSpec, trials: list[Trial], report_dir: Path, command: list[str],
                   started: str, finished: bool) -> tuple[Path, Path]:
     buf = io.StringIO()
@@ -410,7 +399,7 @@ def write_summary(spec: SweepSpec, trials: list[Trial], report_dir: Path, comman
         f"- started {started}; metric read from each run's metrics.json (sections flattened as section/key); "
         "per-trial output in `trials/<n>.log`",
         "",
-        markdown_table(header, rows),
+        tables.markdown_table(header, rows),
         "",
     ])
     md_path = atomic_write_text(report_dir / "summary.md", md)
@@ -498,7 +487,7 @@ def main(args: list[str]) -> int:
     csv_path, md_path = write_summary(spec, trials, report_dir, template, stamp, finished=True)
     header, rows = summary_rows(spec, trials)
     print(f"\n[sweep-local] {spec.name}: {len(trials)} trial(s), sorted by {spec.metric} ({spec.goal})")
-    print(text_table(header, rows))
+    print(tables.text_table(header, rows))
     print(f"summary: {md_path}  (csv: {csv_path})")
     if not any(t.status == "finished" for t in trials):
         print(f"error: no trial produced {spec.metric}; see {report_dir / 'trials'}", file=sys.stderr)

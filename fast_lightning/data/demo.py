@@ -325,7 +325,10 @@ def render_sample(seed: int, size: int, stream: str, index: int) -> DemoSample:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8, the quantisation used when writing PNGs."""
+    """[0, 1] float -> uint8 for the demo PNGs: round half to EVEN, unlike ``data.io.to_uint8`` (half up).
+    Kept on purpose: the demo parts hit exact .5 values often, and the half-up rule changes about a quarter
+    of the demo dataset's PNGs (so every published demo number); this quantises generated data, not images
+    read back from disk."""
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 

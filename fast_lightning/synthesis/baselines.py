@@ -22,7 +22,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.data.masks import MaskSampler, PerlinMaskSource, perlin_noise, resize_mask
+from fast_lightning.data.masks import resize_mask
+from fast_lightning.synthesis.mask_sources import PerlinMaskSource, perlin_noise
+from fast_lightning.synthesis.masks import MaskSampler
 
 __all__ = [
     "DraemSynthesizer",
