@@ -5,6 +5,9 @@ offline and in CI without the licensed MVTec data. The images are SYNTHETIC: a t
 uniform background, with three defect types drawn on the part (hole, scratch, stain). Everything is numpy
 vectorised and deterministic from the seed, so a folder generated twice is byte-identical.
 
+One module (~470 lines) on purpose: the part renderer, the three defect painters and the writer share one
+part geometry and one seeded stream per image; split apart they would pass that state around.
+
 Layout written (same as MVTec AD):
     <root>/<class_name>/train/good/000.png ...
     <root>/<class_name>/test/good/000.png ...

@@ -4,7 +4,8 @@ and segmentation synthesizers (batched ``synth(normals, foreground, generator) -
 One job per module: ``windowed`` (AnomalySynthesizer, paste-back), ``mask_sources`` (Perlin, real-mask bank,
 folder), ``masks`` (MaskSampler, TypedMaskSampler, build_mask_sampler), ``checkpoints`` (which diffusion
 checkpoint, and does it fit the config), ``fast_seg`` / ``cached`` (the two FAST segmentation synthesizers),
-``baselines`` (DRAEM, CutPaste, real_third, mixes), ``registry`` (build_seg_synthesizer), ``predictor`` /
+``baselines`` (DRAEM, CutPaste), ``real`` (real_third, real+synthesis mixes), ``registry``
+(build_seg_synthesizer), ``predictor`` /
 ``writer`` (`make synthesize`).
 
 ``build_seg_synthesizer(name, cfg, datamodule)`` is the one entry point the segmentation stage uses:
@@ -16,22 +17,16 @@ the FAST synthesizers.
 
 from __future__ import annotations
 
-from fast_lightning.synthesis.baselines import (
-    SYNTHESIZERS,
-    CutPasteSynthesizer,
-    DraemSynthesizer,
-    MixedSynthesizer,
-    RealThirdSynthesizer,
-    color_jitter,
-    procedural_texture,
-)
+from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer, color_jitter, procedural_texture
 from fast_lightning.synthesis.cached import CachedSegSynthesizer
 from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible, resolve_diffusion_checkpoint
 from fast_lightning.synthesis.common import SynthesisError
 from fast_lightning.synthesis.fast_seg import FastSegSynthesizer, derive_generators
 from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler, build_mask_sampler
+from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
 from fast_lightning.synthesis.registry import (
     SEG_SYNTHESIZERS,
+    SYNTHESIZERS,
     build_seg_synthesizer,
     resolve_cached_dir,
     synth_parts,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fast_lightning.data.masks import Size, as_hw, resize_mask
+from fast_lightning.synthesis.common import coin as _coin, randint as _randint, uniform as _uniform
 
 __all__ = [
     "MaskSource",
@@ -39,19 +40,6 @@ class MaskSource(Protocol):
 
 
 # ---- small helpers -------------------------------------------------------------------------------------
-
-
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator, device=generator.device))
-
-
-def _randint(generator: torch.Generator, low: int, high: int) -> int:
-    """Integer in [low, high)."""
-    return int(torch.randint(low, high, (), generator=generator, device=generator.device))
-
-
-def _coin(generator: torch.Generator, p: float = 0.5) -> bool:
-    return float(torch.rand((), generator=generator, device=generator.device)) < p
 
 
 def _prepare_foreground(foreground: torch.Tensor | None, h: int, w: int) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ from typing import NamedTuple, Union
 import torch
 
 from fast_lightning.data.masks import Size, as_hw
-from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get
+from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get, uniform as _uniform
 from fast_lightning.synthesis.mask_sources import (
     FolderMaskSource,
     MaskSource,
@@ -22,7 +22,6 @@ from fast_lightning.synthesis.mask_sources import (
     RealMaskBank,
     _out_device,
     _prepare_foreground,
-    _uniform,
 )
 
 __all__ = ["MaskSampler", "TypedDraw", "TypedMaskSampler", "MASK_SOURCES", "build_mask_sampler",

@@ -6,21 +6,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fast_lightning.synthesis.baselines import (
-    SYNTHESIZERS,
-    CutPasteSynthesizer,
-    DraemSynthesizer,
-    MixedSynthesizer,
-    RealThirdSynthesizer,
-)
+from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer
 from fast_lightning.synthesis.cached import CachedSegSynthesizer
 from fast_lightning.synthesis.checkpoints import resolve_diffusion_checkpoint
 from fast_lightning.synthesis.common import SynthesisError
 from fast_lightning.synthesis.fast_seg import FastSegSynthesizer
 from fast_lightning.synthesis.masks import build_mask_sampler
+from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
 
-__all__ = ["SEG_SYNTHESIZERS", "synth_parts", "resolve_cached_dir", "build_seg_synthesizer"]
+__all__ = ["SYNTHESIZERS", "SEG_SYNTHESIZERS", "synth_parts", "resolve_cached_dir", "build_seg_synthesizer"]
 
+# the baselines (no diffusion model needed)
+SYNTHESIZERS: dict[str, type] = {
+    "draem": DraemSynthesizer,
+    "cutpaste": CutPasteSynthesizer,
+    "real_third": RealThirdSynthesizer,
+}
 SEG_SYNTHESIZERS = ("fast", "fast_cached", *SYNTHESIZERS)
 
 
