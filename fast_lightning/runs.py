@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fast_lightning.errors import UserError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
@@ -99,6 +101,47 @@ def update_latest(run_dir: Path) -> Path:
 def resolve_run_path(path: str | os.PathLike) -> Path:
     """Follow a ``latest`` link (or any symlink) to the real run directory or file."""
     return Path(os.path.realpath(path))
+
+
+class CheckpointError(UserError, ValueError):
+    """Corrupt or mismatched checkpoint; never silently replaced by a fresh start."""
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """THE run-dir -> checkpoint rule: a run's full training state is ``<run_dir>/checkpoints/last.ckpt``."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """last.ckpt, else the newest step-*.ckpt of a run (None when none was written yet)."""
+    last = last_checkpoint(run_dir)
+    if last.is_file():
+        return last
+    steps = sorted(last.parent.glob("step-*.ckpt"))
+    return steps[-1] if steps else None
+
+
+def resolve_checkpoint(path: str | os.PathLike, periodic: bool = True) -> Path:
+    """A checkpoint file, or a run directory (-> ``last_checkpoint``; with ``periodic``, else the newest intact
+    step-*.ckpt, with a warning: a disk that filled up while last.ckpt was being replaced must not strand the
+    run), or a ``latest`` link. Raises CheckpointError naming what it looked for."""
+    p = resolve_run_path(path)
+    if p.is_dir():
+        last = last_checkpoint(p)
+        if not last.is_file() and periodic:
+            import logging
+            import zipfile
+
+            steps = sorted(last.parent.glob("step-*.ckpt"), reverse=True)
+            intact = [c for c in steps if zipfile.is_zipfile(c)]  # torch.save writes a zip archive
+            if intact:
+                logging.getLogger("fast_lightning.training").warning(
+                    f"{last} is missing; resuming from the newest intact periodic checkpoint {intact[0].name}")
+                last = intact[0]
+        p = last
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (looked for {p}); pass a .ckpt file or a run directory")
+    return resolve_run_path(p)
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:

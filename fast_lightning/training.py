@@ -22,7 +22,12 @@ from omegaconf import DictConfig
 
 from fast_lightning.errors import UserError
 from fast_lightning.progress import SparseProgress, is_terminal
-from fast_lightning.runs import atomic_write_bytes
+from fast_lightning.runs import (  # noqa: F401  (re-exported: the one checkpoint rule lives in runs)
+    CheckpointError,
+    atomic_write_bytes,
+    newest_checkpoint,
+    resolve_checkpoint,
+)
 
 
 # Lightning notices that are expected here and only bury the useful output: the EMA copy is in eval mode on
@@ -44,10 +49,6 @@ def expected_warnings_silenced():
         for pattern in EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         yield
-
-
-class CheckpointError(UserError, ValueError):
-    """Corrupt or mismatched checkpoint; never silently replaced by a fresh start."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -248,29 +249,6 @@ def resume_command(cfg: DictConfig, target: str, run_dir: Path) -> str:
     return f"make {target} CLASS={cfg.class_name} DATA={cfg.data_root} PROFILE={cfg.profile} RESUME={run_dir}"
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory (-> checkpoints/last.ckpt, else the newest intact step-*.ckpt,
-    with a warning: a disk that filled up while last.ckpt was being replaced must not strand the run),
-    or a ``latest`` link."""
-    p = Path(os.path.realpath(path))
-    if p.is_dir():
-        last = p / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            import logging
-            import zipfile
-
-            steps = sorted((p / "checkpoints").glob("step-*.ckpt"), reverse=True)
-            intact = [c for c in steps if zipfile.is_zipfile(c)]  # torch.save writes a zip archive
-            if intact:
-                logging.getLogger(__name__).warning(
-                    f"{last} is missing; resuming from the newest intact periodic checkpoint {intact[0].name}")
-                last = intact[0]
-        p = last
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (looked for {p}); pass a .ckpt file or a run directory")
-    return Path(os.path.realpath(p))
-
-
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = resolve_checkpoint(path)
     try:
@@ -351,15 +329,6 @@ def accept_resume(cfg: DictConfig, kind: str) -> tuple[Path, Path]:
     _, split = load_split(cfg)
     check_resume_compatible(ckpt, cfg, kind, split.types, ckpt_path)
     return ckpt_path, run_dir_of_checkpoint(ckpt_path)
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """last.ckpt, else the newest step-*.ckpt of a run (None when none was written yet)."""
-    ckpts = Path(run_dir) / "checkpoints"
-    if (ckpts / "last.ckpt").is_file():
-        return ckpts / "last.ckpt"
-    steps = sorted(ckpts.glob("step-*.ckpt"))
-    return steps[-1] if steps else None
 
 
 @contextmanager

@@ -4,7 +4,8 @@ import csv
 
 import pytest
 
-from fast_lightning.commands import ablate, compare, demo
+from fast_lightning import study
+from fast_lightning.commands import ablate, compare, demo, train_diffusion
 
 pytestmark = pytest.mark.slow
 
@@ -77,15 +78,57 @@ def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvte
     os.symlink("cpu-run", tmp_path / "runs" / "diffusion" / "widget" / "latest")
     calls = []
 
-    def fake_train(args):
-        run_id = next(a.split("=", 1)[1] for a in args if a.startswith("run_id="))
-        run_dir = tmp_path / "runs" / "diffusion" / "widget" / run_id
+    def fake_train(cfg):
+        run_dir = tmp_path / "runs" / "diffusion" / "widget" / str(cfg.run_id)
         run_dir.mkdir(parents=True)
         (run_dir / "metrics.json").write_text("{}")
-        calls.append(args)
+        calls.append(cfg)
         return 0
 
-    monkeypatch.setattr(compare.train_diffusion, "main", fake_train)
+    monkeypatch.setattr(train_diffusion, "run", fake_train)
     rest = _common(tmp_path, fake_mvtec)
-    ckpt = compare.ensure_diffusion(config_from_args(rest), rest, redo=False)
+    ckpt = study.ensure_diffusion(config_from_args(rest), redo=False)
     assert len(calls) == 1 and ckpt.parent.parent.name.startswith("auto-")
+
+
+def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mvtec, tmp_path, monkeypatch):
+    """`latest` that fits class/resolution/channels but was trained with another diffusion.lambda_farm is not
+    reused (one diffusion key); the same model settings reuse it."""
+    import os
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from fast_lightning.commands.common import config_from_args
+
+    rest = _common(tmp_path, fake_mvtec)
+    cfg = config_from_args(rest)
+    run = tmp_path / "runs" / "diffusion" / "widget" / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion", "class_name": "widget", "channels": 3,
+                                                     "resolution": int(cfg.diffusion.resolution)}},
+               run / "checkpoints" / "last.ckpt")
+    os.symlink("earlier", run.parent / "latest")
+    trained = []
+    monkeypatch.setattr(study, "diffusion_model", lambda c, run_id, redo=False, label="": trained.append(run_id))
+
+    OmegaConf.save(config_from_args(rest + ["segmentation.max_steps=3"]), run / "config.yaml")
+    assert study.ensure_diffusion(cfg) == (run / "checkpoints" / "last.ckpt").resolve() and not trained
+    OmegaConf.save(config_from_args(rest + ["diffusion.lambda_farm=0.5"]), run / "config.yaml")
+    study.ensure_diffusion(cfg)
+    assert trained == [f"auto-{study.diffusion_key(cfg)}"]
+
+
+def test_study_keys(fake_mvtec, tmp_path):
+    """settings_key of a config equals the hash of the same settings given as arguments plus overrides (run
+    names stay as they were), and the diffusion key ignores segmentation / sampling / synthesis settings."""
+    from fast_lightning.config import apply_overrides, load_config
+
+    rest = _common(tmp_path, fake_mvtec)
+    extra = ["synthesis.ckpt=/x/last.ckpt", "segmentation.synth=draem", "seed=1"]
+    cfg = load_config(rest)
+    assert study.settings_key(apply_overrides(cfg, extra)) == study.settings_key(load_config(rest + extra))
+    assert study.settings_key(apply_overrides(cfg, ["segmentation.max_steps=3"])) != study.settings_key(cfg)
+    same = ["segmentation.max_steps=3", "sampling.steps=5", "synthesis.n=7", "run_id=x"]
+    assert study.diffusion_key(load_config(rest + same)) == study.diffusion_key(cfg)
+    assert study.diffusion_key(load_config(rest + ["diffusion.lambda_farm=0.5"])) != study.diffusion_key(cfg)

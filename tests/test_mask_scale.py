@@ -16,7 +16,8 @@ from fast_lightning.config import load_config
 from fast_lightning.data import make_split, read_class
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.data.datasets import GeneratorTrainDataset, LabelledDataset
-from fast_lightning.data.masks import MaskSampler, resize_mask
+from fast_lightning.data.masks import resize_mask
+from fast_lightning.synthesis.masks import MaskSampler
 from fast_lightning.data.records import Record
 from fast_lightning.data.split import Split
 from fast_lightning.diffusion import build_fast_diffusion

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 import fast_lightning  # noqa: F401
-from fast_lightning.data.masks import (
+from fast_lightning.synthesis.mask_sources import (
     FolderMaskSource,
-    MaskSampler,
     PerlinMaskSource,
     RealMaskBank,
     perlin_mask,
 )
+from fast_lightning.synthesis.masks import MaskSampler
 from fast_lightning.synthesis import (
     SYNTHESIZERS,
     CutPasteSynthesizer,

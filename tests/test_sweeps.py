@@ -179,7 +179,7 @@ def test_sweep_local_end_to_end(fake_mvtec, tmp_path):
 
 
 def test_sweep_trial_cache_key():
-    from fast_lightning.commands.sweep_trial import diffusion_key
+    from fast_lightning.study import diffusion_key
 
     base = ["class_name=widget", "profile=smoke"]
     key = diffusion_key(load_config(base))

@@ -26,7 +26,7 @@ from fast_lightning.synthesis import (
     build_mask_sampler,
     build_seg_synthesizer,
 )
-from fast_lightning.synthesis.writer import SynthesisWriter
+from fast_lightning.synthesis.writer import SynthesisWriter, read_manifest
 
 from tests.conftest import make_fake_mvtec
 
@@ -207,6 +207,22 @@ def test_writer_resume_bookkeeping_and_cached_synthesizer(tmp_path):
     images, masks = cached(normals, None, torch.Generator().manual_seed(0))
     assert images.shape == (5, 3, 16, 16) and masks.shape == (5, 1, 16, 16) and bool((masks.flatten(1).sum(1) > 0).all())
 
+
+
+def test_read_manifest_skips_the_lines_the_writer_skips(tmp_path):
+    """One manifest reader: a line without an integer index is skipped by read_manifest exactly as by
+    SynthesisWriter.completed (it used to raise KeyError in read_manifest)."""
+    w = SynthesisWriter(tmp_path)
+    w.prepare()
+    img, m = torch.rand(3, 8, 8), torch.zeros(1, 8, 8)
+    m[:, 2:5, 2:5] = 1
+    for i in (1, 0):
+        w.write_pair({"index": i, "source": "x.png"}, img, m)
+    w.merge()
+    with open(w.manifest_path, "a") as fh:
+        fh.write('{"image": "images/000009.png"}\n{"index": "x"}\n\n')
+    assert [r["index"] for r in read_manifest(tmp_path)] == [0, 1]
+    assert sorted(w.completed()) == [0, 1]
 
 def test_build_seg_synthesizer_baselines_and_missing_checkpoint(fake_split, tmp_path):
     from fast_lightning.data.datamodule import AnomalyDataModule

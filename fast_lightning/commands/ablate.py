@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from fast_lightning.cli import UserError
-from fast_lightning.commands import synthesize, train_diffusion, train_seg
-from fast_lightning.commands.common import config_from_args, pop_options, reuse_or_run, settings_hash
+from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.config import apply_overrides
 from fast_lightning.evaluation.reports import (
     aggregate,
     line_plot,
@@ -26,6 +26,7 @@ from fast_lightning.evaluation.reports import (
     write_csv,
 )
 from fast_lightning.runs import atomic_write_text
+from fast_lightning.study import diffusion_key, diffusion_model, segmenter, settings_key, synthetic_pairs
 
 
 FARM_TAIL_LABEL = "AIAS-10, FARM in tail (old)"
@@ -55,42 +56,37 @@ def main(args: list[str]) -> int:
     seeds = int(opts["seeds"])
     cfg = config_from_args(rest)
     start = time.time()
-    key = settings_hash(rest)
-    runs = Path(cfg.run_root)
+    key = settings_key(cfg)
     cls = str(cfg.class_name)
+    models = {"farm": cfg, "nofarm": apply_overrides(cfg, ["diffusion.farm.enabled=false"])}
 
-    variants: list[tuple[str, list[str], str]] = []  # (label, extra args, diffusion run id)
-    farm_id, nofarm_id = f"ablate-{key}-farm", f"ablate-{key}-nofarm"
+    variants: list[tuple[str, list[str], str]] = []  # (label, extra args, diffusion model: farm | nofarm)
     for s in steps:
         label = "DDPM-1000" if s == "ddpm" else f"AIAS-{s}"
-        variants.append((label, sampling_args(s), farm_id))
+        variants.append((label, sampling_args(s), "farm"))
     step_labels = [v[0] for v in variants]  # the rows of the steps plot
     if str(opts["farm_tail"]).lower() == "true":
-        variants.append((FARM_TAIL_LABEL, sampling_args("10") + ["sampling.farm_min_t=0"], farm_id))
+        variants.append((FARM_TAIL_LABEL, sampling_args("10") + ["sampling.farm_min_t=0"], "farm"))
     if str(opts["farm"]).lower() == "true":
         variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm=false"],
-                         nofarm_id))
+                         "nofarm"))
 
-    for run_id, extra in ((farm_id, []), (nofarm_id, ["diffusion.farm.enabled=false"])):
-        if any(v[2] == run_id for v in variants):
-            reuse_or_run(f"train-diffusion ({'FARM off' if extra else 'FARM on'})",
-                         runs / "diffusion" / cls / run_id, "metrics.json", train_diffusion.main,
-                         rest + extra + [f"run_id={run_id}"], redo)
+    ckpts = {}
+    for model, model_cfg in models.items():
+        if any(v[2] == model for v in variants):
+            ckpts[model] = diffusion_model(model_cfg, f"ablate-{diffusion_key(model_cfg)}-{model}", redo,
+                                           label=f"train-diffusion ({'FARM off' if model == 'nofarm' else 'FARM on'})")
 
     rows = []
-    for label, extra, diff_id in variants:
-        ckpt = runs / "diffusion" / cls / diff_id / "checkpoints" / "last.ckpt"
+    for label, extra, model in variants:
+        variant_cfg = apply_overrides(cfg, extra)  # synthesis/seg settings: the model comes from its checkpoint
         tag = label.lower().replace(" ", "").replace(",", "-").replace("(", "").replace(")", "")
         syn_id = f"ablate-{key}-{tag}"
-        syn_dir = runs / "synthetic" / cls / syn_id
-        reuse_or_run(f"synthesize {label}", syn_dir, "summary.json", synthesize.main,
-                     rest + extra + [f"synthesis.ckpt={ckpt}", f"run_id={syn_id}"], redo)
+        syn_dir = synthetic_pairs(variant_cfg, syn_id, ckpts[model], redo, label=f"synthesize {label}")
         for seed in range(seeds):
-            seg_id = f"{syn_id}-s{seed}"
-            seg_dir = runs / "seg" / cls / seg_id
-            reuse_or_run(f"train-seg on {label} seed {seed}", seg_dir, "metrics.json", train_seg.main,
-                         rest + ["segmentation.synth=fast_cached", f"segmentation.fast_cached_dir={syn_dir}",
-                                 f"seed={seed}", f"run_id={seg_id}"], redo)
+            seg_dir = segmenter(apply_overrides(variant_cfg, ["segmentation.synth=fast_cached",
+                                                              f"segmentation.fast_cached_dir={syn_dir}", f"seed={seed}"]),
+                                f"{syn_id}-s{seed}", redo, label=f"train-seg on {label} seed {seed}")
             m = read_metrics(seg_dir)
             rows.append({"variant": label, "test": m["test"], "run_dir": str(seg_dir), "metrics": m})
 

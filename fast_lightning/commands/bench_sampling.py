@@ -13,7 +13,6 @@ Writes the JSON and a bar chart (seconds/image, log scale, annotated with NFE), 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -24,7 +23,8 @@ import torch
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.hardware import autocast_dtype, cpu_model, cpu_native_bf16, describe_cpu_isa
-from fast_lightning.runs import atomic_write_bytes, atomic_write_json
+from fast_lightning.evaluation.plots import save_figure
+from fast_lightning.runs import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def bench_plan(cfg, T: int, batch: int, ddpm_images: int) -> list[tuple[str, dic
 def fixed_batch(cfg, split, meta, n: int, seed: int) -> tuple[list, list, torch.Tensor, list[str]]:
     """n normal train images at their own resolution (or synthesis.out_resolution), masks, types."""
     from fast_lightning.data.datamodule import foreground_dir
-    from fast_lightning.data.datasets import foreground_mask
+    from fast_lightning.data.datasets import foreground_mask, item_generator
     from fast_lightning.data.io import load_image
-    from fast_lightning.synthesis.pipeline import build_mask_sampler
+    from fast_lightning.synthesis import build_mask_sampler
 
     out_res = cfg.synthesis.out_resolution
     size = int(out_res) if out_res else None
@@ -93,7 +93,7 @@ def fixed_batch(cfg, split, meta, n: int, seed: int) -> tuple[list, list, torch.
     images, masks, cond, paths = [], [], [], []
     k = len(meta.get("type_names", []))
     for i in range(n):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        g = item_generator(seed, i)
         path = normals[i % len(normals)].image
         img = load_image(path, size, int(cfg.data.channels), str(cfg.data.image_interpolation))
         fg = foreground_mask(img, str(cfg.data.foreground), path, foreground_dir(cfg))
@@ -129,10 +129,7 @@ def _plot(results: dict, path: Path, title: str) -> None:
     ax.legend(fontsize=8, loc="upper left")
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def main(args: list[str]) -> int:
@@ -140,7 +137,7 @@ def main(args: list[str]) -> int:
     from fast_lightning.diffusion.denoiser import parameter_count
     from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.sampling import build_sampler
-    from fast_lightning.synthesis.pipeline import (
+    from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
         check_checkpoint_compatible,

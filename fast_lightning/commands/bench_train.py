@@ -15,7 +15,6 @@ diffusion.optim.batch_size=8).
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -32,7 +31,8 @@ from fast_lightning.hardware import (
     resolve_precision,
     usable_cores,
 )
-from fast_lightning.runs import atomic_write_bytes, atomic_write_json
+from fast_lightning.evaluation.plots import save_figure
+from fast_lightning.runs import atomic_write_json
 
 
 def _diffusion_step(cfg, device: torch.device):
@@ -150,10 +150,7 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_title(f"{report['device']}\n{report['isa']}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def main(args: list[str]) -> int:

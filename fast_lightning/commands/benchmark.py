@@ -1,6 +1,6 @@
 """`make benchmark [CLASSES=...] [SYNTHS=...] [SEEDS=3] [PROFILE=cpu]`: the evidence table.
 
-Runs `compare`'s study (``compare.run_study``: same segmenter, budget and masks for every synthesizer, seeds,
+Runs `compare`'s study (``study.run_study``: same segmenter, budget and masks for every synthesizer, seeds,
 finished runs reused) on a fixed suite of classes and writes ``reports/benchmark.{md,csv,json,png}`` plus
 one sample sheet per class, with the issue's targets evaluated per class (met / not met / n/a):
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
-from fast_lightning.commands.compare import parse_synths, run_study, synthesizer_rows
+from fast_lightning.commands.compare import parse_synths
 from fast_lightning.evaluation.reports import (
     aggregate,
     PER_TYPE_METRICS,
@@ -34,6 +34,7 @@ from fast_lightning.evaluation.reports import (
     write_csv,
 )
 from fast_lightning.runs import atomic_write_json, atomic_write_text
+from fast_lightning.study import run_study, synthesizer_rows
 
 DEFAULT_CLASSES = "tire@../shared/data/mvtec3d_rgb,mt@../shared/data/magnetic_tile"
 DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third,real_third+fast"
@@ -110,7 +111,7 @@ def main(args: list[str]) -> int:
     for name, root in parse_classes(opts["classes"]):
         class_args = rest + [f"class_name={name}"] + ([f"data_root={root}"] if root else [])
         cfg = config_from_args(class_args)
-        rows = run_study(cfg, class_args, synths, seeds, redo, tag="bench")
+        rows = run_study(cfg, synths, seeds, redo, tag="bench")
         agg = aggregate(rows, "synth", BENCH_METRICS)
         per_type = {m: aggregate_per_type(rows, "synth", m) for m in PER_TYPE_METRICS}
         targets = evaluate_targets(agg)

@@ -1,4 +1,4 @@
-"""Glue shared by the commands: config from argv, required keys, run directories."""
+"""Glue shared by the commands: config from argv and command options (the study steps: ``fast_lightning.study``)."""
 
 from __future__ import annotations
 
@@ -55,44 +55,3 @@ def pop_options(args: list[str], names: dict[str, object]) -> tuple[dict[str, ob
                             f"got {value!r}") from exc
     options = {key: typed[_field_name(key)] for key in names}
     return options, rest
-
-
-def settings_hash(args: list[str], drop: tuple[str, ...] = ("seed", "run_id", "segmentation.synth")) -> str:
-    """Short hash of the resolved config minus the keys a study varies: identical settings reuse runs."""
-    import hashlib
-
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(load_config(args), resolve=True)
-    for key in drop:
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return hashlib.sha1(repr(sorted(_flatten(cfg).items())).encode()).hexdigest()[:8]
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def reuse_or_run(label: str, run_dir, done_file: str, fn, args: list[str], redo: bool = False):
-    """Run ``fn(args)`` unless ``run_dir/done_file`` exists (a finished earlier run with the same settings)."""
-    from pathlib import Path
-
-    run_dir = Path(run_dir)
-    if not redo and (run_dir / done_file).is_file():
-        print(f"[reuse] {label}: {run_dir}")
-        return run_dir
-    print(f"[run]   {label} -> {run_dir}", flush=True)
-    code = fn(args)
-    if code not in (0, None) or not (run_dir / done_file).is_file():
-        raise UserError(f"{label} failed (exit {code}); see the output above and {run_dir}")
-    return run_dir

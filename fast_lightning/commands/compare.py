@@ -1,7 +1,8 @@
 """`make compare CLASS=<c> [SYNTHS=fast,draem,cutpaste,real_third] [SEEDS=3]`: one segmenter per synthesizer
 and seed under identical settings -> reports/<CLASS>/comparison.{md,csv,png} + a sample sheet.
 
-Runs are named by a hash of their settings, so re-running reuses finished runs (``redo=true`` recomputes).
+Runs are named by a hash of their settings, so re-running reuses finished runs (``redo=true`` recomputes);
+the study steps are ``fast_lightning.study``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from fast_lightning.cli import UserError
-from fast_lightning.commands import train_diffusion, train_seg
-from fast_lightning.commands.common import config_from_args, pop_options, reuse_or_run, settings_hash
+from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.evaluation.reports import (
     PER_TYPE_METRICS,
     REPORT_METRICS,
@@ -23,12 +21,12 @@ from fast_lightning.evaluation.reports import (
     per_type_sections,
     bar_plot,
     markdown_table,
-    read_metrics,
     sample_sheet,
     text_table,
     write_csv,
 )
 from fast_lightning.runs import atomic_write_text
+from fast_lightning.study import run_study, synthesizer_rows
 
 DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third"
 
@@ -50,69 +48,6 @@ def parse_synths(text: str) -> list[str]:
     return names
 
 
-def ensure_diffusion(cfg, rest: list[str], redo: bool) -> Path:
-    """A diffusion checkpoint matching these settings: synthesis.ckpt, else runs/diffusion/<c>/latest when it
-    is compatible (class, resolution, channels), else one trained now with the same profile and data."""
-    from fast_lightning.synthesis import SynthesisError, check_checkpoint_compatible, resolve_diffusion_checkpoint
-    from fast_lightning.training import read_checkpoint
-
-    try:
-        ckpt = resolve_diffusion_checkpoint(cfg)
-        meta = dict(read_checkpoint(ckpt).get("fast_lightning", {}), path=str(ckpt))
-        check_checkpoint_compatible(meta, cfg)
-        return ckpt
-    except SynthesisError as exc:
-        if cfg.synthesis.ckpt:
-            raise
-        reason = str(exc)
-    run_id = f"auto-{settings_hash(rest)}"
-    run_dir = Path(cfg.run_root) / "diffusion" / str(cfg.class_name) / run_id
-    print(f"no usable diffusion checkpoint ({reason}): training one for these settings ({cfg.profile} profile)")
-    reuse_or_run("train-diffusion", run_dir, "metrics.json", train_diffusion.main, rest + [f"run_id={run_id}"], redo)
-    return run_dir / "checkpoints" / "last.ckpt"
-
-
-def synthesizer_rows(cfg, synths: list[str], n: int = 6) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Real generator-train defects vs each synthesizer's output on the same normal images."""
-    from fast_lightning.data.datamodule import AnomalyDataModule
-    from fast_lightning.synthesis import build_seg_synthesizer
-
-    dm = AnomalyDataModule(cfg, stage="segmentation")
-    dm.setup()
-    real_imgs, real_masks = dm.labelled_dataset("generator_train").stacked()
-    rows = [("real (gen. third)", real_imgs[:n], real_masks[:n])]
-    ds = dm.normal_dataset()
-    items = [ds.load(i % len(ds.normals)) for i in range(n)]
-    normals = torch.stack([x[0] for x in items])
-    fg = torch.stack([x[1] for x in items])
-    for name in synths:
-        synth = build_seg_synthesizer(name, cfg, dm)
-        g = torch.Generator().manual_seed(int(cfg.seed))
-        with torch.no_grad():
-            imgs, masks = synth(normals, fg, g)
-        rows.append((name, imgs.float(), masks.float()))
-    return rows
-
-
-def run_study(cfg, rest: list[str], synths: list[str], seeds: int, redo: bool, tag: str) -> list[dict]:
-    from fast_lightning.synthesis import synth_parts
-
-    if any("fast" in synth_parts(s) for s in synths):
-        ckpt = ensure_diffusion(cfg, rest, redo)
-        rest = rest + [f"synthesis.ckpt={ckpt}"]
-    key = settings_hash(rest)
-    rows = []
-    for synth in synths:
-        for seed in range(seeds):
-            run_id = f"{tag}-{key}-{synth}-s{seed}"
-            run_dir = Path(cfg.run_root) / "seg" / str(cfg.class_name) / run_id
-            args = rest + [f"segmentation.synth={synth}", f"seed={seed}", f"run_id={run_id}"]
-            reuse_or_run(f"train-seg synth={synth} seed={seed}", run_dir, "metrics.json", train_seg.main, args, redo)
-            m = read_metrics(run_dir)
-            rows.append({"synth": synth, "seed": seed, "test": m["test"], "run_dir": str(run_dir), "metrics": m})
-    return rows
-
-
 def main(args: list[str]) -> int:
     opts, rest = pop_options(args, {"synths": DEFAULT_SYNTHS, "seeds": 3, "redo": "false", "out": ""})
     cfg = config_from_args(rest)
@@ -122,7 +57,7 @@ def main(args: list[str]) -> int:
         raise UserError(f"SEEDS must be >= 1, got {seeds}")
     redo = str(opts["redo"]).lower() == "true"
     start = time.time()
-    rows = run_study(cfg, rest, synths, seeds, redo, tag="compare")
+    rows = run_study(cfg, synths, seeds, redo, tag="compare")
     agg = aggregate(rows, "synth")
     per_type = {m: aggregate_per_type(rows, "synth", m) for m in PER_TYPE_METRICS}
     out = Path(opts["out"] or Path("reports") / str(cfg.class_name))

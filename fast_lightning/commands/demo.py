@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.commands import synthesize, train_diffusion, train_seg
-from fast_lightning.commands.common import config_from_args, pop_options, reuse_or_run, settings_hash
+from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.commands.demo_data import DEMO_ROOT
+from fast_lightning.config import apply_overrides
 from fast_lightning.data.demo import DEMO_CLASS, generate_demo_dataset
 from fast_lightning.evaluation.reports import (
     aggregate,
@@ -22,7 +22,15 @@ from fast_lightning.evaluation.reports import (
     sample_sheet,
     text_table,
 )
-from fast_lightning.runs import atomic_write_text
+from fast_lightning.runs import atomic_write_text, run_dir_for
+from fast_lightning.study import (
+    diffusion_key,
+    diffusion_model,
+    segmenter,
+    settings_key,
+    synthesizer_rows,
+    synthetic_pairs,
+)
 
 # The demo keeps the square data.resolution path (seg_scale=null, no crops): its 128-px parts carry large defects.
 DEMO_SETTINGS = {
@@ -53,28 +61,23 @@ def main(args: list[str]) -> int:
     profile = config_from_args(base).profile
     base = [f"class_name={DEMO_CLASS}", f"data_root={root}", f"profile={profile}", *DEMO_SETTINGS[profile], *rest]
     cfg = config_from_args(base)
-    key = settings_hash(base)
-    runs = Path(cfg.run_root)
+    key = settings_key(cfg)
 
     print(f"[2/5] diffusion model (FARM, {cfg.diffusion.window} window at {cfg.diffusion.resolution} px, "
           f"{cfg.diffusion.max_steps} steps, {profile} profile)")
-    diff_dir = runs / "diffusion" / DEMO_CLASS / f"demo-{key}"
-    reuse_or_run("train-diffusion", diff_dir, "metrics.json", train_diffusion.main, base + [f"run_id=demo-{key}"], redo)
-    ckpt = diff_dir / "checkpoints" / "last.ckpt"
+    diff_id = f"demo-{diffusion_key(cfg)}"
+    diff_dir = run_dir_for(cfg, "diffusion", diff_id)
+    ckpt = diffusion_model(cfg, diff_id, redo)
 
     print(f"[3/5] synthesize {cfg.synthesis.n} pairs with AIAS-{cfg.sampling.steps} ({cfg.sampling.variant} kernel)")
-    syn_dir = runs / "synthetic" / DEMO_CLASS / f"demo-{key}"
-    reuse_or_run("synthesize", syn_dir, "summary.json", synthesize.main,
-                 base + [f"run_id=demo-{key}", f"synthesis.ckpt={ckpt}"], redo)
+    syn_dir = synthetic_pairs(cfg, f"demo-{key}", ckpt, redo)
 
     print(f"[4/5] segmenters ({cfg.segmentation.arch}/{cfg.segmentation.encoder}, {cfg.segmentation.max_steps} steps each)"
           f" on {', '.join(DEMO_SYNTHS)}")
     rows = []
     for synth in DEMO_SYNTHS:
-        run_dir = runs / "seg" / DEMO_CLASS / f"demo-{key}-{synth}"
-        args_seg = base + [f"segmentation.synth={synth}", f"segmentation.fast_cached_dir={syn_dir}",
-                           f"run_id=demo-{key}-{synth}"]
-        reuse_or_run(f"train-seg synth={synth}", run_dir, "metrics.json", train_seg.main, args_seg, redo)
+        run_dir = segmenter(apply_overrides(cfg, [f"segmentation.synth={synth}", f"segmentation.fast_cached_dir={syn_dir}"]),
+                            f"demo-{key}-{synth}", redo, label=f"train-seg synth={synth}")
         m = read_metrics(run_dir)
         label = "fast (AIAS-10)" if synth == "fast_cached" else synth
         rows.append({"synth": label, "test": m["test"], "metrics": m, "run_dir": str(run_dir)})
@@ -83,9 +86,7 @@ def main(args: list[str]) -> int:
     agg = aggregate(rows, "synth")
     out = Path("reports") / DEMO_CLASS
     out.mkdir(parents=True, exist_ok=True)
-    from fast_lightning.commands.compare import synthesizer_rows
-
-    cfg_sheet = config_from_args(base + [f"segmentation.fast_cached_dir={syn_dir}"])
+    cfg_sheet = apply_overrides(cfg, [f"segmentation.fast_cached_dir={syn_dir}"])
     sample_sheet(synthesizer_rows(cfg_sheet, list(DEMO_SYNTHS)), out / "demo_samples.png")
     title = "demo_part (SYNTHETIC demo data): segmenter trained per synthesizer, tested on held-out demo defects"
     bar_plot(agg, out / "demo_results.png", title)

@@ -23,7 +23,6 @@ from fast_lightning.commands.train_seg import (
     metric_table,
     per_type_table,
     report_defect_scale,
-    split_counts,
 )
 from fast_lightning.config import apply_overrides
 from fast_lightning.data.datamodule import AnomalyDataModule
@@ -89,7 +88,7 @@ def main(args: list[str]) -> int:
 
     dm = AnomalyDataModule(cfg, stage="segmentation")
     dm.setup()
-    counts = split_counts(dm)
+    counts = dm.split.counts(dm.cfg.data_root)
     scale = report_defect_scale(dm)
     run_dir = run_dir_of_checkpoint(ckpt_path)
     split_file = run_dir / "split.json"

@@ -7,8 +7,9 @@ trial is recorded as failed and the sweep goes on. The metric is read back from 
 metrics.json (nested sections flattened as "section/key", e.g. val/pixel_ap), the file every training
 command writes; W&B logs stay offline unless WANDB_MODE says otherwise.
 
-Everything the sweep needs is validated before the first trial starts: the YAML's structure, and every
-swept value as a config override (struct mode + type check), so a typo costs seconds, not a trial.
+Everything the sweep needs is validated before the first trial starts (``sweep_file.load_sweep``: the YAML's
+structure, and every swept value as a config override), so a typo costs seconds, not a trial. This module:
+proposing and running trials, and the summary.
 """
 
 from __future__ import annotations
@@ -18,214 +19,29 @@ import io
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fast_lightning import tables
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import pop_options
-from fast_lightning.config import PROJECT_ROOT, ConfigError, load_config
+from fast_lightning.commands.sweep_file import (
+    ARGS_MACRO,
+    ENVVAR_MACRO,
+    SweepSpec,
+    sweep_error,
+    import_sweeps,
+    load_sweep,
+    render_value,
+)
+from fast_lightning.config import PROJECT_ROOT
 from fast_lightning.runs import atomic_write_text
 
-ARGS_MACRO = "${args_no_hyphens}"
-KNOWN_MACROS = {"${env}", "${interpreter}", "${program}", ARGS_MACRO}
-ENVVAR_MACRO = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")  # W&B's agent substitutes these from the environment
-METHODS = ("grid", "random", "bayes")
-RESERVED = ("run_id", "resume")  # sweep-local names each trial's run; resuming has no meaning for a new trial
 OPTIONS = {"sweep": "", "trials": 0, "search_seed": 0, "report_root": "reports/sweeps"}
-
-
-def import_sweeps():
-    """The `sweeps` package, imported without its pydantic-v1 config deprecation warning."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        import sweeps
-        import sweeps.params  # noqa: F401  (HyperParameter, used for validation)
-    return sweeps
-
-
-# ---- the sweep file ------------------------------------------------------------------------------------------
-def render_value(value: Any) -> str:
-    """A parameter value as W&B's agent writes it into `key=value` (str()), except None -> null."""
-    return "null" if value is None else str(value)
-
-
-def _candidate_values(name: str, spec: dict) -> list:
-    """Values that represent a parameter's range for validation: every category, both bounds."""
-    if "value" in spec:
-        return [spec["value"]]
-    if "values" in spec:
-        return list(spec["values"])
-    hp = import_sweeps().params.HyperParameter(name, spec)
-    return [hp.ppf(0.0), hp.ppf(0.5), hp.ppf(1.0)]
-
-
-@dataclass
-class SweepSpec:
-    path: Path
-    config: dict                       # the sweep in W&B's format, user overrides merged as fixed parameters
-    fixed: dict[str, Any] = field(default_factory=dict)   # parameters with a single value
-    swept: list[str] = field(default_factory=list)       # parameters that vary, in file order
-    base: Any = None                                     # resolved config of the fixed parameters
-
-    @property
-    def name(self) -> str:
-        raw = str(self.config.get("name") or self.path.stem)
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-") or "sweep"
-
-    @property
-    def metric(self) -> str:
-        return str(self.config["metric"]["name"])
-
-    @property
-    def goal(self) -> str:
-        return str(self.config["metric"].get("goal", "minimize"))
-
-    @property
-    def method(self) -> str:
-        return str(self.config["method"])
-
-    def grid_size(self) -> int | None:
-        if self.method != "grid":
-            return None
-        size = 1
-        for spec in self.config["parameters"].values():
-            if "values" in spec:
-                size *= len(spec["values"])
-            elif "min" in spec and "max" in spec and isinstance(spec["min"], int):
-                size *= int(spec["max"]) - int(spec["min"]) + 1
-        return size
-
-
-def _fail(path: Path, msg: str) -> UserError:
-    return UserError(f"sweep file {path}: {msg}")
-
-
-def parse_override(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise UserError(f"argument {item!r} is not key=value")
-    return key, value
-
-
-def load_sweep(path: str | os.PathLike, overrides: list[str] = (), validate_keys: bool = True) -> SweepSpec:
-    """Read, check and complete a sweep YAML; ``overrides`` (key=value) become fixed parameters.
-
-    Fixed values stay the user's strings, so a trial receives exactly what was typed (`null`, `1e-3`, ...).
-    """
-    import yaml
-
-    shipped = ", ".join(sorted(p.name for p in (PROJECT_ROOT / "experiments" / "sweeps").glob("*.yaml")))
-    if not str(path):
-        raise UserError(f"no sweep file given: pass SWEEP=experiments/sweeps/<name>.yaml (shipped: {shipped})")
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file not found: {path}; pass SWEEP=experiments/sweeps/<name>.yaml (shipped: {shipped})")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise _fail(path, f"not valid YAML: {exc}") from exc
-    if not isinstance(config, dict):
-        raise _fail(path, "expected a mapping with command, method, metric and parameters")
-    missing = [k for k in ("command", "method", "metric", "parameters") if k not in config]
-    if missing:
-        raise _fail(path, f"missing {', '.join(missing)} (W&B sweep format: command with {ARGS_MACRO}, "
-                          "method grid|random|bayes, metric {name, goal}, parameters)")
-    if config["method"] not in METHODS:
-        raise _fail(path, f"method must be one of {', '.join(METHODS)}, got {config['method']!r}")
-    metric = config["metric"]
-    if not isinstance(metric, dict) or not metric.get("name"):
-        raise _fail(path, "metric needs a name (e.g. val/pixel_ap) and a goal (minimize | maximize)")
-    if metric.get("goal", "minimize") not in ("minimize", "maximize"):
-        raise _fail(path, f"metric.goal must be minimize or maximize, got {metric.get('goal')!r}")
-    command = config["command"]
-    if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
-        raise _fail(path, "command must be a list of strings")
-    if ARGS_MACRO not in command:
-        raise _fail(path, f"command must contain {ARGS_MACRO} (config overrides are key=value, no hyphens)")
-    for chunk in map(str, command):
-        for macro in re.findall(r"\$\{[^}]*\}", chunk):
-            if macro not in KNOWN_MACROS and not ENVVAR_MACRO.fullmatch(macro):
-                hint = " (gives --key=value, which the config rejects)" if macro == "${args}" else ""
-                raise _fail(path, f"command uses {macro}{hint}; use {ARGS_MACRO}")
-    if "${program}" in command and not config.get("program"):
-        raise _fail(path, "command uses ${program} but the file sets no program")
-    params = config["parameters"]
-    if not isinstance(params, dict) or not params:
-        raise _fail(path, "parameters must be a non-empty mapping of config keys")
-    for name, spec in params.items():
-        if not isinstance(spec, dict):
-            raise _fail(path, f"parameter {name!r} must be a mapping (value:, values: or min:/max:)")
-        if "parameters" in spec:
-            raise _fail(path, f"parameter {name!r} is nested; use flat dotted config keys (e.g. segmentation.lr)")
-        if name in RESERVED:
-            raise _fail(path, f"parameter {name!r} is set per trial by the sweep driver; remove it")
-
-    for item in overrides:
-        key, value = parse_override(item)
-        if key in RESERVED:
-            raise UserError(f"{key}= cannot be given to a sweep: every trial is a new run named by the sweep")
-        params[key] = {"value": value}
-
-    try:
-        import_sweeps().SweepConfig(config)  # W&B's JSON schema: distributions, bounds, value lists
-    except Exception as exc:  # jsonschema.ValidationError and friends
-        raise _fail(path, f"not a valid W&B sweep: {getattr(exc, 'message', exc)}") from exc
-
-    spec = SweepSpec(path=path, config=config)
-    for name, p in params.items():
-        if "value" in p:
-            spec.fixed[name] = p["value"]
-        else:
-            spec.swept.append(name)
-    if not spec.swept:
-        raise _fail(path, "no parameter varies (every parameter has a single value)")
-    if validate_keys:
-        validate_parameters(spec)
-    return spec
-
-
-def semantic_check(cfg, keys) -> None:
-    """Checks beyond types for the groups a sweep touches (sampler step counts, arch vs resolution);
-    ValueError names the key. Cheap, and only imports what the swept keys need."""
-    keys = list(keys)
-    if any(k.startswith("sampling.") for k in keys):
-        from fast_lightning.sampling import build_sampler
-
-        build_sampler(cfg.sampling)
-    if any(k.startswith(("segmentation.arch", "segmentation.encoder", "data.resolution")) for k in keys):
-        from fast_lightning.segmentation.models import check_resolution
-
-        check_resolution(int(cfg.data.resolution), str(cfg.segmentation.arch), str(cfg.segmentation.encoder))
-
-
-def validate_parameters(spec: SweepSpec):
-    """Every parameter name must be a config key and every swept value must pass its type check (and the
-    semantic checks of its group), each value tried with the fixed parameters, before any trial runs."""
-    fixed = [f"{k}={render_value(v)}" for k, v in spec.fixed.items()]
-    keys = list(spec.config["parameters"])
-    try:
-        cfg = load_config(fixed)
-        semantic_check(cfg, spec.fixed)
-    except (ConfigError, ValueError) as exc:
-        raise _fail(spec.path, f"fixed parameters / overrides: {exc}") from exc
-    for name in spec.swept:
-        for value in _candidate_values(name, spec.config["parameters"][name]):
-            try:
-                semantic_check(load_config(fixed + [f"{name}={render_value(value)}"]), keys)
-            except (ConfigError, ValueError) as exc:
-                raise _fail(spec.path, f"parameter {name} = {value!r}: {exc}") from exc
-    if not cfg.class_name:
-        raise UserError(f"sweep {spec.path}: no class given; pass CLASS=<name> DATA=<root> (make) or "
-                        "class_name=... data_root=..., or fix them in the YAML (class_name: {value: ...})")
-    spec.base = cfg
-    return cfg
 
 
 # ---- trials ---------------------------------------------------------------------------------------------------
@@ -341,7 +157,7 @@ def propose(spec: SweepSpec, history: list) -> tuple[dict | None, str]:
             note = ""
         except Exception as exc:  # bayes with no usable metric yet (all trials failed): fall back to random
             if spec.method != "bayes":
-                raise _fail(spec.path, f"the {spec.method} search cannot propose a trial: {exc}") from exc
+                raise sweep_error(spec.path, f"the {spec.method} search cannot propose a trial: {exc}") from exc
             run = sweeps.next_run(dict(spec.config, method="random"), history, validate=True)
             note = f"bayes could not propose ({type(exc).__name__}: {exc}); random proposal instead"
     if run is None:
@@ -378,18 +194,6 @@ def summary_rows(spec: SweepSpec, trials: list[Trial], full: bool = False) -> tu
     return header, rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
-
-
 def write_summary(spec: SweepSpec, trials: list[Trial], report_dir: Path, command: list[str],
                   started: str, finished: bool) -> tuple[Path, Path]:
     buf = io.StringIO()
@@ -410,7 +214,7 @@ def write_summary(spec: SweepSpec, trials: list[Trial], report_dir: Path, comman
         f"- started {started}; metric read from each run's metrics.json (sections flattened as section/key); "
         "per-trial output in `trials/<n>.log`",
         "",
-        markdown_table(header, rows),
+        tables.markdown_table(header, rows),
         "",
     ])
     md_path = atomic_write_text(report_dir / "summary.md", md)
@@ -498,7 +302,7 @@ def main(args: list[str]) -> int:
     csv_path, md_path = write_summary(spec, trials, report_dir, template, stamp, finished=True)
     header, rows = summary_rows(spec, trials)
     print(f"\n[sweep-local] {spec.name}: {len(trials)} trial(s), sorted by {spec.metric} ({spec.goal})")
-    print(text_table(header, rows))
+    print(tables.text_table(header, rows))
     print(f"summary: {md_path}  (csv: {csv_path})")
     if not any(t.status == "finished" for t in trials):
         print(f"error: no trial produced {spec.metric}; see {report_dir / 'trials'}", file=sys.stderr)

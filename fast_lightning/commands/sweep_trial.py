@@ -15,28 +15,16 @@ segmenter step is the sweep's run. A file lock keeps two concurrent agents from 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from fast_lightning.commands.common import config_from_args
+from fast_lightning.runs import last_checkpoint
+from fast_lightning.study import diffusion_key
 
-MODEL_KEYS = ("class_name", "seed", "data", "diffusion")
 SWEEP_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RESUME")
-
-
-def diffusion_key(cfg) -> str:
-    """Hash of the settings that decide the diffusion model (not sampling, segmentation or run names)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    keyed = {k: c[k] for k in MODEL_KEYS}
-    keyed["data_root"] = os.path.realpath(str(cfg.data_root))
-    keyed["precision"] = c["trainer"]["precision"]
-    return hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _run(argv: list[str], env: dict) -> int:
@@ -58,7 +46,7 @@ def main(args: list[str]) -> int:
             print(f"[sweep-trial] reusing diffusion model {model_dir}", flush=True)
         else:
             diff_args = passthrough + [f"run_id={model_dir.name}"]
-            if (model_dir / "checkpoints" / "last.ckpt").is_file():  # an interrupted earlier trial
+            if last_checkpoint(model_dir).is_file():  # an interrupted earlier trial
                 diff_args.append(f"resume={model_dir}")
             env = {k: v for k, v in os.environ.items() if k not in SWEEP_ENV}
             code = _run(["train-diffusion", *diff_args], env)

@@ -75,15 +75,15 @@ def check_resume_settings(saved, cfg, run_dir: Path) -> None:
                         "a new run.")
 
 
-def _torchrun_run_id(cfg, args: list[str]) -> str | None:
+def _torchrun_run_id(cfg) -> str | None:
     """Under torchrun every rank runs this command from the start: they must agree on the run directory
-    (``run_id=`` when given, else a name derived from the rendezvous and the arguments)."""
+    (``run_id=`` when given, else a name derived from the rendezvous and the resolved config)."""
     if cfg.get("run_id") or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return None
     import hashlib
 
     key = "|".join([os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("MASTER_ADDR", ""),
-                    os.environ.get("MASTER_PORT", ""), *args])
+                    os.environ.get("MASTER_PORT", ""), OmegaConf.to_yaml(cfg)])
     return "ddp-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
@@ -117,8 +117,13 @@ def write_preview(run_dir: Path, rows: list[dict], channels: int, n: int = 8) ->
 
 
 def main(args: list[str]) -> int:
+    return run(config_from_args(args))
+
+
+def run(cfg) -> int:
+    """Synthesize ``cfg.synthesis.n`` pairs for ``cfg`` (the study steps call this with a config)."""
     from fast_lightning.diffusion.module import load_fast_diffusion
-    from fast_lightning.synthesis.pipeline import (
+    from fast_lightning.synthesis import (
         SynthesisError,
         build_mask_sampler,
         check_checkpoint_compatible,
@@ -133,7 +138,6 @@ def main(args: list[str]) -> int:
     )
     from fast_lightning.synthesis.writer import SynthesisWriter
 
-    cfg = config_from_args(args)
     n = int(cfg.synthesis.n)  # counts are validated by load_config
     batch_size = int(cfg.synthesis.batch_size)
     sampler = make_sampler(cfg)
@@ -151,7 +155,7 @@ def main(args: list[str]) -> int:
         saved_info = json.loads((run_dir / "run.json").read_text())
         check_resume_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, run_dir)
     else:
-        run_dir = run_dir_for(cfg, "synthetic", _torchrun_run_id(cfg, args))
+        run_dir = run_dir_for(cfg, "synthetic", _torchrun_run_id(cfg))
         if (run_dir / "run.json").is_file() and (run_dir / "config.yaml").is_file():
             # an explicit run_id that already exists continues that run, under the same rules as RESUME
             saved_info = json.loads((run_dir / "run.json").read_text())

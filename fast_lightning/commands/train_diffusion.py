@@ -8,14 +8,21 @@ import resource
 import time
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.diffusion.denoiser import parameter_count
 from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError
-from fast_lightning.runs import atomic_write_json, save_config, seed_everything, training_run_dir, update_latest
+from fast_lightning.runs import (
+    atomic_write_json,
+    last_checkpoint,
+    save_config,
+    seed_everything,
+    training_run_dir,
+    update_latest,
+)
 from fast_lightning.training import (
     accept_resume,
     build_trainer,
@@ -51,7 +58,11 @@ def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.T
 
 
 def main(args: list[str]) -> int:
-    cfg = config_from_args(args)
+    return run(config_from_args(args))
+
+
+def run(cfg: DictConfig) -> int:
+    """Train one diffusion model for ``cfg`` (the study steps call this with a config)."""
     check_logger_ready(cfg)  # before any run directory exists
     grad_clip = gradient_clip_val(cfg.diffusion.optim.grad_clip, "diffusion.optim.grad_clip")  # fail early
     ckpt_path = None
@@ -83,14 +94,14 @@ def main(args: list[str]) -> int:
         with explained_stops(run_dir, resume_command(cfg, "train-diffusion", run_dir), lambda: trainer):
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except NonFiniteLossError as exc:
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(run_dir)
         kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
         raise UserError(f"{exc}; {kept}") from exc
     finally:
         finish_logger(trainer)
     # collective (barrier inside) under DDP: every rank calls it, only rank 0 writes
     with explained_stops(run_dir, resume_command(cfg, "train-diffusion", run_dir)):
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(last_checkpoint(run_dir))
     if trainer.is_global_zero:
         elapsed = time.time() - start
         steps = int(trainer.global_step) - start_step
@@ -115,5 +126,5 @@ def main(args: list[str]) -> int:
             update_latest(run_dir)
         print(json.dumps({k: summary[k] for k in ("global_step", "steps_per_second", "data_wait_share", "precision",
                                                   "peak_rss_mb")}))
-        print(f"diffusion run: {run_dir}  (checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'})")
+        print(f"diffusion run: {run_dir}  (checkpoint: {last_checkpoint(run_dir)})")
     return 0

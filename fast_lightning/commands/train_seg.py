@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from fast_lightning import tables
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.runs import (
     atomic_write_json,
+    last_checkpoint,
     save_config,
     seed_everything,
     training_run_dir,
     update_latest,
 )
+from fast_lightning.segmentation.callbacks import FinalValidation, SampleSheet, TimedSynthesizer
 from fast_lightning.training import (
     accept_resume,
     build_trainer,
@@ -58,35 +60,6 @@ def check_model_config(cfg: DictConfig) -> None:
         raise UserError(str(exc)) from exc
 
 
-def split_counts(dm: AnomalyDataModule) -> dict:
-    """Image counts per split, after checking that evaluation images never reach a generator or training."""
-    sp = dm.split
-
-    def paths(records):
-        return {os.path.realpath(r.image) for r in records}
-
-    val, test, gen, normal = paths(sp.val), paths(sp.test), paths(sp.generator_train), paths(sp.normal_train)
-    problems = []
-    if val & test:
-        problems.append(f"{len(val & test)} image(s) in both val and test")
-    if (val | test) & gen:
-        problems.append(f"{len((val | test) & gen)} evaluation image(s) in generator_train")
-    if (val | test) & normal:
-        problems.append(f"{len((val | test) & normal)} evaluation image(s) in the normal training images")
-    if problems:
-        raise UserError("split is not disjoint: " + "; ".join(problems) + f" (data_root={dm.cfg.data_root})")
-    return {
-        "train_normal_images": len(sp.normal_train),
-        "generator_train_images": len(sp.generator_train),
-        "val_images": len(sp.val),
-        "val_defect_images": sum(r.is_anomalous for r in sp.val),
-        "test_images": len(sp.test),
-        "test_defect_images": sum(r.is_anomalous for r in sp.test),
-        "val_test_disjoint": True,
-        "eval_disjoint_from_generator_train": True,
-    }
-
-
 def report_defect_scale(dm: AnomalyDataModule) -> dict:
     """Log how many real-test defects survive the working size (warn above 10% vanished); JSON for metrics.json."""
     from fast_lightning.data.defect_scale import defect_scale
@@ -103,11 +76,10 @@ def per_type_table(per_type: dict | None) -> str:
     """Test pixel AP / IoU per defect type (each type + all defect-free test images)."""
     if not per_type:
         return "per-type metrics: none (the test dataset carries no defect types)"
-    width = max(len("defect type"), *(len(k) for k in per_type))
-    lines = [f"{'defect type':<{width}}  {'images':>6}  {'defects':>7}  {'pixel AP':>9}  {'IoU':>7}"]
-    for name, v in per_type.items():
-        lines.append(f"{name:<{width}}  {v['images']:>6}  {v['defect_images']:>7}  {v['pixel_ap']:>9.4f}  {v['iou']:>7.4f}")
-    return "\n".join(lines)
+    rows = [[name, str(v["images"]), str(v["defect_images"]), f"{v['pixel_ap']:.4f}", f"{v['iou']:.4f}"]
+            for name, v in per_type.items()]
+    return tables.text_table(["defect type", "images", "defects", "pixel AP", "IoU"], rows, align="<>",
+                             min_widths=[0, 6, 7, 9, 7], rule=None)
 
 
 def synth_info(synth, cfg: DictConfig) -> dict:
@@ -132,69 +104,13 @@ def as_floats(metrics: dict | None) -> dict | None:
 
 
 def metric_table(rows: dict[str, dict | None], keys) -> str:
-    names = list(rows)
-    lines = [f"{'metric':<24}" + "".join(f"{n:>12}" for n in names)]
-    for k in keys:
-        cells = []
-        for n in names:
-            v = (rows[n] or {}).get(k)
-            cells.append(f"{v:>12.4f}" if isinstance(v, float) and not math.isnan(v) else f"{'nan' if v is not None else '-':>12}")
-        lines.append(f"{k:<24}" + "".join(cells))
-    return "\n".join(lines)
+    """One column per split (val, test), one row per metric; nan = undefined there, - = not computed."""
+    def cell(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else ("nan" if v is not None else "-")
 
-
-# ---- callbacks ----------------------------------------------------------------------------------------------
-class TimedSynthesizer:
-    """Wraps the injected synthesizer to measure the time training waits for synthesis (rank-local)."""
-
-    def __init__(self, synth, name: str):
-        self.synth, self.name = synth, name
-        self.seconds, self.calls = 0.0, 0
-
-    def __call__(self, normals, foreground, generator, **kwargs):  # kwargs: records/hflip (native_input)
-        cuda = normals.is_cuda
-        if cuda:
-            torch.cuda.synchronize(normals.device)
-        start = time.perf_counter()
-        out = self.synth(normals, foreground, generator, **kwargs)
-        if cuda:
-            torch.cuda.synchronize(normals.device)
-        self.seconds += time.perf_counter() - start
-        self.calls += 1
-        return out
-
-    def __getattr__(self, item):  # describe(), nfe, ... of the wrapped synthesizer
-        return getattr(self.synth, item)
-
-
-class FinalValidation(Callback):
-    """Validate (and so checkpoint) at the last step even when max_steps is not a multiple of val_every."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
-            trainer.should_stop = True
-
-
-class SampleSheet(Callback):
-    """samples.png: the first training batch exactly as the segmenter saw it (image row, mask row)."""
-
-    def __init__(self, path: Path, max_items: int = 16):
-        self.path, self.max_items, self.done = Path(path), max_items, False
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.done:
-            return
-        self.done = True
-        if not trainer.is_global_zero:
-            return
-        from fast_lightning.evaluation.plots import save_grid
-
-        n = min(self.max_items, batch["image"].shape[0])
-        img = batch["image"][:n].detach().float().cpu().clamp(0, 1)
-        if img.shape[1] != 3:
-            img = img[:, :1].expand(-1, 3, -1, -1)
-        mask = batch["mask"][:n].detach().float().cpu().expand(-1, 3, -1, -1)
-        save_grid(torch.cat([img, mask]), n, self.path, row_titles=("image", "mask"))
+    body = [[k, *(cell((rows[n] or {}).get(k)) for n in rows)] for k in keys]
+    return tables.text_table(["metric", *rows], body, align="<>", min_widths=[24] + [12] * len(rows), gap="",
+                             rule=None)
 
 
 # ---- command ----------------------------------------------------------------------------------------------
@@ -211,7 +127,11 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
 
 
 def main(args: list[str]) -> int:
-    cfg = config_from_args(args)
+    return run(config_from_args(args))
+
+
+def run(cfg: DictConfig) -> int:
+    """Train and test one segmenter for ``cfg`` (the study steps call this with a config)."""
     check_logger_ready(cfg)  # before any run directory exists
     s = cfg.segmentation
     check_model_config(cfg)
@@ -222,7 +142,7 @@ def main(args: list[str]) -> int:
 
     dm = AnomalyDataModule(cfg, stage="segmentation", run_dir=run_dir)
     dm.setup()
-    counts = split_counts(dm)
+    counts = dm.split.counts(dm.cfg.data_root)
     if counts["val_images"] == 0 or counts["test_images"] == 0:
         raise UserError(f"the real-test split of {cfg.class_name} gives {counts['val_images']} validation and "
                         f"{counts['test_images']} test images; both must be non-empty (data.val_fraction="
@@ -260,7 +180,7 @@ def main(args: list[str]) -> int:
         with explained_stops(run_dir, resume_command(cfg, "train-seg", run_dir), lambda: trainer):
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         fit_seconds = time.time() - start
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(run_dir)
         if not last.exists():  # no validation ran (e.g. fast_dev_run): still leave a checkpoint behind
             trainer.save_checkpoint(last)
         best = ckpt_cb.best_model_path if ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).is_file() else None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fast_lightning import tables
 from fast_lightning.data.datasets import working_size
 from fast_lightning.data.defect_scale import defect_scale
 from fast_lightning.data.io import SIXTEEN_BIT, mask_to_binary, open_image
@@ -106,12 +107,11 @@ def check_class(root: str | Path, class_name: str, generator_fraction: float = 1
     split = make_split(index, generator_fraction, val_fraction)
     counts = split.to_json()["counts"]
     labels = sorted({k for c in counts.values() for k in c})
-    width = max(len(x) for x in labels + ["type"])
     report.lines.append(f"class {class_name} ({index.format} layout) at {Path(root) / class_name}")
-    report.lines.append(f"{'type':<{width}}  " + "  ".join(f"{s:>15}" for s in counts))
-    for label in labels:
-        report.lines.append(f"{label:<{width}}  " + "  ".join(f"{counts[s].get(label, 0):>15}" for s in counts))
-    report.lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s].values()):>15}" for s in counts))
+    body = [[label, *(str(counts[s].get(label, 0)) for s in counts)] for label in labels]
+    body.append(["total", *(str(sum(counts[s].values())) for s in counts)])
+    report.lines += tables.text_table(["type", *counts], body, align="<>", min_widths=[0] + [15] * len(counts),
+                                      rule=None).splitlines()
     if resolution:
         try:
             size = working_size(split.normal_train, seg_scale, int(resolution))

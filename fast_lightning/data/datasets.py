@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
-from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor
+from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor, to_uint8
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import DataError, Record
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
@@ -55,8 +55,14 @@ def as_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def item_seed(seed: int, index: int) -> int:
+    """The per-item seed of item ``index`` under run seed ``seed`` (masks, crops, synthesis pairs)."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
+
+
 def item_generator(seed: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63 - 1))
+    """The per-item random stream: a generator seeded with ``item_seed`` (item i depends only on (seed, i))."""
+    return torch.Generator().manual_seed(item_seed(seed, index))
 
 
 class NativeCache:
@@ -74,7 +80,7 @@ class NativeCache:
     def image(self, path: str) -> torch.Tensor:
         if path not in self._images:
             t = pil_to_tensor(open_image(path), self.channels)
-            self._images[path] = (t * 255 + 0.5).to(torch.uint8)
+            self._images[path] = to_uint8(t)
         return self._images[path]
 
     def mask(self, path: str | None, like: tuple[int, int]) -> torch.Tensor:

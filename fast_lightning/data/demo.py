@@ -5,6 +5,9 @@ offline and in CI without the licensed MVTec data. The images are SYNTHETIC: a t
 uniform background, with three defect types drawn on the part (hole, scratch, stain). Everything is numpy
 vectorised and deterministic from the seed, so a folder generated twice is byte-identical.
 
+One module (~470 lines) on purpose: the part renderer, the three defect painters and the writer share one
+part geometry and one seeded stream per image; split apart they would pass that state around.
+
 Layout written (same as MVTec AD):
     <root>/<class_name>/train/good/000.png ...
     <root>/<class_name>/test/good/000.png ...
@@ -325,7 +328,10 @@ def render_sample(seed: int, size: int, stream: str, index: int) -> DemoSample:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8, the quantisation used when writing PNGs."""
+    """[0, 1] float -> uint8 for the demo PNGs: round half to EVEN, unlike ``data.io.to_uint8`` (half up).
+    Kept on purpose: the demo parts hit exact .5 values often, and the half-up rule changes about a quarter
+    of the demo dataset's PNGs (so every published demo number); this quantises generated data, not images
+    read back from disk."""
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 

@@ -102,18 +102,32 @@ def bit_depth(path: str | Path) -> int:
         return 16 if img.mode in SIXTEEN_BIT else 8
 
 
-def save_image(tensor: torch.Tensor, path: str | Path, bits: int = 8) -> None:
-    """(C,H,W) in [0,1] -> PNG, written atomically; ``bits=16`` keeps a 16-bit source's depth (one channel
-    only: PNG via Pillow has no 16-bit RGB, so 3-channel images are written at 8 bit)."""
+def to_uint8(x):
+    """THE [0,1] -> uint8 quantisation (clamp, then round half up: ``trunc(x * 255 + 0.5)``), for torch tensors
+    and numpy arrays alike; PNG writers, the uint8 image cache and the preview grids all use it, so a pasted
+    background written to disk and read back is bit-for-bit the source."""
+    if isinstance(x, torch.Tensor):
+        return (x.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return (np.clip(x, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(img: Image.Image, path: str | Path) -> Path:
+    """A Pillow image -> PNG bytes -> atomic write (never a half-written file)."""
     from fast_lightning.runs import atomic_write_bytes
     import io
 
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_image(tensor: torch.Tensor, path: str | Path, bits: int = 8) -> None:
+    """(C,H,W) in [0,1] -> PNG, written atomically; ``bits=16`` keeps a 16-bit source's depth (one channel
+    only: PNG via Pillow has no 16-bit RGB, so 3-channel images are written at 8 bit)."""
     x = tensor.detach().float().clamp(0, 1).cpu().numpy()
     if bits == 16 and x.shape[0] == 1:
         img = Image.fromarray((x[0] * 65535.0 + 0.5).astype(np.uint16))
     else:
-        arr = (x * 255.0 + 0.5).astype(np.uint8)
+        arr = to_uint8(x)
         img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(img, path)

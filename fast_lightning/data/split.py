@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fast_lightning.data.records import GOOD, ClassIndex, Record
+from fast_lightning.data.records import GOOD, ClassIndex, DataError, Record
 from fast_lightning.errors import ConfigError
 
 
@@ -50,6 +50,35 @@ class Split:
             "normal_train": rows(self.normal_train),
             "val": rows(self.val),
             "test": rows(self.test),
+        }
+
+    def counts(self, data_root: str = "") -> dict:
+        """Image counts per split, after checking that evaluation images never reach a generator or training
+        (DataError naming the overlap and ``data_root`` otherwise)."""
+        import os
+
+        def paths(records):
+            return {os.path.realpath(r.image) for r in records}
+
+        val, test, gen, normal = paths(self.val), paths(self.test), paths(self.generator_train), paths(self.normal_train)
+        problems = []
+        if val & test:
+            problems.append(f"{len(val & test)} image(s) in both val and test")
+        if (val | test) & gen:
+            problems.append(f"{len((val | test) & gen)} evaluation image(s) in generator_train")
+        if (val | test) & normal:
+            problems.append(f"{len((val | test) & normal)} evaluation image(s) in the normal training images")
+        if problems:
+            raise DataError("split is not disjoint: " + "; ".join(problems) + f" (data_root={data_root})")
+        return {
+            "train_normal_images": len(self.normal_train),
+            "generator_train_images": len(self.generator_train),
+            "val_images": len(self.val),
+            "val_defect_images": sum(r.is_anomalous for r in self.val),
+            "test_images": len(self.test),
+            "test_defect_images": sum(r.is_anomalous for r in self.test),
+            "val_test_disjoint": True,
+            "eval_disjoint_from_generator_train": True,
         }
 
     def save(self, run_dir: str | Path) -> Path:

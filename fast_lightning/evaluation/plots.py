@@ -1,4 +1,4 @@
-"""Image grids and plots written next to runs and reports (PNG, atomic)."""
+"""Image grids and figures written next to runs and reports (PNG, atomic): ``save_grid``, ``save_figure``."""
 
 from __future__ import annotations
 
@@ -10,20 +10,25 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from fast_lightning.data.io import save_png, to_uint8 as quantise
 from fast_lightning.runs import atomic_write_bytes
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(C,H,W) [0,1] -> HxWx3 uint8."""
-    arr = img.detach().float().clamp(0, 1).cpu()
+    """(C,H,W) [0,1] -> HxWx3 uint8 (``data.io.to_uint8``: the one quantisation)."""
+    arr = img.detach().float().cpu()
     if arr.shape[0] == 1:
         arr = arr.expand(3, -1, -1)
-    return (arr.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return quantise(arr).permute(1, 2, 0).numpy()
 
 
-def save_png(img: Image.Image, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """A matplotlib figure -> PNG bytes -> atomic write; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -14,7 +14,9 @@ from typing import Sequence
 
 import torch
 
-from fast_lightning.runs import atomic_write_bytes, atomic_write_text
+from fast_lightning import tables
+from fast_lightning.evaluation.plots import save_figure, save_grid
+from fast_lightning.runs import atomic_write_text
 
 REPORT_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max", "iou", "acc", "image_auroc")
 PER_TYPE_METRICS = ("pixel_ap", "iou")
@@ -67,10 +69,9 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:
-    header = f"| {first_col} | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |"
-    sep = "|---|" + "---|" * len(metrics)
+    """Mean ± std per group and metric (``tables.markdown_table``); the best mean per column in bold."""
     best = {m: max((v[m][0] for v in agg.values() if v[m][2]), default=None) for m in metrics}
-    lines = [header, sep]
+    rows = []
     for name, vals in agg.items():
         cells = []
         for m in metrics:
@@ -78,8 +79,8 @@ def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] 
             if vals[m][2] and best[m] is not None and vals[m][0] == best[m] and len(agg) > 1:
                 cell = f"**{cell}**"
             cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([name, *cells])
+    return tables.markdown_table([first_col, *(METRIC_LABELS.get(m, m) for m in metrics)], rows)
 
 
 def per_type_columns(agg: dict[str, dict]) -> list[str]:
@@ -101,13 +102,10 @@ def per_type_sections(per_type: dict[str, dict[str, dict]], first_col: str) -> l
 
 
 def text_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:
-    width = max(len(first_col), *(len(k) for k in agg)) if agg else len(first_col)
-    cols = [METRIC_LABELS.get(m, m) for m in metrics]
-    head = f"{first_col:<{width}}  " + "  ".join(f"{c:>15}" for c in cols)
-    rows = [head, "-" * len(head)]
-    for name, vals in agg.items():
-        rows.append(f"{name:<{width}}  " + "  ".join(f"{_fmt(*vals[m]):>15}" for m in metrics))
-    return "\n".join(rows)
+    """Mean ± std per group and metric for the console (``tables.text_table``)."""
+    rows = [[name, *(_fmt(*vals[m]) for m in metrics)] for name, vals in agg.items()]
+    return tables.text_table([first_col, *(METRIC_LABELS.get(m, m) for m in metrics)], rows, align="<>",
+                             min_widths=[0] + [15] * len(metrics), rule="full")
 
 
 def write_csv(agg: dict[str, dict], first_col: str, path: Path, metrics: Sequence[str] = REPORT_METRICS) -> Path:
@@ -141,10 +139,7 @@ def bar_plot(agg: dict[str, dict], path: Path, title: str, metrics: Sequence[str
     ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
 
 
 def line_plot(xs: Sequence, series: dict[str, Sequence[float]], path: Path, title: str, xlabel: str) -> Path:
@@ -164,10 +159,7 @@ def line_plot(xs: Sequence, series: dict[str, Sequence[float]], path: Path, titl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
 
 
 def outline(images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1)) -> torch.Tensor:
@@ -187,8 +179,6 @@ def outline(images: torch.Tensor, masks: torch.Tensor, color=(1.0, 0.1, 0.1)) ->
 
 def sample_sheet(rows: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, ncols: int = 6) -> Path:
     """One row per source: (title, images (N,C,H,W) [0,1], masks (N,1,H,W)); masks outlined in red."""
-    from fast_lightning.evaluation.plots import save_grid
-
     tiles, titles = [], []
     for title, images, masks in rows:
         n = min(ncols, images.shape[0])

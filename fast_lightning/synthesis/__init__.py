@@ -1,5 +1,12 @@
-"""Synthesis: windowed FAST synthesis + paste-back, the `make synthesize` writer, and segmentation
-synthesizers (batched ``synth(normals, foreground, generator) -> (images, masks)``).
+"""Synthesis: windowed FAST synthesis + paste-back, mask sources and samplers, the `make synthesize` writer,
+and segmentation synthesizers (batched ``synth(normals, foreground, generator) -> (images, masks)``).
+
+One job per module: ``windowed`` (AnomalySynthesizer, paste-back), ``mask_sources`` (Perlin, real-mask bank,
+folder), ``masks`` (MaskSampler, TypedMaskSampler, build_mask_sampler), ``checkpoints`` (which diffusion
+checkpoint, and does it fit the config), ``fast_seg`` / ``cached`` (the two FAST segmentation synthesizers),
+``baselines`` (DRAEM, CutPaste), ``real`` (real_third, real+synthesis mixes), ``registry``
+(build_seg_synthesizer), ``predictor`` /
+``writer`` (`make synthesize`).
 
 ``build_seg_synthesizer(name, cfg, datamodule)`` is the one entry point the segmentation stage uses:
 ``fast`` (online FAST, pooled), ``fast_cached`` (pairs from `make synthesize`), and the baselines
@@ -10,90 +17,22 @@ the FAST synthesizers.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from fast_lightning.synthesis.baselines import (
+from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer, color_jitter, procedural_texture
+from fast_lightning.synthesis.cached import CachedSegSynthesizer
+from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible, resolve_diffusion_checkpoint
+from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.fast_seg import FastSegSynthesizer, derive_generators
+from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler, build_mask_sampler
+from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
+from fast_lightning.synthesis.registry import (
+    SEG_SYNTHESIZERS,
     SYNTHESIZERS,
-    CutPasteSynthesizer,
-    MixedSynthesizer,
-    DraemSynthesizer,
-    RealThirdSynthesizer,
-    color_jitter,
-    procedural_texture,
+    build_seg_synthesizer,
+    resolve_cached_dir,
+    synth_parts,
 )
-from fast_lightning.synthesis.pipeline import (
-    AnomalySynthesizer,
-    CachedSegSynthesizer,
-    FastSegSynthesizer,
-    SynthesisError,
-    TypedMaskSampler,
-    build_mask_sampler,
-    check_checkpoint_compatible,
-    read_manifest,
-    resolve_diffusion_checkpoint,
-)
-
-SEG_SYNTHESIZERS = ("fast", "fast_cached", *SYNTHESIZERS)
-
-
-def synth_parts(name: str) -> list[str]:
-    """The members of a segmentation.synth value: ``fast`` -> [fast]; ``real_third+fast`` -> both.
-    Raises SynthesisError naming the key for unknown members or more than two."""
-    parts = [p.strip() for p in str(name).split("+")]
-    bad = [p for p in parts if p not in SEG_SYNTHESIZERS]
-    if bad or len(parts) > 2 or len(set(parts)) != len(parts):
-        raise SynthesisError(f"unknown segmentation.synth {name!r}: use one of {', '.join(SEG_SYNTHESIZERS)} or two "
-                             "different ones joined by '+' (e.g. real_third+fast)")
-    return parts
-
-
-def resolve_cached_dir(cfg) -> Path:
-    """``segmentation.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
-    given = cfg.segmentation.get("fast_cached_dir")
-    folder = Path(str(given)) if given else Path(str(cfg.run_root)) / "synthetic" / str(cfg.class_name) / "latest"
-    real = Path(os.path.realpath(folder))
-    if not (real / "manifest.jsonl").is_file():
-        hint = (f"segmentation.fast_cached_dir={given} holds no manifest.jsonl" if given else
-                f"{folder} does not exist or holds no manifest.jsonl")
-        raise SynthesisError(f"synth=fast_cached needs pairs from `make synthesize CLASS={cfg.class_name}`: {hint}")
-    return real
-
-
-def build_seg_synthesizer(name: str, cfg, datamodule):
-    """The segmentation synthesizer ``name`` for ``cfg`` (outputs at the working size of the batch it gets,
-    ``datamodule.working_size``; ``fast`` synthesizes on the full-resolution normals the DataModule names by
-    record index). ``a+b``: a MixedSynthesizer, ``segmentation.real_ratio`` of the items from ``a``.
-
-    ``datamodule``: an AnomalyDataModule (its split gives the generator-train masks / real pairs).
-    """
-    parts = synth_parts(name)
-    if len(parts) == 2:
-        first, second = (build_seg_synthesizer(p, cfg, datamodule) for p in parts)
-        return MixedSynthesizer(first, second, float(cfg.segmentation.real_ratio), names=parts)
-    datamodule.setup()
-    split = datamodule.split
-    size = datamodule.working_size
-    syn = cfg.synthesis
-    if name == "fast":
-        ckpt = resolve_diffusion_checkpoint(cfg)
-        # full-resolution synthesis (masks at native size), then the working size: see FastSegSynthesizer
-        return FastSegSynthesizer(ckpt, cfg, build_mask_sampler(cfg, split, None),
-                                  buffer_size=int(syn.seg_buffer_size), refresh=syn.seg_refresh,
-                                  type_names=list(split.types), normals=[r.image for r in split.normal_train])
-    if name == "fast_cached":
-        return CachedSegSynthesizer(resolve_cached_dir(cfg), size, int(cfg.data.channels))
-    if name == "draem":
-        masks = (build_mask_sampler(cfg, split, size) if str(syn.draem_masks) == "configured"
-                 else build_mask_sampler(cfg, split, size, sources=["perlin"]))
-        return DraemSynthesizer(mask_sampler=masks, texture_source=str(syn.draem_texture))
-    if name == "cutpaste":
-        return CutPasteSynthesizer(variant=str(syn.cutpaste_variant))
-    if name == "real_third":
-        images, masks = datamodule.labelled_dataset("generator_train").stacked()
-        return RealThirdSynthesizer(images, masks)
-    raise SynthesisError(f"unknown segmentation.synth {name!r}; choose from {', '.join(SEG_SYNTHESIZERS)}")
-
+from fast_lightning.synthesis.windowed import AnomalySynthesizer, Window
+from fast_lightning.synthesis.writer import read_manifest
 
 __all__ = [
     "SYNTHESIZERS",
@@ -103,15 +42,20 @@ __all__ = [
     "CutPasteSynthesizer",
     "DraemSynthesizer",
     "FastSegSynthesizer",
+    "MaskSampler",
+    "MixedSynthesizer",
     "RealThirdSynthesizer",
     "SynthesisError",
     "TypedMaskSampler",
+    "Window",
     "build_mask_sampler",
     "build_seg_synthesizer",
     "check_checkpoint_compatible",
     "color_jitter",
+    "derive_generators",
     "procedural_texture",
     "read_manifest",
     "resolve_cached_dir",
     "resolve_diffusion_checkpoint",
+    "synth_parts",
 ]

@@ -1,4 +1,4 @@
-"""Baseline segmentation synthesizers (DRAEM-style, CutPaste, real third), one batched interface.
+"""Baseline segmentation synthesizers (DRAEM-style, CutPaste), one batched interface (real labels: ``real``).
 
 ``synth(normals [0,1] (B,C,H,W), foreground (B,1,H,W) | None, generator) -> (images [0,1], masks {0,1})``
 runs on the tensors' device (the DataModule calls it after the batch reached the training device).
@@ -8,7 +8,6 @@ drawn on the generator's device, so a CPU generator reproduces the same batch on
 Guarantees (tested): every mask is non-empty and inside the foreground (an empty foreground is treated
 as the whole image, with a warning), and every pixel outside the mask equals the input bit for bit
 (outputs are composed with ``torch.where``, never by arithmetic blending outside the mask).
-``RealThirdSynthesizer`` is the exception by design: it ignores the normals and returns real pairs.
 
 Written from the papers' descriptions (FAST_method.md section 7), not from the authors' code.
 """
@@ -22,40 +21,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.data.masks import MaskSampler, PerlinMaskSource, perlin_noise, resize_mask
+from fast_lightning.synthesis.common import GeneratorArg, batch_generators as _generators, randint as _ri, uniform as _u
+from fast_lightning.synthesis.mask_sources import PerlinMaskSource, perlin_noise
+from fast_lightning.synthesis.masks import MaskSampler
 
-__all__ = [
-    "DraemSynthesizer",
-    "CutPasteSynthesizer",
-    "RealThirdSynthesizer",
-    "MixedSynthesizer",
-    "SYNTHESIZERS",
-    "color_jitter",
-    "procedural_texture",
-]
-
-GeneratorArg = torch.Generator | Sequence[torch.Generator]
-
+__all__ = ["DraemSynthesizer", "CutPasteSynthesizer", "color_jitter", "procedural_texture"]
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-def _generators(generator: GeneratorArg, n: int) -> list[torch.Generator]:
-    if isinstance(generator, torch.Generator):
-        return [generator] * n
-    gens = list(generator)
-    if len(gens) != n:
-        raise ValueError(f"got {len(gens)} generators for a batch of {n}")
-    return gens
-
-
-def _u(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g, device=g.device))
-
-
-def _ri(g: torch.Generator, low: int, high: int) -> int:
-    """Integer in [low, high)."""
-    return int(torch.randint(low, high, (), generator=g, device=g.device))
-
 
 def _rand(g: torch.Generator, shape: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=g, device=g.device).to(device)
@@ -317,113 +289,3 @@ class CutPasteSynthesizer:
             images.append(img)
             masks.append(m)
         return torch.stack(images), torch.stack(masks).to(normals.dtype)
-
-
-# ---- real third -----------------------------------------------------------------------------------------
-
-class RealThirdSynthesizer:
-    """Upper-bound reference: ignores the normals and returns random REAL generator-train (image, mask)
-    pairs with random h/v flips. This uses real defect labels, which the synthetic methods do not see.
-
-    Stored on CPU, moved to the batch's device once and cached; resized to the batch's resolution if needed.
-    """
-
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, flip: bool = True) -> None:
-        if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1:
-            raise ValueError(f"need images (N,C,H,W) and masks (N,1,H,W), got {tuple(images.shape)}, {tuple(masks.shape)}")
-        if images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
-            raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not pair up")
-        binary = masks.detach().cpu() > 0.5
-        keep = binary.flatten(1).any(1)
-        if not bool(keep.any()):
-            raise ValueError("RealThirdSynthesizer needs at least one image with a non-empty mask")
-        if not bool(keep.all()):
-            warnings.warn(f"RealThirdSynthesizer: dropped {int((~keep).sum())} pair(s) with empty masks",
-                          RuntimeWarning, stacklevel=2)
-        self.images = images.detach().cpu()[keep].float().clamp(0, 1)
-        self.masks = binary[keep]
-        self.flip = bool(flip)
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def _bank(self, device: torch.device, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (str(device), hw)
-        if key not in self._cache:
-            imgs, msk = self.images, self.masks.float()
-            if tuple(imgs.shape[-2:]) != hw:
-                imgs = F.interpolate(imgs, size=hw, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-                msk = resize_mask(msk, hw)  # the one mask resize rule: thin defects survive
-            self._cache = {key: (imgs.to(device), msk.to(device))}
-        return self._cache[key]
-
-    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None,
-                 generator: GeneratorArg) -> tuple[torch.Tensor, torch.Tensor]:
-        if normals.ndim != 4:
-            raise ValueError(f"normals must be (B, C, H, W), got {tuple(normals.shape)}")
-        b, c, h, w = normals.shape
-        if self.images.shape[1] != c:
-            raise ValueError(f"real images have {self.images.shape[1]} channels, the batch has {c}")
-        imgs, msk = self._bank(normals.device, (h, w))
-        gens = _generators(generator, b)
-        out_i, out_m = [], []
-        for i in range(b):
-            g = gens[i]
-            k = _ri(g, 0, imgs.shape[0])
-            x, m = imgs[k], msk[k]
-            if self.flip and _u(g) < 0.5:
-                x, m = x.flip(-1), m.flip(-1)
-            if self.flip and _u(g) < 0.5:
-                x, m = x.flip(-2), m.flip(-2)
-            out_i.append(x)
-            out_m.append(m)
-        return torch.stack(out_i).to(normals.dtype), torch.stack(out_m).to(normals.dtype)
-
-
-# ---- real labels plus synthesis ----------------------------------------------------------------------------
-
-class MixedSynthesizer:
-    """Two synthesizers in one batch (``segmentation.synth=a+b``, e.g. ``real_third+fast``): the first
-    round(B * ``first_share``) items come from ``first``, the rest from ``second``; each member keeps its own
-    behaviour (no logic duplicated). ``native_input`` members (online fast) receive their slice of
-    ``records``/``hflip``. ``last_types`` is concatenated when both members report it."""
-
-    def __init__(self, first, second, first_share: float = 0.5, names: Sequence[str] | None = None) -> None:
-        if not 0.0 <= float(first_share) <= 1.0:
-            raise ValueError(f"segmentation.real_ratio={first_share} must lie in [0, 1]")
-        self.parts = [first, second]
-        self.first_share = float(first_share)
-        self.names = list(names) if names else [type(first).__name__, type(second).__name__]
-        self.native_input = any(getattr(p, "native_input", False) for p in self.parts)
-
-    def split(self, b: int) -> int:
-        """Items of a batch of ``b`` that come from the first member."""
-        return int(round(b * self.first_share))
-
-    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
-                 records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        b = normals.shape[0]
-        k = self.split(b)
-        gens = None if isinstance(generator, torch.Generator) else _generators(generator, b)
-        images, masks = [], []
-        for part, sl in zip(self.parts, (slice(0, k), slice(k, b))):
-            if sl.stop - sl.start == 0:
-                continue
-            g = generator if gens is None else gens[sl]
-            fg = None if foreground is None else foreground[sl]
-            kwargs = {}
-            if getattr(part, "native_input", False) and records is not None:
-                kwargs = {"records": records[sl], "hflip": None if hflip is None else hflip[sl]}
-            img, m = part(normals[sl], fg, g, **kwargs)
-            images.append(img.to(normals.dtype))
-            masks.append(m.to(normals.dtype))
-        return torch.cat(images), torch.cat(masks)
-
-
-SYNTHESIZERS: dict[str, type] = {
-    "draem": DraemSynthesizer,
-    "cutpaste": CutPasteSynthesizer,
-    "real_third": RealThirdSynthesizer,
-}

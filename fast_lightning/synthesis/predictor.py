@@ -17,16 +17,17 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import Dataset
 
-from fast_lightning.data.datasets import foreground_mask, item_generator
+from fast_lightning.data.datasets import foreground_mask, item_generator, item_seed
 from fast_lightning.data.io import bit_depth, load_image
 from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.pipeline import AnomalySynthesizer, SynthesisError, _resize_image
+from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
 from fast_lightning.synthesis.writer import SynthesisWriter
 
 
 def sampler_generator(seed: int, index: int) -> torch.Generator:
     """The sampler's noise stream for pair ``index`` (separate from the stream that picks image and mask)."""
-    return torch.Generator().manual_seed(((int(seed) * 1_000_003 + int(index)) * 7919 + 104_729) % (2**63 - 1))
+    return torch.Generator().manual_seed((item_seed(seed, index) * 7919 + 104_729) % (2**63 - 1))
 
 
 class SynthesisIndexDataset(Dataset):
@@ -101,7 +102,7 @@ class SynthesisPredictor(L.LightningModule):
             tid = int(it["cond"])
             if it.get("out_resolution"):  # resize the finished pair (image bicubic, mask: the one rule)
                 r = int(it["out_resolution"])
-                img, m = _resize_image(img[None].float(), (r, r))[0], resize_mask(m, r)
+                img, m = resize_image(img[None].float(), (r, r))[0], resize_mask(m, r)
             h, w = img.shape[-2:]
             out.append({
                 "row": {

@@ -22,6 +22,7 @@ import torch
 
 from fast_lightning.data.io import save_image
 from fast_lightning.runs import atomic_write_text, json_default
+from fast_lightning.synthesis.common import SynthesisError
 
 MANIFEST = "manifest.jsonl"
 log = logging.getLogger(__name__)
@@ -31,6 +32,36 @@ def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as handle:
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) == b"\n"
+
+
+def manifest_rows(paths) -> tuple[dict[int, dict], list[str]]:
+    """THE manifest reader: index -> row over the given manifest files in order (a later line for the same
+    index wins), and ``file:line`` of every line cut by a crash (not JSON, or no integer ``index``): skipped."""
+    rows: dict[int, dict] = {}
+    cut = []
+    for path in paths:
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                index = int(row["index"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                cut.append(f"{Path(path).name}:{number}")  # a line cut by a crash: that pair is redone
+                continue
+            rows[index] = row
+    return rows, cut
+
+
+def read_manifest(folder: str | Path) -> list[dict]:
+    """Rows of ``<folder>/manifest.jsonl`` (a finished `make synthesize` run), sorted by index; cut lines
+    skipped (``manifest_rows``)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise SynthesisError(f"no manifest.jsonl in {folder}: pass a folder written by `make synthesize` "
+                             f"(runs/synthetic/<class>/<run-id> or .../latest)")
+    rows, _ = manifest_rows([path])
+    return [rows[k] for k in sorted(rows)]
 
 
 def pair_name(index: int) -> str:
@@ -84,20 +115,9 @@ class SynthesisWriter:
 
     def completed(self) -> dict[int, dict]:
         """index -> manifest row, for every pair whose line exists and whose two PNGs are on disk."""
-        rows: dict[int, dict] = {}
-        cut = []
-        for path in self._manifest_files():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    index = int(row["index"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    cut.append(f"{path.name}:{number}")  # a line cut by a crash: that pair is redone
-                    continue
-                if (self.run_dir / row["image"]).is_file() and (self.run_dir / row["mask"]).is_file():
-                    rows[index] = row
+        rows, cut = manifest_rows(self._manifest_files())
+        rows = {index: row for index, row in rows.items()
+                if (self.run_dir / row["image"]).is_file() and (self.run_dir / row["mask"]).is_file()}
         if cut and tuple(cut) != self._reported:
             self._reported = tuple(cut)
             log.warning(f"skipped {len(cut)} cut manifest line(s) ({', '.join(cut[:3])}); those pairs are redone")

@@ -1,0 +1,181 @@
+"""The study steps the experiment commands share (compare, demo, ablate, benchmark; the sweeps use the key):
+a diffusion model, synthetic pairs and segmenters for a config, each reusing a finished run with the same
+settings (``redo`` recomputes).
+
+Two keys name the runs. ``diffusion_key`` covers only what shapes the diffusion model (class, seed, data.*,
+diffusion.*, the dataset's real path, precision): changing a segmenter or sampler setting never retrains it,
+and a ``latest`` model trained with other model settings is never reused. ``settings_key`` covers the whole
+resolved config minus what a study varies (seed, run id, synthesizer) and names synthesis and segmenter runs.
+The steps take configs, not argument lists, and call the commands' config entry points (``run(cfg)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fast_lightning.cli import UserError
+from fast_lightning.config import apply_overrides
+from fast_lightning.runs import last_checkpoint, run_dir_for
+
+MODEL_KEYS = ("class_name", "seed", "data", "diffusion")
+STUDY_VARIES = ("seed", "run_id", "segmentation.synth")
+
+
+# ---- keys ---------------------------------------------------------------------------------------------------
+def settings_key(cfg: DictConfig, drop: Iterable[str] = STUDY_VARIES) -> str:
+    """Short hash of the resolved config minus the keys a study varies: identical settings reuse runs."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in drop:
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha1(repr(sorted(_flatten(c).items())).encode()).hexdigest()[:8]
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def diffusion_key(cfg: DictConfig) -> str:
+    """THE diffusion cache key: hash of the settings that decide the diffusion model (not sampling,
+    segmentation, synthesis or run names)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    keyed = {k: c[k] for k in MODEL_KEYS}
+    keyed["data_root"] = os.path.realpath(str(cfg.data_root))
+    keyed["precision"] = c["trainer"]["precision"]
+    return hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---- steps --------------------------------------------------------------------------------------------------
+def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig, redo: bool = False) -> Path:
+    """Run ``fn(cfg)`` unless ``run_dir/done_file`` exists (a finished earlier run with the same settings)."""
+    run_dir = Path(run_dir)
+    if not redo and (run_dir / done_file).is_file():
+        print(f"[reuse] {label}: {run_dir}")
+        return run_dir
+    print(f"[run]   {label} -> {run_dir}", flush=True)
+    code = fn(cfg)
+    if code not in (0, None) or not (run_dir / done_file).is_file():
+        raise UserError(f"{label} failed (exit {code}); see the output above and {run_dir}")
+    return run_dir
+
+
+def diffusion_model(cfg: DictConfig, run_id: str, redo: bool = False, label: str = "train-diffusion") -> Path:
+    """The last checkpoint of diffusion run ``run_id`` for ``cfg``, trained now unless it finished before."""
+    from fast_lightning.commands import train_diffusion
+
+    run_dir = run_dir_for(cfg, "diffusion", run_id)
+    reuse_or_run(label, run_dir, "metrics.json", train_diffusion.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
+    return last_checkpoint(run_dir)
+
+
+def synthetic_pairs(cfg: DictConfig, run_id: str, ckpt: Path, redo: bool = False, label: str = "synthesize") -> Path:
+    """The folder of synthesis run ``run_id`` (pairs from diffusion checkpoint ``ckpt``), made now unless done."""
+    from fast_lightning.commands import synthesize
+
+    run_dir = run_dir_for(cfg, "synthetic", run_id)
+    reuse_or_run(label, run_dir, "summary.json", synthesize.run,
+                 apply_overrides(cfg, [f"synthesis.ckpt={ckpt}", f"run_id={run_id}"]), redo)
+    return run_dir
+
+
+def segmenter(cfg: DictConfig, run_id: str, redo: bool = False, label: str = "train-seg") -> Path:
+    """The folder of segmentation run ``run_id`` for ``cfg`` (its metrics.json), trained now unless done."""
+    from fast_lightning.commands import train_seg
+
+    run_dir = run_dir_for(cfg, "seg", run_id)
+    reuse_or_run(label, run_dir, "metrics.json", train_seg.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
+    return run_dir
+
+
+def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
+    """(checkpoint, "") for ``synthesis.ckpt`` or runs/diffusion/<class>/latest when it fits ``cfg`` (class,
+    channels, resolution; for ``latest`` also the same ``diffusion_key``), else (None, why not). An explicit
+    ``synthesis.ckpt`` that does not fit raises."""
+    from fast_lightning.synthesis import SynthesisError, check_checkpoint_compatible, resolve_diffusion_checkpoint
+    from fast_lightning.training import read_checkpoint
+
+    try:
+        ckpt = resolve_diffusion_checkpoint(cfg)
+        meta = dict(read_checkpoint(ckpt).get("fast_lightning", {}), path=str(ckpt))
+        check_checkpoint_compatible(meta, cfg)
+    except SynthesisError as exc:
+        if cfg.synthesis.ckpt:
+            raise
+        return None, str(exc)
+    if not cfg.synthesis.ckpt:
+        saved = ckpt.parent.parent / "config.yaml"
+        try:
+            same = diffusion_key(OmegaConf.load(saved)) == diffusion_key(cfg)
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            return None, f"cannot read the model settings of {ckpt} from {saved}: {exc}"
+        if not same:
+            return None, (f"{ckpt} was trained with other model settings (class, seed, data.* or diffusion.*: "
+                          f"diffusion key differs)")
+    return ckpt, ""
+
+
+def ensure_diffusion(cfg: DictConfig, redo: bool = False, prefix: str = "auto") -> Path:
+    """A diffusion checkpoint matching these settings: synthesis.ckpt, else runs/diffusion/<c>/latest when it
+    fits (``usable_latest``), else the run ``<prefix>-<diffusion_key>`` (trained now unless finished)."""
+    ckpt, reason = usable_latest(cfg)
+    if ckpt is not None:
+        return ckpt
+    print(f"no usable diffusion checkpoint ({reason}): training one for these settings ({cfg.profile} profile)")
+    return diffusion_model(cfg, f"{prefix}-{diffusion_key(cfg)}", redo)
+
+
+def run_study(cfg: DictConfig, synths: list[str], seeds: int, redo: bool, tag: str) -> list[dict]:
+    """One segmenter per synthesizer and seed under identical settings (compare, benchmark): rows of
+    {synth, seed, test metrics, run_dir, metrics}."""
+    from fast_lightning.evaluation.reports import read_metrics
+    from fast_lightning.synthesis import synth_parts
+
+    if any("fast" in synth_parts(s) for s in synths):
+        cfg = apply_overrides(cfg, [f"synthesis.ckpt={ensure_diffusion(cfg, redo)}"])
+    key = settings_key(cfg)
+    rows = []
+    for synth in synths:
+        for seed in range(seeds):
+            run_dir = segmenter(apply_overrides(cfg, [f"segmentation.synth={synth}", f"seed={seed}"]),
+                                f"{tag}-{key}-{synth}-s{seed}", redo, label=f"train-seg synth={synth} seed={seed}")
+            m = read_metrics(run_dir)
+            rows.append({"synth": synth, "seed": seed, "test": m["test"], "run_dir": str(run_dir), "metrics": m})
+    return rows
+
+
+def synthesizer_rows(cfg: DictConfig, synths: list[str], n: int = 6) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Real generator-train defects vs each synthesizer's output on the same normal images (sample sheets)."""
+    from fast_lightning.data.datamodule import AnomalyDataModule
+    from fast_lightning.synthesis import build_seg_synthesizer
+
+    dm = AnomalyDataModule(cfg, stage="segmentation")
+    dm.setup()
+    real_imgs, real_masks = dm.labelled_dataset("generator_train").stacked()
+    rows = [("real (gen. third)", real_imgs[:n], real_masks[:n])]
+    ds = dm.normal_dataset()
+    items = [ds.load(i % len(ds.normals)) for i in range(n)]
+    normals = torch.stack([x[0] for x in items])
+    fg = torch.stack([x[1] for x in items])
+    for name in synths:
+        synth = build_seg_synthesizer(name, cfg, dm)
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        with torch.no_grad():
+            imgs, masks = synth(normals, fg, g)
+        rows.append((name, imgs.float(), masks.float()))
+    return rows

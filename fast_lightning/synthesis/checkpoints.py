@@ -1,0 +1,48 @@
+"""Which diffusion checkpoint synthesis uses (``synthesis.ckpt`` or the class's ``latest`` run) and whether it
+fits the current config (class, channels, resolution, anomaly types)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fast_lightning.runs import CheckpointError, last_checkpoint, resolve_checkpoint, resolve_run_path
+from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get
+
+__all__ = ["resolve_diffusion_checkpoint", "check_checkpoint_compatible"]
+
+
+def resolve_diffusion_checkpoint(cfg) -> Path:
+    """``synthesis.ckpt`` (file, run dir or ``latest`` link) or runs/diffusion/<class>/latest."""
+    given = _cfg_get(cfg, "synthesis", "ckpt")
+    path = Path(str(given)) if given else Path(str(cfg.run_root)) / "diffusion" / str(cfg.class_name) / "latest"
+    try:
+        return resolve_checkpoint(path, periodic=False)  # the one run-dir -> last.ckpt rule (runs.py)
+    except CheckpointError:
+        real = resolve_run_path(path)
+        target = last_checkpoint(real) if real.is_dir() else real
+    if given:
+        raise SynthesisError(f"diffusion checkpoint not found: {given} (looked for {target}); pass CKPT=<.ckpt "
+                             f"file or diffusion run dir>")
+    raise SynthesisError(f"no diffusion checkpoint for class {cfg.class_name!r}: {path} does not exist. Run "
+                         f"`make train-diffusion CLASS={cfg.class_name}` first (same DATA and PROFILE), or pass "
+                         f"CKPT=<checkpoint or run dir>")
+
+
+def check_checkpoint_compatible(meta: Mapping, cfg, type_names: Sequence[str] | None = None) -> None:
+    """Class, channels, model resolution and anomaly types of a diffusion checkpoint vs the current config."""
+    where = meta.get("path", "the checkpoint")
+    problems = []
+    if cfg.class_name is not None and meta.get("class_name") != cfg.class_name:
+        problems.append(f"it was trained for class {meta.get('class_name')!r} but CLASS={cfg.class_name!r}")
+    if meta.get("channels") is not None and int(meta["channels"]) != int(cfg.data.channels):
+        problems.append(f"it has {meta['channels']} image channels but data.channels={cfg.data.channels}")
+    if meta.get("resolution") is not None and int(meta["resolution"]) != int(cfg.diffusion.resolution):
+        problems.append(f"its resolution is {meta['resolution']} px but diffusion.resolution="
+                        f"{cfg.diffusion.resolution} (use the PROFILE it was trained with, or "
+                        f"diffusion.resolution={meta['resolution']})")
+    if type_names is not None and list(meta.get("type_names", [])) != list(type_names):
+        problems.append(f"its anomaly types {list(meta.get('type_names', []))} differ from the data's "
+                        f"{list(type_names)}")
+    if problems:
+        raise SynthesisError(f"incompatible diffusion checkpoint {where}: " + "; ".join(problems))

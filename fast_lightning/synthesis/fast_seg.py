@@ -1,0 +1,188 @@
+"""The online FAST segmentation synthesizer (``synth=fast``): full-resolution windowed synthesis per batch,
+optionally pooled in a ring buffer, plus ``derive_generators`` (one generator -> n per-item generators)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fast_lightning.data.masks import resize_mask
+from fast_lightning.hardware import autocast_dtype
+from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible
+from fast_lightning.synthesis.common import GeneratorArg, cfg_get as _cfg_get
+from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler
+from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
+
+__all__ = ["FastSegSynthesizer", "derive_generators", "first_generator"]
+
+
+def derive_generators(generator: GeneratorArg, n: int) -> list[torch.Generator]:
+    """n independent CPU generators: a list of n is used as is, one generator seeds n new ones."""
+    if not isinstance(generator, torch.Generator):
+        gens = list(generator)
+        if len(gens) == n:
+            return gens
+        generator = gens[0]
+    seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device).tolist()
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def first_generator(generator: GeneratorArg) -> torch.Generator:
+    return generator if isinstance(generator, torch.Generator) else list(generator)[0]
+
+
+class FastSegSynthesizer:
+    """Online FAST synthesizer for segmentation training (the DataModule contract
+    ``synth(normals [0,1] (B,C,H,W), foreground (B,1,H,W), generator, records=None, hflip=None)
+    -> (images, masks)``).
+
+    Scale: with ``normals`` (the normal-train image paths) and the batch's ``records`` (indices into them)
+    and ``hflip`` flags, each pair is synthesized on the FULL-RESOLUTION normal image (read once through a
+    uint8 cache, with its own full-resolution foreground): the mask is drawn at native size, the window is
+    cut with the training window rule (``data.windows.window_side``), resized DOWN to the model, sampled,
+    resized back and pasted inside the mask, and only then brought to the working size of ``normals``
+    (image bicubic, mask ``resize_mask``). So the model sees the pixel scale it was trained on. Without
+    ``records`` the given tensors themselves are the source images (tests, ad-hoc use).
+
+    Masks come from ``mask_sampler`` inside the foreground; the condition is the type attached to a real
+    mask, else the one ``synthesis.perlin_type`` picks. ``last_types`` holds the type ids of the pairs the
+    last call returned. Runs on the normals' device (the model follows it).
+
+    Pool (``buffer_size`` > 0): synthesis costs ``steps`` network calls per pair, far more than a segmenter
+    step, so pairs are kept in a ring buffer on the device. Each call synthesizes only ``refresh`` new pairs
+    (from the current normals, replacing the oldest) and returns a random draw of B pairs from the pool.
+    Trade-off: a pair is returned about B / refresh times on average, so ``refresh`` < B makes steps
+    cheaper at the cost of reusing pairs (less diversity per step); ``refresh = B`` (or ``buffer_size=0``)
+    gives fresh pairs at every step. The first calls fill the pool to at least B pairs.
+    """
+
+    native_input = True  # the DataModule passes ``records`` and ``hflip``
+
+    def __init__(self, checkpoint, cfg, mask_sampler: MaskSampler, buffer_size: int = 0,
+                 refresh: int | None = None, sampler=None, type_names: Sequence[str] | None = None,
+                 normals: Sequence[str] | None = None) -> None:
+        from fast_lightning.sampling import build_sampler
+
+        if isinstance(checkpoint, tuple):
+            model, meta = checkpoint
+        else:
+            from fast_lightning.diffusion.module import load_fast_diffusion
+
+            model, meta = load_fast_diffusion(checkpoint)
+            check_checkpoint_compatible(meta, cfg, type_names)
+        model = model.eval().requires_grad_(False)
+        sampler = sampler if sampler is not None else build_sampler(cfg.sampling)
+        amp = autocast_dtype(str(_cfg_get(cfg, "trainer", "precision", default="32-true")))
+        self.synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
+        self.mask_sampler = mask_sampler
+        self.num_types = len(self.synth.type_names)
+        self.buffer_size = max(0, int(buffer_size or 0))
+        self.refresh = None if not refresh else int(refresh)
+        self.normals = list(normals) if normals is not None else None
+        self.channels = int(_cfg_get(cfg, "data", "channels", default=3))
+        self.foreground_mode = str(_cfg_get(cfg, "data", "foreground", default="auto"))
+        self.foreground_dir = _cfg_get(cfg, "data", "foreground_dir", default=None) or None
+        self._cache = None  # data.datasets.NativeCache: decoded full-resolution normals (uint8)
+        self._foregrounds: dict[int, torch.Tensor] = {}
+        self._pool_images: torch.Tensor | None = None
+        self._pool_masks: torch.Tensor | None = None
+        self._pool_types: torch.Tensor | None = None
+        self.last_types = torch.zeros(0, dtype=torch.long)
+        self._filled = 0
+        self._next = 0
+
+    # -- full-resolution sources -------------------------------------------------------------------------
+    def native(self, record: int, hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (C,H,W) [0,1], foreground (1,H,W)) of normal record ``record`` at its own resolution
+        (decoded once, kept as uint8 on CPU), flipped like the working-scale batch item."""
+        from fast_lightning.data.datasets import NativeCache, foreground_mask
+
+        if self.normals is None:
+            raise ValueError("FastSegSynthesizer was built without the normal image paths (normals=...), so it "
+                             "cannot read records at full resolution")
+        if self._cache is None:
+            self._cache = NativeCache(self.channels)
+        path = self.normals[record]
+        img = self._cache.image(path).float() / 255.0
+        if record not in self._foregrounds:
+            fg = foreground_mask(img, self.foreground_mode, path, self.foreground_dir)
+            self._foregrounds[record] = (fg > 0.5).to(torch.uint8)
+        fg = self._foregrounds[record].float()
+        if hflip:
+            img, fg = img.flip(-1), fg.flip(-1)
+        return img, fg
+
+    # -- fresh pairs ------------------------------------------------------------------------------------
+    def _mask_and_type(self, hw: tuple[int, int], foreground: torch.Tensor | None,
+                       g: torch.Generator) -> tuple[torch.Tensor, int]:
+        if isinstance(self.mask_sampler, TypedMaskSampler):
+            m, tid, _ = self.mask_sampler.sample_typed(hw, g, foreground)
+        else:
+            m, tid = self.mask_sampler.sample(hw, g, foreground), 0
+        if tid == 0 and self.num_types > 0:  # a plain MaskSampler: uniform type
+            tid = 1 + int(torch.randint(self.num_types, (), generator=g))
+        return m, tid
+
+    def fresh(self, normals: torch.Tensor, foreground: torch.Tensor | None, gens: Sequence[torch.Generator],
+              records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """len(gens) new pairs (images, masks, type ids) at the working size of ``normals`` (no pool)."""
+        if self.synth.device != normals.device:
+            self.synth.model.to(normals.device)
+        n, hw = normals.shape[0], tuple(normals.shape[-2:])
+        if records is None:
+            sources = [(normals[i], None if foreground is None else foreground[i]) for i in range(n)]
+        else:
+            flips = [False] * n if hflip is None else [bool(f) for f in hflip.reshape(-1).tolist()]
+            sources = [self.native(int(r), f) for r, f in zip(records.reshape(-1).tolist(), flips)]
+        images, masks, cond = [], [], []
+        for (img, fg), g in zip(sources, gens):
+            m, tid = self._mask_and_type(tuple(img.shape[-2:]), None if fg is None else fg.cpu(), g)
+            images.append(img.to(normals.device, torch.float32))
+            masks.append(m.to(normals.device))
+            cond.append(tid)
+        cond = torch.tensor(cond, dtype=torch.long)
+        out_images, out_masks = self.synth.synthesize(images, masks, cond, gens)
+        out_images = torch.stack([resize_image(x[None], hw)[0] for x in out_images])
+        out_masks = torch.stack([resize_mask(m, hw) for m in out_masks])
+        return out_images.to(normals.dtype), out_masks.to(normals.dtype), cond
+
+    # -- the DataModule contract ------------------------------------------------------------------------
+    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
+                 records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if normals.dim() != 4:
+            raise ValueError(f"normals must be (B, C, H, W), got {tuple(normals.shape)}")
+        if records is not None and self.normals is None:
+            records = None  # built without paths: synthesize on the given tensors
+        b = normals.shape[0]
+        if self.buffer_size == 0 or self.refresh is None or self.refresh >= max(self.buffer_size, b):
+            images, masks, types = self.fresh(normals, foreground, derive_generators(generator, b), records, hflip)
+            self.last_types = types
+            return images, masks
+        size = max(self.buffer_size, b)
+        shape = (size, *normals.shape[1:])
+        if (self._pool_images is None or tuple(self._pool_images.shape) != shape
+                or self._pool_images.device != normals.device):
+            self._pool_images = torch.zeros(shape, device=normals.device, dtype=normals.dtype)
+            self._pool_masks = torch.zeros((size, 1, *normals.shape[-2:]), device=normals.device,
+                                           dtype=normals.dtype)
+            self._pool_types = torch.zeros(size, dtype=torch.long)
+            self._filled, self._next = 0, 0
+        n_new = min(size, max(self.refresh, b - self._filled))
+        src = torch.arange(n_new, device=normals.device) % b  # cycle the batch's normals when filling
+        fg = None if foreground is None else foreground[src]
+        rec = None if records is None else records.reshape(-1)[src.cpu()]
+        flip = None if hflip is None else hflip.reshape(-1)[src.cpu()]
+        images, masks, types = self.fresh(normals[src], fg, derive_generators(generator, n_new), rec, flip)
+        slots = (self._next + torch.arange(n_new, device=normals.device)) % size
+        self._pool_images[slots] = images
+        self._pool_masks[slots] = masks
+        self._pool_types[slots.cpu()] = types
+        self._next = (self._next + n_new) % size
+        self._filled = min(size, self._filled + n_new)
+        g = first_generator(generator)
+        pick = torch.randperm(self._filled, generator=g, device=g.device)[:b].to(normals.device)
+        self.last_types = self._pool_types[pick.cpu()].clone()
+        return self._pool_images[pick].clone(), self._pool_masks[pick].clone()

@@ -1,0 +1,188 @@
+"""Windowed FAST synthesis with exact paste-back (``AnomalySynthesizer``) and its image resize helper.
+Pure torch: no Lightning.
+
+Why windows: a ``crop`` model was trained on square windows (``diffusion.crop.scale`` of the shorter image
+side, grown to fit the defect) resized to the model resolution, so at synthesis time it must see the same
+kind of window around the placed mask; everything outside the mask is copied from the source image with
+``torch.where`` (never blended), so the background is bit-for-bit the source.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.windows import mask_bbox, place_window, window_side
+from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get
+
+__all__ = ["Window", "AnomalySynthesizer", "resize_image"]
+
+
+# ---- resizing helpers ---------------------------------------------------------------------------------
+
+def resize_image(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B,C,h,w) [0,1] -> (B,C,H,W): bicubic, antialiased when shrinking, clamped to [0,1]."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    shrink = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
+    out = F.interpolate(x.float(), size=tuple(hw), mode="bicubic", align_corners=False, antialias=shrink)
+    return out.clamp_(0.0, 1.0)
+
+
+# ---- windows ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    """Region of the full-resolution image the model sees: rows y..y+h, columns x..x+w."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y, self.y + self.h), slice(self.x, self.x + self.w)
+
+
+
+
+class AnomalySynthesizer:
+    """FAST synthesis at full resolution for ``crop`` and ``full`` diffusion models.
+
+    ``model``: FASTDiffusion (EMA weights), ``sampler``: any ``fast_lightning.sampling`` sampler,
+    ``meta``: the dict of ``load_fast_diffusion`` (``window``, ``resolution``, ``config``). Per item the
+    window is chosen from the mask (crop: ``window_side`` of the image centred on the mask bbox, no jitter:
+    the training window rule, so the pixel scale matches training; full: the whole image), cropped and
+    resized to the model resolution (image bicubic, mask with ``data.masks.resize_mask``),
+    all windows of the batch go through ONE sampler call, and each generated window is resized back and
+    pasted only inside the mask. Parts of a mask that fall outside its window (a mask wider than the
+    image's shorter side) are left unchanged and dropped from the returned mask, so labels stay exact.
+
+    ``autocast_dtype``: e.g. ``torch.bfloat16`` to run the sampler under autocast (Lightning's predict loop
+    already autocasts for ``bf16-mixed``, so leave it None there).
+    """
+
+    def __init__(self, model, sampler, meta: Mapping, autocast_dtype: torch.dtype | None = None) -> None:
+        window = str(meta.get("window", "full"))
+        if window not in ("crop", "full"):
+            raise SynthesisError(f"checkpoint window mode must be 'crop' or 'full', got {window!r}")
+        self.model = model
+        self.sampler = sampler
+        self.meta = dict(meta)
+        self.window = window
+        self.resolution = int(meta.get("resolution") or _cfg_get(meta.get("config"), "diffusion", "resolution"))
+        self.crop_scale = float(_cfg_get(meta.get("config"), "diffusion", "crop", "scale", default=0.35))
+        self.autocast_dtype = autocast_dtype
+        self._warned_small = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def type_names(self) -> list[str]:
+        return list(getattr(self.model, "type_names", []) or self.meta.get("type_names", []))
+
+    def window_for(self, mask: torch.Tensor) -> Window:
+        """The model's view of an image for this (1,H,W) mask."""
+        h, w = mask.shape[-2:]
+        if self.window == "full":
+            return Window(0, 0, h, w)
+        bbox = mask_bbox(mask)
+        side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution)
+        y, x = place_window(h, w, side, bbox, jitter=False)
+        return Window(y, x, side, side)
+
+    # -- the model call on a batch of model-size windows ----------------------------------------------
+    @torch.no_grad()
+    def run_windows(self, windows01: torch.Tensor, masks: torch.Tensor, cond: torch.Tensor,
+                    generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(B,C,R,R) [0,1] windows + (B,1,R,R) masks -> generated windows [0,1] on the model device."""
+        device = self.device
+        # generators: a latent backbone's VAE posterior noise of item i comes from generators[i] too
+        background = self.model.to_model_space(windows01.to(device, torch.float32), list(generators))
+        m = self.model.model_mask(masks.to(device, torch.float32), background)
+        cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1).to(device)
+        ctx = (torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else nullcontext())
+        with ctx:
+            x = self.sampler(self.model, background, m, cond, list(generators))
+        return self.model.from_model_space(x.float()).float()
+
+    # -- full-resolution items of any size ----------------------------------------------------------
+    @torch.no_grad()
+    def synthesize(self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                   cond: torch.Tensor | Sequence[int], generators: Sequence[torch.Generator]
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Items (C,H,W) [0,1] + (1,H,W) {0,1} (sizes may differ between items) -> (images, masks) lists.
+
+        Outputs keep each source's size, device and dtype; outside the returned mask they equal the source
+        exactly. Item i depends only on its own inputs and ``generators[i]``.
+        """
+        n = len(images)
+        if not (len(masks) == n and len(generators) == n):
+            raise ValueError(f"got {n} images, {len(masks)} masks and {len(generators)} generators")
+        cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
+        if cond.numel() != n:
+            raise ValueError(f"cond must hold {n} type ids, got {cond.numel()}")
+        if n == 0:
+            return [], []
+        R = self.resolution
+        plans, wins, wmasks = [], [], []
+        for img, m in zip(images, masks):
+            if img.dim() != 3 or m.dim() != 3 or m.shape[0] != 1 or img.shape[-2:] != m.shape[-2:]:
+                raise ValueError(f"need image (C,H,W) and mask (1,H,W) of the same size, got "
+                                 f"{tuple(img.shape)} and {tuple(m.shape)}")
+            win = self.window_for(m)
+            if min(win.h, win.w) < R and not self._warned_small:
+                self._warned_small = True
+                warnings.warn(f"source image {tuple(img.shape[-2:])} is smaller than the diffusion model's "
+                              f"{R} px: its {win.h}x{win.w} window is upsampled to the model (blurrier than the "
+                              f"training windows); use larger source images or a smaller diffusion.resolution "
+                              f"(reported once per run)", RuntimeWarning, stacklevel=2)
+            ys, xs = win.slices()
+            plans.append(win)
+            wins.append(resize_image(img[None, :, ys, xs].float(), (R, R))[0].to(self.device))
+            wmasks.append(resize_mask((m[None, :, ys, xs] > 0.5).float(), (R, R))[0].to(self.device))
+        generated = self.run_windows(torch.stack(wins), torch.stack(wmasks), cond, generators)
+        out_images, out_masks = [], []
+        for i, (img, m, win) in enumerate(zip(images, masks, plans)):
+            ys, xs = win.slices()
+            back = resize_image(generated[i:i + 1], (win.h, win.w))[0].to(img.device, img.dtype)
+            canvas = img.clone()
+            canvas[:, ys, xs] = back
+            inside = torch.zeros_like(m, dtype=torch.bool)
+            inside[:, ys, xs] = m[:, ys, xs] > 0.5
+            out_images.append(torch.where(inside, canvas, img))
+            out_masks.append(inside.to(m.dtype))
+        return out_images, out_masks
+
+    # -- batched fast path (same-size tensors, e.g. the segmentation working resolution) ----------------
+    @torch.no_grad()
+    def synthesize_tensors(self, normals: torch.Tensor, masks: torch.Tensor, cond: torch.Tensor | Sequence[int],
+                           generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,C,H,W) [0,1] + (B,1,H,W) -> (images, masks) (B,...) on the normals' device.
+
+        A ``full`` model resizes the whole batch in one call (no resize at all when H = W = resolution);
+        a ``crop`` model needs per-item windows and goes through :meth:`synthesize` (one sampler call).
+        """
+        if normals.dim() != 4 or masks.dim() != 4 or masks.shape[0] != normals.shape[0] or masks.shape[1] != 1:
+            raise ValueError(f"need normals (B,C,H,W) and masks (B,1,H,W), got {tuple(normals.shape)} and "
+                             f"{tuple(masks.shape)}")
+        if self.window == "crop":
+            imgs, msks = self.synthesize(list(normals), list(masks), cond, generators)
+            return torch.stack(imgs), torch.stack(msks)
+        b, _, h, w = normals.shape
+        R = self.resolution
+        wins = resize_image(normals.float(), (R, R))
+        wm = resize_mask((masks > 0.5).float(), (R, R))
+        generated = self.run_windows(wins, wm, cond, generators)
+        back = resize_image(generated, (h, w)).to(normals.device, normals.dtype)
+        inside = masks > 0.5
+        return torch.where(inside, back, normals), inside.to(masks.dtype)

@@ -1,0 +1,46 @@
+"""The one-way-per-job helpers (issue 12): table renderer, uint8 quantisation, split disjointness check."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fast_lightning import tables
+from fast_lightning.data.io import save_image, to_uint8
+from fast_lightning.data.records import DataError, Record
+from fast_lightning.data.split import Split
+
+
+def test_text_table_aligns_columns_with_minimum_widths_and_rules():
+    out = tables.text_table(["name", "value"], [["a", "1.5"], ["longer", "22"]], align="<>", min_widths=[0, 6],
+                            rule="columns")
+    assert out.splitlines() == ["name     value", "------  ------", "a          1.5", "longer      22"]
+    full = tables.text_table(["k", "v"], [["x", "1"]], align="<>", min_widths=[0, 4], rule="full")
+    assert full.splitlines() == ["k     v", "-------", "x     1"]
+    assert tables.text_table(["a", "b"], [], rule=None) == "a  b"
+
+
+def test_markdown_table_escapes_pipes_in_cells():
+    assert tables.markdown_table(["a", "b"], [["x|y", "1"]]) == "| a | b |\n|---|---|\n| x\\|y | 1 |"
+
+
+def test_to_uint8_rounds_half_up_like_the_png_writer(tmp_path):
+    x = torch.tensor([[[0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.3, -0.2]]])
+    q = to_uint8(x)
+    assert q.dtype == torch.uint8 and q.reshape(-1).tolist() == [0, 1, 2, 128, 255, 255, 0]
+    assert np.array_equal(to_uint8(x.numpy()), q.numpy())
+    img = torch.rand(3, 5, 7)
+    save_image(img, tmp_path / "x.png")
+    on_disk = np.asarray(Image.open(tmp_path / "x.png"))
+    assert np.array_equal(on_disk, to_uint8(img).permute(1, 2, 0).numpy())
+
+
+def test_split_counts_refuses_an_evaluation_image_in_training(tmp_path):
+    good = Record(str(tmp_path / "a.png"), None, "good", "test")
+    bad = Record(str(tmp_path / "b.png"), str(tmp_path / "b_mask.png"), "crack", "test")
+    split = Split("widget", str(tmp_path), ["crack"], generator_train=[bad], val=[good], test=[bad],
+                  normal_train=[])
+    with pytest.raises(DataError, match=r"not disjoint: 1 evaluation image\(s\) in generator_train .*data_root=/d"):
+        split.counts("/d")
+    ok = Split("widget", str(tmp_path), ["crack"], generator_train=[], val=[good], test=[bad], normal_train=[])
+    assert ok.counts()["test_defect_images"] == 1 and ok.counts()["val_images"] == 1
