@@ -26,10 +26,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import OmegaConfBaseException
 
     from fast_lightning.data.demo import DemoDatasetError
-    from fast_lightning.synthesis import SynthesisError  # a ValueError subclass, not yet a UserError
 
     # ConfigError, DataError, CheckpointError and PretrainedFolderError are UserErrors
-    return (UserError, SynthesisError, DemoDatasetError, OmegaConfBaseException, FileNotFoundError)
+    return (UserError, DemoDatasetError, OmegaConfBaseException, FileNotFoundError)
 
 
 class _NoAdverts(logging.Filter):

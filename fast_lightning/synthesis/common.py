@@ -7,12 +7,14 @@ from collections.abc import Sequence
 
 import torch
 
+from fast_lightning.errors import UserError
+
 __all__ = ["SynthesisError", "GeneratorArg", "cfg_get", "uniform", "randint", "coin", "batch_generators"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator]
 
 
-class SynthesisError(ValueError):
+class SynthesisError(UserError, ValueError):
     """A synthesis problem the user can fix (missing checkpoint, mismatched class, bad option)."""
 
 
