@@ -63,7 +63,7 @@ sheet: $(STAMP) ## synthesized defects at the model's scale next to real ones, p
 bench-train: $(STAMP) ## training steps/s fp32 vs bf16 on this machine (and what precision=auto picks) -> reports/bench_train.{json,png}
 	$(RUN) bench-train $(call opt,$(filter-out auto,$(PROFILE)),profile) $(ARGS)
 
-train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third) [ARCH ENCODER RESUME] -> runs/seg/CLASS/
+train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third|a+b mixes) [ARCH ENCODER RESUME] -> runs/seg/CLASS/
 	$(RUN) train-seg $(COMMON) $(call opt,$(SYNTH),segmentation.synth) $(call opt,$(ARCH),segmentation.arch) $(call opt,$(ENCODER),segmentation.encoder) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
 
 eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test split
