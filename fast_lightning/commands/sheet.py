@@ -49,6 +49,7 @@ def _tile(image: torch.Tensor, window, size: int) -> torch.Tensor:
 def main(args: list[str]) -> int:
     from fast_lightning.commands.bench_sampling import fixed_batch
     from fast_lightning.data.datamodule import load_split
+    from fast_lightning.data.datasets import item_generator
     from fast_lightning.data.io import load_image, load_mask
     from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.evaluation.plots import save_grid
@@ -89,7 +90,7 @@ def main(args: list[str]) -> int:
     for label, over in rows:
         sampler = build_sampler({**dict(cfg.sampling), **over})
         synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
-        gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(n)]
+        gens = [item_generator(seed, i) for i in range(n)]  # the same per-item streams for every row
         out_images, out_masks = synth.synthesize(images, masks, cond, gens)
         tiles += [_tile(img, synth.window_for(m), tile) for img, m in zip(out_images, out_masks)]
         titles.append(label)
