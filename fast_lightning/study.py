@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fast_lightning.cli import UserError
 from fast_lightning.config import apply_overrides
 from fast_lightning.runs import last_checkpoint, run_dir_for
+from fast_lightning.seeding import generator_for
 
 MODEL_KEYS = ("class_name", "seed", "data", "diffusion")
 STUDY_VARIES = ("seed", "run_id", "segmentation.synth")
@@ -108,7 +109,7 @@ def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
     channels, resolution; for ``latest`` also the same ``diffusion_key``), else (None, why not). An explicit
     ``synthesis.ckpt`` that does not fit raises."""
     from fast_lightning.synthesis import SynthesisError, check_checkpoint_compatible, resolve_diffusion_checkpoint
-    from fast_lightning.training import read_checkpoint
+    from fast_lightning.runs import read_checkpoint
 
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
@@ -174,7 +175,7 @@ def synthesizer_rows(cfg: DictConfig, synths: list[str], n: int = 6) -> list[tup
     fg = torch.stack([x[1] for x in items])
     for name in synths:
         synth = build_seg_synthesizer(name, cfg, dm)
-        g = torch.Generator().manual_seed(int(cfg.seed))
+        g = generator_for("run", int(cfg.seed))
         with torch.no_grad():
             imgs, masks = synth(normals, fg, g)
         rows.append((name, imgs.float(), masks.float()))

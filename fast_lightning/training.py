@@ -22,12 +22,7 @@ from omegaconf import DictConfig
 
 from fast_lightning.errors import UserError
 from fast_lightning.progress import SparseProgress, is_terminal
-from fast_lightning.runs import (  # noqa: F401  (re-exported: the one checkpoint rule lives in runs)
-    CheckpointError,
-    atomic_write_bytes,
-    newest_checkpoint,
-    resolve_checkpoint,
-)
+from fast_lightning.runs import atomic_write_bytes, newest_checkpoint
 
 
 # Lightning notices that are expected here and only bury the useful output: the EMA copy is in eval mode on
@@ -135,6 +130,19 @@ class LogProgress(Callback):
             self.bar = None
 
 
+class RunConfigInCheckpoint(Callback):
+    """Every checkpoint carries the whole resolved run config (``run_config``; read back by
+    ``runs.saved_run_config``): the modules only receive their own group, the run's config stays with its weights."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        from omegaconf import OmegaConf
+
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["run_config"] = self.config
+
+
 def step_timer(trainer: L.Trainer) -> StepTimer:
     return next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
 
@@ -213,7 +221,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:07d}", every_n_train_steps=int(checkpoint_every),
                                          save_top_k=1, monitor="step", mode="max", save_last=True,
                                          auto_insert_metric_name=False, save_on_train_epoch_end=False))
-    callbacks.append(StepTimer())
+    callbacks += [StepTimer(), RunConfigInCheckpoint(cfg)]
     progress_bar = bool(t.enable_progress_bar)
     if progress_bar and not is_terminal():  # logs get sparse lines, not hundreds of bar redraws
         callbacks.append(LogProgress(kind, max_steps))
@@ -247,88 +255,6 @@ def finish_logger(trainer: L.Trainer | None) -> None:
 def resume_command(cfg: DictConfig, target: str, run_dir: Path) -> str:
     """The exact make command that continues ``run_dir``."""
     return f"make {target} CLASS={cfg.class_name} DATA={cfg.data_root} PROFILE={cfg.profile} RESUME={run_dir}"
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    path = resolve_checkpoint(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a fast-lightning/Lightning checkpoint (no state_dict)")
-    return ckpt
-
-
-def run_dir_of_checkpoint(path: Path) -> Path:
-    path = Path(path)
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-# settings a resumed run must share with its checkpoint (the model's shape and what it was trained on)
-RESUME_KEYS = {
-    "diffusion": ("data.channels", "diffusion.resolution", "diffusion.window", "diffusion.backbone", "diffusion.unet",
-                  "diffusion.farm", "diffusion.adaptor", "diffusion.num_train_timesteps"),
-    "segmentation": ("data.channels", "data.resolution", "segmentation.arch", "segmentation.encoder"),
-}
-
-
-def check_resume_compatible(ckpt: dict, cfg: DictConfig, kind: str, type_names: list[str], path) -> None:
-    """The one config-vs-checkpoint check of RESUME for both kinds: kind, class, anomaly types, architecture
-    and working resolution. Raises CheckpointError listing every difference."""
-    from omegaconf import OmegaConf
-
-    meta = ckpt.get("fast_lightning") or {}
-    problems = []
-    if meta.get("kind") != kind:
-        problems.append(f"it is a {meta.get('kind')!r} checkpoint, not {kind!r}")
-    if meta.get("class_name") != cfg.class_name:
-        problems.append(f"class {meta.get('class_name')!r} != CLASS={cfg.class_name!r}")
-    if meta.get("type_names") is not None and list(meta["type_names"]) != list(type_names):
-        problems.append(f"anomaly types {meta.get('type_names')} != data's {list(type_names)}")
-    saved = OmegaConf.create((ckpt.get("hyper_parameters") or {}).get("config") or {})
-    if kind in RESUME_KEYS and meta.get("kind") == kind:
-        for key in RESUME_KEYS[kind]:
-            a, b = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
-            a = OmegaConf.to_container(a) if OmegaConf.is_config(a) else a
-            b = OmegaConf.to_container(b) if OmegaConf.is_config(b) else b
-            if a != b:
-                problems.append(f"{key}: checkpoint has {a}, now {b}")
-    if kind == "diffusion" and OmegaConf.select(saved, "diffusion.backbone") == "latent":
-        problems += _latent_resume_problems(meta, saved, cfg)
-    if problems:
-        raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems) +
-                              ". Use the run's own settings (its config.yaml) or start a new run without RESUME. "
-                              "Nothing was written.")
-
-
-def _latent_resume_problems(meta: dict, saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """A latent-backbone run resumes only with the same trained parts and the same pretrained folder."""
-    from omegaconf import OmegaConf
-
-    problems = [f"{key}: checkpoint has {OmegaConf.select(saved, key)}, now {OmegaConf.select(cfg, key)}"
-                for key in ("diffusion.context_tokens", "diffusion.unfreeze_unet")
-                if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)]
-    if meta.get("pretrained_fingerprint") and cfg.diffusion.get("backbone") == "latent":
-        from fast_lightning.diffusion.latent import pretrained_fingerprint
-
-        fp = pretrained_fingerprint(cfg.diffusion.pretrained)
-        if fp != meta["pretrained_fingerprint"]:
-            problems.append(f"diffusion.pretrained={cfg.diffusion.pretrained} (fingerprint {fp}) is not the folder "
-                            f"it was trained with ({meta.get('pretrained')}, fingerprint {meta['pretrained_fingerprint']})")
-    return problems
-
-
-def accept_resume(cfg: DictConfig, kind: str) -> tuple[Path, Path]:
-    """(checkpoint, run dir) for RESUME=..., checked against cfg and the data BEFORE anything is written, so a
-    refused RESUME leaves the run it names untouched."""
-    from fast_lightning.data.datamodule import load_split
-
-    ckpt_path = resolve_checkpoint(cfg.resume)
-    ckpt = read_checkpoint(ckpt_path)
-    _, split = load_split(cfg)
-    check_resume_compatible(ckpt, cfg, kind, split.types, ckpt_path)
-    return ckpt_path, run_dir_of_checkpoint(ckpt_path)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import torch
 
 from fast_lightning.config import load_config
 from fast_lightning.data.datamodule import AnomalyDataModule
-from fast_lightning.runs import seed_everything
+from fast_lightning.seeding import seed_everything
 from fast_lightning.training import build_trainer
 
 

@@ -10,7 +10,8 @@ import torch
 from fast_lightning.cli import UserError
 from fast_lightning.commands import train_diffusion
 from fast_lightning.diffusion.module import load_fast_diffusion
-from fast_lightning.training import AtomicCheckpointIO, CheckpointError
+from fast_lightning.runs import CheckpointError
+from fast_lightning.training import AtomicCheckpointIO
 
 
 def run(fake_mvtec, run_root, *extra):

@@ -17,7 +17,7 @@ from fast_lightning.config import load_config
 from fast_lightning.diffusion import build_fast_diffusion
 from fast_lightning.diffusion.latent import PretrainedFolderError, pretrained_fingerprint
 from fast_lightning.diffusion.module import DiffusionModule, load_fast_diffusion
-from fast_lightning.training import CheckpointError
+from fast_lightning.runs import CheckpointError
 
 from tests.conftest import make_fake_mvtec
 
@@ -202,7 +202,7 @@ def test_resume_and_wrong_folder(data, ldm, tmp_path):
     # the folder the checkpoint points at changed under it: loading for synthesis refuses too
     ckpt_path = full / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["config"]["diffusion"]["pretrained"] = str(other)
+    ckpt["hyper_parameters"]["diffusion"]["pretrained"] = str(other)  # the module's own group builds the model
     torch.save(ckpt, tmp_path / "pointed_elsewhere.ckpt")
     with pytest.raises(CheckpointError, match="fingerprint"):
         load_fast_diffusion(tmp_path / "pointed_elsewhere.ckpt")

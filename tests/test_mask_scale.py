@@ -153,8 +153,8 @@ def test_synthesizer_masks(files, cfg, model, size):
     check_disk(bank_masks[1], size)
     # online fast: the mask the segmenter gets at its working size, synthesized at 1024 px
     sampler = MaskSampler([lambda hw, g, fg: scratch()], min_area=0.0, max_area=1.0)
-    syn = FastSegSynthesizer((model, make_meta(cfg, "full")), cfg, sampler,
-                             sampler=build_sampler({"name": "aias", "steps": 3}), normals=[str(files / "img.png")])
+    syn = FastSegSynthesizer(model, make_meta(cfg, "full"), sampler, build_sampler({"name": "aias", "steps": 3}),
+                             buffer_size=0, normals=[str(files / "img.png")])
     out, masks = syn(torch.zeros(1, 3, size, size), None, torch.Generator().manual_seed(0),
                      records=torch.tensor([0]), hflip=torch.tensor([False]))
     check_scratch(masks[0], size)
@@ -211,8 +211,8 @@ def test_online_fast_uses_the_training_pixel_scale(scale_data, model, monkeypatc
     train = training_scale(cfg, monkeypatch)
     assert train > 2.0  # 0.35 x 256 px windows for a 32 px model
     seen = record_windows(monkeypatch)
-    syn = FastSegSynthesizer((model, make_meta(cfg)), cfg, build_mask_sampler(cfg, split, None),
-                             sampler=build_sampler({"name": "aias", "steps": 3}),
+    syn = FastSegSynthesizer(model, make_meta(cfg), build_mask_sampler(cfg, split, None),
+                             build_sampler({"name": "aias", "steps": 3}), buffer_size=0,
                              normals=[r.image for r in split.normal_train])
     dm = AnomalyDataModule(cfg, stage="segmentation", synthesizer=syn)
     ds = dm.normal_dataset()

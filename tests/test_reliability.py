@@ -70,7 +70,7 @@ def two_classes(tmp_path) -> Path:
 # ---- wrong before ------------------------------------------------------------------------------------------
 def test_case01_refused_diffusion_resume_leaves_the_named_run_untouched(two_classes, tmp_path):
     from fast_lightning.commands import train_diffusion
-    from fast_lightning.training import CheckpointError
+    from fast_lightning.runs import CheckpointError
 
     runs = tmp_path / "runs"
     run_dir = fake_run(runs, "diffusion", "diffusion", two_classes, "widget", ["crack", "dent"])
@@ -82,7 +82,7 @@ def test_case01_refused_diffusion_resume_leaves_the_named_run_untouched(two_clas
 
 def test_case02_train_seg_resume_across_classes_or_architectures_is_refused(two_classes, tmp_path):
     from fast_lightning.commands import train_seg
-    from fast_lightning.training import CheckpointError
+    from fast_lightning.runs import CheckpointError
 
     runs = tmp_path / "runs"
     run_dir = fake_run(runs, "segmentation", "seg", two_classes, "widget", ["crack", "dent"])
@@ -260,7 +260,8 @@ def test_ctrl_c_during_training_names_the_checkpoint_and_the_resume_command(tmp_
 
 
 def test_disk_full_says_which_folder_and_resume_falls_back_to_the_newest_intact_step(tmp_path, caplog):
-    from fast_lightning.training import explained_stops, resolve_checkpoint
+    from fast_lightning.runs import resolve_checkpoint
+    from fast_lightning.training import explained_stops
 
     with pytest.raises(UserError, match=f"disk full.*{tmp_path}.*RESUME="):
         with explained_stops(tmp_path, f"make synthesize RESUME={tmp_path}"):

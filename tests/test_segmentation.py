@@ -42,7 +42,8 @@ def make_module(*overrides: str):
     from fast_lightning.segmentation.module import SegmentationModule
 
     cfg = smoke_cfg(*overrides)
-    return SegmentationModule(OmegaConf.to_container(cfg, resolve=True), "widget", "test")
+    return SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
+                              int(cfg.data.resolution), "widget", "test")
 
 
 def tiny_trainer(tmp_path, **kw):

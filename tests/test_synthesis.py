@@ -172,8 +172,8 @@ def test_build_mask_sampler_sources_types_and_errors(cfg, fake_split, tmp_path):
 def test_fast_seg_synthesizer_contract(model, cfg, fake_split, buffer_size, refresh):
     _, split = fake_split
     meta = {"window": "crop", "resolution": 32, "config": cfg, "type_names": TYPES}
-    syn = FastSegSynthesizer((model, meta), cfg, build_mask_sampler(cfg, split, 32), buffer_size=buffer_size,
-                             refresh=refresh, sampler=build_sampler({"name": "aias", "steps": 3}))
+    syn = FastSegSynthesizer(model, meta, build_mask_sampler(cfg, split, 32), build_sampler({"name": "aias", "steps": 3}),
+                             buffer_size=buffer_size, refresh=refresh)
     normals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     fg = torch.zeros(4, 1, 32, 32)
     fg[:, :, 6:26, 4:28] = 1

@@ -77,36 +77,6 @@ def bench_plan(cfg, T: int, batch: int, ddpm_images: int) -> list[tuple[str, dic
     return plan
 
 
-def fixed_batch(cfg, split, meta, n: int, seed: int) -> tuple[list, list, torch.Tensor, list[str]]:
-    """n normal train images at their own resolution (or synthesis.out_resolution), masks, types."""
-    from fast_lightning.data.datamodule import foreground_dir
-    from fast_lightning.data.datasets import foreground_mask, item_generator
-    from fast_lightning.data.io import load_image
-    from fast_lightning.synthesis import build_mask_sampler
-
-    out_res = cfg.synthesis.out_resolution
-    size = int(out_res) if out_res else None
-    masks_src = build_mask_sampler(cfg, split, size=size)
-    normals = split.normal_train
-    if not normals:
-        raise UserError("no normal train images to benchmark on")
-    images, masks, cond, paths = [], [], [], []
-    k = len(meta.get("type_names", []))
-    for i in range(n):
-        g = item_generator(seed, i)
-        path = normals[i % len(normals)].image
-        img = load_image(path, size, int(cfg.data.channels), str(cfg.data.image_interpolation))
-        fg = foreground_mask(img, str(cfg.data.foreground), path, foreground_dir(cfg))
-        m, tid, _ = masks_src.sample_typed(tuple(img.shape[-2:]), g, fg)
-        if tid == 0 and k:
-            tid = 1 + int(torch.randint(k, (1,), generator=g))
-        images.append(img)
-        masks.append(m)
-        cond.append(tid)
-        paths.append(str(path))
-    return images, masks, torch.tensor(cond, dtype=torch.long), paths
-
-
 def _plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -137,6 +107,7 @@ def main(args: list[str]) -> int:
     from fast_lightning.diffusion.denoiser import parameter_count
     from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.sampling import build_sampler
+    from fast_lightning.synthesis.predictor import synthesis_batch
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
@@ -162,7 +133,7 @@ def main(args: list[str]) -> int:
         model, meta = load_fast_diffusion(ckpt)
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
-        images, masks, cond, paths = fixed_batch(cfg, split, meta, batch, int(opts["seed"]))
+        images, masks, cond, paths = synthesis_batch(cfg, split, meta.get("type_names", []), batch, int(opts["seed"]))
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc
     model = model.to(device).eval().requires_grad_(False)

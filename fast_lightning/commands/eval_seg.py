@@ -27,7 +27,7 @@ from fast_lightning.commands.train_seg import (
 from fast_lightning.config import apply_overrides
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.runs import atomic_write_json
-from fast_lightning.training import CheckpointError, read_checkpoint, resolve_checkpoint, run_dir_of_checkpoint
+from fast_lightning.runs import CheckpointError, read_checkpoint, resolve_checkpoint, run_dir_of_checkpoint, saved_run_config
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,8 @@ def load_seg_checkpoint(path: str) -> tuple[Path, dict]:
     if meta.get("kind") != "segmentation":
         raise UserError(f"{ckpt_path} is not a segmentation checkpoint (kind={meta.get('kind')!r}); pass a "
                         "checkpoint or run directory written by `make train-seg` (runs/seg/<class>/...)")
-    hp = ckpt.get("hyper_parameters") or {}
-    if "config" not in hp:
-        raise UserError(f"{ckpt_path} holds no saved config (hyper_parameters.config): cannot rebuild its data")
+    if not saved_run_config(ckpt):
+        raise UserError(f"{ckpt_path} holds no saved run config (run_config): cannot rebuild its data")
     return ckpt_path, ckpt
 
 
@@ -65,7 +64,7 @@ def main(args: list[str]) -> int:
         raise UserError("no checkpoint given: make eval-seg CKPT=<checkpoint, seg run dir or runs/seg/<class>/latest>")
     ckpt_path, ckpt = load_seg_checkpoint(str(opts["ckpt"]))
     hp = ckpt["hyper_parameters"]
-    saved = OmegaConf.create(hp["config"])
+    saved = saved_run_config(ckpt)
     OmegaConf.set_struct(saved, True)
     cfg = apply_overrides(saved, overrides)
     for key in MODEL_KEYS:
@@ -78,8 +77,8 @@ def main(args: list[str]) -> int:
 
     from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
 
-    module = SegmentationModule(OmegaConf.to_container(cfg, resolve=True), hp.get("class_name"),
-                                hp.get("synthesizer"))
+    module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
+                                int(cfg.data.resolution), hp.get("class_name"), hp.get("synthesizer"))
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -47,14 +47,14 @@ def _tile(image: torch.Tensor, window, size: int) -> torch.Tensor:
 
 
 def main(args: list[str]) -> int:
-    from fast_lightning.commands.bench_sampling import fixed_batch
     from fast_lightning.data.datamodule import load_split
-    from fast_lightning.data.datasets import item_generator
     from fast_lightning.data.io import load_image, load_mask
     from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.evaluation.plots import save_grid
     from fast_lightning.hardware import autocast_dtype
     from fast_lightning.sampling import build_sampler
+    from fast_lightning.seeding import generator_for
+    from fast_lightning.synthesis.predictor import synthesis_batch
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
@@ -73,7 +73,7 @@ def main(args: list[str]) -> int:
         model, meta = load_fast_diffusion(ckpt)
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
-        images, masks, cond, _ = fixed_batch(cfg, split, meta, n, seed)
+        images, masks, cond, _ = synthesis_batch(cfg, split, meta.get("type_names", []), n, seed)
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc
     model = model.eval().requires_grad_(False)
@@ -90,7 +90,7 @@ def main(args: list[str]) -> int:
     for label, over in rows:
         sampler = build_sampler({**dict(cfg.sampling), **over})
         synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
-        gens = [item_generator(seed, i) for i in range(n)]  # the same per-item streams for every row
+        gens = [generator_for("item", seed, i) for i in range(n)]  # the same per-item streams for every row
         out_images, out_masks = synth.synthesize(images, masks, cond, gens)
         tiles += [_tile(img, synth.window_for(m), tile) for img, m in zip(out_images, out_masks)]
         titles.append(label)

@@ -132,9 +132,9 @@ def run(cfg) -> int:
     from fast_lightning.synthesis.predictor import (
         ImagesProgress,
         PairWriter,
-        SynthesisIndexDataset,
         SynthesisPredictor,
         collate_items,
+        synthesis_dataset,
     )
     from fast_lightning.synthesis.writer import SynthesisWriter
 
@@ -224,11 +224,7 @@ def run(cfg) -> int:
     trainer = None
     seconds = 0.0
     if pending:
-        dataset = SynthesisIndexDataset(
-            pending, [r.image for r in split.normal_train], mask_sampler, list(meta.get("type_names", [])),
-            seed=int(cfg.seed), channels=int(cfg.data.channels), out_resolution=int(out_res) if out_res else None,
-            foreground=str(cfg.data.foreground), foreground_dir=foreground_dir(cfg),
-            interpolation=str(cfg.data.image_interpolation))
+        dataset = synthesis_dataset(cfg, split, pending, list(meta.get("type_names", [])), mask_sampler)
         workers = dataloader_workers(int(cfg.data.num_workers), on_cpu=not cuda_selected(cfg.trainer.accelerator))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                              collate_fn=collate_items, persistent_workers=False)

@@ -16,21 +16,21 @@ from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.diffusion.denoiser import parameter_count
 from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError
 from fast_lightning.runs import (
+    accept_resume,
     atomic_write_json,
     last_checkpoint,
+    read_checkpoint,
     save_config,
-    seed_everything,
     training_run_dir,
     update_latest,
 )
+from fast_lightning.seeding import seed_everything
 from fast_lightning.training import (
-    accept_resume,
     build_trainer,
     check_logger_ready,
     explained_stops,
     finish_logger,
     gradient_clip_val,
-    read_checkpoint,
     resume_command,
     step_timer,
 )
@@ -76,7 +76,10 @@ def run(cfg: DictConfig) -> int:
     seed_everything(int(cfg.seed))
     dm = AnomalyDataModule(cfg, stage="diffusion", run_dir=run_dir)
     dm.setup()
-    module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), dm.type_names, str(cfg.class_name))
+    module = DiffusionModule(OmegaConf.to_container(cfg.diffusion, resolve=True), int(cfg.data.channels),
+                             dm.type_names, str(cfg.class_name), seed=int(cfg.seed),
+                             sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
+                             log_every_n_steps=int(cfg.trainer.log_every_n_steps))
     module.sample_dir = run_dir / "samples"
     if int(cfg.diffusion.num_log_samples) > 0:
         module.set_log_batch(*pick_log_batch(dm, int(cfg.diffusion.num_log_samples)))

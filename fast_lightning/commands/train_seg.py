@@ -22,16 +22,16 @@ from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.runs import (
+    accept_resume,
     atomic_write_json,
     last_checkpoint,
     save_config,
-    seed_everything,
     training_run_dir,
     update_latest,
 )
+from fast_lightning.seeding import seed_everything
 from fast_lightning.segmentation.callbacks import FinalValidation, SampleSheet, TimedSynthesizer
 from fast_lightning.training import (
-    accept_resume,
     build_trainer,
     check_logger_ready,
     explained_stops,
@@ -158,7 +158,8 @@ def run(cfg: DictConfig) -> int:
 
     from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
 
-    module = SegmentationModule(OmegaConf.to_container(cfg, resolve=True), str(cfg.class_name), synth_name)
+    module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
+                                int(cfg.data.resolution), str(cfg.class_name), synth_name)
     module.panel_dir = run_dir / "panels"
     max_steps = int(s.max_steps)
     val_every = max(1, min(int(s.val_every), max_steps))

@@ -34,6 +34,7 @@ from fast_lightning.data.records import ClassIndex, read_class
 from fast_lightning.data.split import Split, make_split
 from fast_lightning.hardware import cuda_selected, dataloader_workers
 from fast_lightning.errors import ConfigError
+from fast_lightning.seeding import generator_for
 
 Synthesizer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -228,7 +229,7 @@ class AnomalyDataModule(L.LightningDataModule):
         size = crop_size(self.cfg, tuple(batch["image"].shape[-2:]))
         if size is None:
             return batch
-        g = torch.Generator().manual_seed(int(self.cfg.seed) * 7919 + step * 131 + rank + 104_729)
+        g = generator_for("seg_crop", int(self.cfg.seed), step, rank)
         return crop_batch(batch, size, float(self.cfg.segmentation.crop_defect_share), g)
 
     def synthesize_batch(self, batch: dict, step: int = 0, rank: int = 0) -> dict:
@@ -237,7 +238,7 @@ class AnomalyDataModule(L.LightningDataModule):
         n_syn = int(round(images.shape[0] * float(self.cfg.segmentation.synth_ratio)))
         if n_syn == 0:
             return batch
-        g = torch.Generator().manual_seed(int(self.cfg.seed) * 7919 + step * 131 + rank)
+        g = generator_for("seg_synthesis", int(self.cfg.seed), step, rank)
         if getattr(self.synthesizer, "native_input", False) and "record" in batch:
             # the synthesizer reads these normal-train records at full resolution (see FastSegSynthesizer)
             syn_img, syn_mask = self.synthesizer(images[:n_syn], foreground[:n_syn], g,

@@ -17,6 +17,7 @@ from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import DataError, Record
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 from fast_lightning.errors import ConfigError
+from fast_lightning.seeding import generator_for
 
 
 SEG_DIVISOR = 32  # working sides are multiples of this: what smp's strictest decoders need (models.required_divisor)
@@ -53,16 +54,6 @@ def working_size(records: list[Record], seg_scale: int | None, resolution: int,
 
 def as_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def item_seed(seed: int, index: int) -> int:
-    """The per-item seed of item ``index`` under run seed ``seed`` (masks, crops, synthesis pairs)."""
-    return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
-
-
-def item_generator(seed: int, index: int) -> torch.Generator:
-    """The per-item random stream: a generator seeded with ``item_seed`` (item i depends only on (seed, i))."""
-    return torch.Generator().manual_seed(item_seed(seed, index))
 
 
 class NativeCache:
@@ -167,7 +158,7 @@ class GeneratorTrainDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        g = item_generator(self.seed, index)
+        g = generator_for("item", self.seed, index)
         normal = bool(torch.rand((), generator=g) < self.normal_weight)
         pool = self.normals if normal else self.defects
         rec = pool[int(torch.randint(len(pool), (1,), generator=g))]
@@ -223,7 +214,7 @@ class NormalImageDataset(Dataset):
         return (0 if self.foreground_dir else fallbacks), n
 
     def __getitem__(self, index: int) -> dict:
-        g = item_generator(self.seed, index)
+        g = generator_for("item", self.seed, index)
         i = int(torch.randint(len(self.normals), (1,), generator=g)) if self.length != len(self.normals) else index
         img, fg = self.load(i)
         flip = bool(self.augment and torch.rand((), generator=g) < 0.5)  # the only augmentation: h-flip

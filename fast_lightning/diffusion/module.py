@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import grad_norm
 from omegaconf import OmegaConf
 
 from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion
+from fast_lightning.schema import TrainerConfig
+from fast_lightning.seeding import generator_for
 
 
 class NonFiniteLossError(RuntimeError):
@@ -23,12 +25,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class DiffusionModule(L.LightningModule):
-    def __init__(self, config: dict, type_names: list[str], class_name: str):
+    """Receives its own config group (``diffusion``) plus the few run values it needs; the command keeps the
+    whole run config (stored in every checkpoint by ``training.build_trainer``)."""
+
+    def __init__(self, diffusion: dict, channels: int, type_names: list[str], class_name: str, seed: int = 0,
+                 sampling: dict | None = None, log_every_n_steps: int = TrainerConfig.log_every_n_steps):
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
-        d = self.cfg.diffusion
-        self.model: FASTDiffusion = build_fast_diffusion(d, int(self.cfg.data.channels), len(type_names), type_names)
+        self.diffusion_cfg = OmegaConf.create(diffusion)
+        self.sampling_cfg = OmegaConf.create(sampling if sampling is not None else {})
+        self.channels, self.seed, self.log_every = int(channels), int(seed), max(1, int(log_every_n_steps))
+        self.model: FASTDiffusion = build_fast_diffusion(self.diffusion_cfg, self.channels, len(type_names), type_names)
         # the EMA shares the frozen pretrained parameters (latent backbone) instead of copying 1.4B weights
         shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
         self.ema: FASTDiffusion = copy.deepcopy(self.model, memo=shared).requires_grad_(False).eval()
@@ -38,7 +45,7 @@ class DiffusionModule(L.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.cfg.diffusion.optim
+        o = self.diffusion_cfg.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=float(o.lr), weight_decay=float(o.weight_decay))
         warmup = max(1, int(o.warmup_steps))
@@ -51,8 +58,7 @@ class DiffusionModule(L.LightningModule):
             self.ema.to(memory_format=torch.channels_last)
 
     def step_generator(self) -> torch.Generator:
-        seed = int(self.cfg.seed) * 1_000_003 + int(self.global_step) * 7 + int(self.global_rank) * 104_729
-        return torch.Generator().manual_seed(seed)
+        return generator_for("diffusion_step", self.seed, int(self.global_step), int(self.global_rank))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         g = self.step_generator()
@@ -74,7 +80,7 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # logged before Lightning clips (diffusion.optim.grad_clip -> Trainer gradient_clip_val): the raw norm
-        if self.global_step % max(1, int(self.cfg.trainer.log_every_n_steps)) == 0:
+        if self.global_step % self.log_every == 0:
             norms = grad_norm(self.model, norm_type=2)
             total = norms.get("grad_2.0_norm_total")
             if total is not None:
@@ -87,7 +93,7 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        decay = float(self.cfg.diffusion.optim.ema_decay)
+        decay = float(self.diffusion_cfg.optim.ema_decay)
         n = int(self.ema_updates) + 1
         decay = min(decay, (1 + n) / (10 + n))  # warm start: EMA follows quickly early on
         pairs = [(e, p) for e, p in zip(self.ema.parameters(), self.model.parameters()) if e is not p]
@@ -99,7 +105,7 @@ class DiffusionModule(L.LightningModule):
         self.ema_updates += 1
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        every = int(self.cfg.diffusion.sample_every)
+        every = int(self.diffusion_cfg.sample_every)
         if every and self.global_step % every == 0 and self.global_step > 0:
             self.log_samples()
 
@@ -114,11 +120,11 @@ class DiffusionModule(L.LightningModule):
 
         if self.log_batch is None:
             raise RuntimeError("set_log_batch() first")
-        sampler = sampler or build_sampler(self.cfg.sampling)
+        sampler = sampler or build_sampler(self.sampling_cfg)
         b = {k: v.to(self.device) for k, v in self.log_batch.items()}
         ema = self.ema.eval()
         background = ema.to_model_space(b["image"])
-        gens = [torch.Generator().manual_seed(int(self.cfg.seed) + i) for i in range(background.shape[0])]
+        gens = [generator_for("sample_grid", self.seed, i) for i in range(background.shape[0])]
         out = ema.from_model_space(sampler(ema, background, ema.model_mask(b["mask"], background), b["cond"], gens))
         if ema.farm is not None:
             t = torch.full((background.shape[0],), ema.num_train_timesteps // 2, device=self.device, dtype=torch.long)
@@ -162,9 +168,9 @@ class DiffusionModule(L.LightningModule):
             "kind": "diffusion",
             "class_name": self.hparams.class_name,
             "type_names": list(self.hparams.type_names),
-            "resolution": int(self.cfg.diffusion.resolution),
-            "window": str(self.cfg.diffusion.window),
-            "channels": int(self.cfg.data.channels),
+            "resolution": int(self.diffusion_cfg.resolution),
+            "window": str(self.diffusion_cfg.window),
+            "channels": self.channels,
             **pretrained_meta(self.model),
         }
         # pretrained frozen weights are not stored: the checkpoint holds the folder path and its fingerprint
@@ -190,7 +196,7 @@ def pretrained_meta(model: FASTDiffusion) -> dict[str, Any]:
 
 def check_pretrained_matches(meta: dict, model: FASTDiffusion, action: str) -> None:
     """The pretrained folder behind ``model`` must be the one the checkpoint was trained with."""
-    from fast_lightning.training import CheckpointError
+    from fast_lightning.runs import CheckpointError
 
     want, have = meta.get("pretrained_fingerprint"), pretrained_meta(model)
     if want is None and not have:
@@ -206,15 +212,19 @@ def check_pretrained_matches(meta: dict, model: FASTDiffusion, action: str) -> N
 
 def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
     """EMA weights of a diffusion checkpoint (file, run dir or ``latest`` link) + its metadata."""
-    from fast_lightning.training import CheckpointError, read_checkpoint, resolve_checkpoint
+    from fast_lightning.runs import CheckpointError, read_checkpoint, resolve_checkpoint, saved_run_config
 
     ckpt = read_checkpoint(path, map_location="cpu")
     meta = ckpt.get("fast_lightning", {})
     if meta.get("kind") != "diffusion":
         raise CheckpointError(f"{resolve_checkpoint(path)} is not a diffusion checkpoint (kind={meta.get('kind')!r})")
     hp = ckpt["hyper_parameters"]
-    cfg = OmegaConf.create(hp["config"])
-    model = build_fast_diffusion(cfg.diffusion, int(cfg.data.channels), len(hp["type_names"]), hp["type_names"])
+    cfg = saved_run_config(ckpt)
+    if "diffusion" in hp:  # the module's own group (current checkpoints)
+        diffusion, channels = OmegaConf.create(hp["diffusion"]), int(hp["channels"])
+    else:  # checkpoints written before the modules took their own group
+        diffusion, channels = cfg.diffusion, int(cfg.data.channels)
+    model = build_fast_diffusion(diffusion, channels, len(hp["type_names"]), hp["type_names"])
     check_pretrained_matches(meta, model, f"load {resolve_checkpoint(path)}")
     state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     try:

@@ -29,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fast_lightning.evaluation.metrics import SegmentationMetrics, aupro, per_type_metrics
+from fast_lightning.schema import DataConfig
 from fast_lightning.segmentation.losses import build_loss
 from fast_lightning.segmentation.models import build_segmenter
 
@@ -65,14 +66,19 @@ def pick_panel_indices(labels: list[str], n: int) -> list[int]:
 
 
 class SegmentationModule(L.LightningModule):
-    """Binary anomaly segmenter (smp) with DiceFocal loss and exact real-defect metrics."""
+    """Binary anomaly segmenter (smp) with DiceFocal loss and exact real-defect metrics.
 
-    def __init__(self, config: dict, class_name: str | None = None, synthesizer: str | None = None):
+    Receives its own config group (``segmentation``) plus the image channels and working resolution; the
+    command keeps the whole run config (stored in every checkpoint by ``training.build_trainer``)."""
+
+    def __init__(self, segmentation: dict, channels: int = DataConfig.channels,
+                 resolution: int = DataConfig.resolution, class_name: str | None = None,
+                 synthesizer: str | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
-        s = self.cfg.segmentation
-        channels = int(self.cfg.data.channels)
+        self.seg_cfg = s = OmegaConf.create(segmentation)
+        channels = int(channels)
+        self.channels, self.resolution = channels, int(resolution)  # data.channels, data.resolution
         self.model = build_segmenter(str(s.arch), str(s.encoder), s.encoder_weights, in_channels=channels)
         self.loss_fn = build_loss(OmegaConf.to_container(s.loss, resolve=True))
         if channels == 3:
@@ -116,7 +122,7 @@ class SegmentationModule(L.LightningModule):
         return torch.sigmoid(self(images).float())
 
     def configure_optimizers(self):
-        s = self.cfg.segmentation
+        s = self.seg_cfg
         opt = torch.optim.AdamW(self.model.parameters(), lr=float(s.lr), weight_decay=float(s.weight_decay))
         total = max(1, int(s.max_steps))
         warmup = max(1, min(50, total // 20))
@@ -177,7 +183,7 @@ class SegmentationModule(L.LightningModule):
     def _collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All ranks' images, de-duplicated by dataset index (DistributedSampler pads shards), sorted."""
         st = self._eval_state
-        res = int(self.cfg.data.resolution)
+        res = self.resolution
         index = torch.cat(st["index"]) if st.get("index") else torch.zeros(0, dtype=torch.long)
         probs = torch.cat(st["probs"]) if st.get("probs") else torch.zeros(0, 1, res, res)
         masks = torch.cat(st["masks"]) if st.get("masks") else torch.zeros(0, 1, res, res, dtype=torch.uint8)
@@ -268,7 +274,7 @@ class SegmentationModule(L.LightningModule):
         """Fixed panel images (loaded once): bounded by segmentation.num_log_images."""
         if self._panel_cache is not None:
             return self._panel_cache
-        n = int(self.cfg.segmentation.num_log_images)
+        n = int(self.seg_cfg.num_log_images)
         ds = self.panel_dataset
         if ds is None:
             dm = getattr(self.trainer, "datamodule", None)
@@ -313,14 +319,14 @@ class SegmentationModule(L.LightningModule):
 
     # ---- checkpoint metadata -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        s = self.cfg.segmentation
+        s = self.seg_cfg
         checkpoint["fast_lightning"] = {
             "kind": "segmentation",
             "class_name": self.hparams.class_name,
             "type_names": getattr(getattr(self._trainer, "datamodule", None), "type_names", None),
             "synthesizer": self.hparams.synthesizer,
             "arch": str(s.arch), "encoder": str(s.encoder),
-            "resolution": int(self.cfg.data.resolution), "channels": int(self.cfg.data.channels),
+            "resolution": self.resolution, "channels": self.channels,
             "threshold": float(self.threshold), "threshold_chosen_on": "validation" if bool(self.threshold_chosen) else None,
             "val_metrics": dict(self.val_metrics) if self.val_metrics else None,
         }

@@ -7,14 +7,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fast_lightning.runs import CheckpointError, last_checkpoint, resolve_checkpoint, resolve_run_path
-from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get
+from fast_lightning.synthesis.common import SynthesisError
 
 __all__ = ["resolve_diffusion_checkpoint", "check_checkpoint_compatible"]
 
 
 def resolve_diffusion_checkpoint(cfg) -> Path:
     """``synthesis.ckpt`` (file, run dir or ``latest`` link) or runs/diffusion/<class>/latest."""
-    given = _cfg_get(cfg, "synthesis", "ckpt")
+    given = cfg.synthesis.ckpt
     path = Path(str(given)) if given else Path(str(cfg.run_root)) / "diffusion" / str(cfg.class_name) / "latest"
     try:
         return resolve_checkpoint(path, periodic=False)  # the one run-dir -> last.ckpt rule (runs.py)

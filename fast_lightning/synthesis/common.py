@@ -1,4 +1,4 @@
-"""What every synthesis module shares: the user-fixable error type, a tolerant config lookup, and the scalar
+"""What every synthesis module shares: the user-fixable error type and the scalar
 random draws (always on the generator's device, so a CPU generator drives GPU batches reproducibly)."""
 
 from __future__ import annotations
@@ -9,26 +9,13 @@ import torch
 
 from fast_lightning.errors import UserError
 
-__all__ = ["SynthesisError", "GeneratorArg", "cfg_get", "uniform", "randint", "coin", "batch_generators"]
+__all__ = ["SynthesisError", "GeneratorArg", "uniform", "randint", "coin", "batch_generators"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator]
 
 
 class SynthesisError(UserError, ValueError):
     """A synthesis problem the user can fix (missing checkpoint, mismatched class, bad option)."""
-
-
-def cfg_get(cfg, *keys, default=None):
-    """cfg.k1.k2..., or ``default`` when a key is missing or None (works on dicts and configs)."""
-    node = cfg
-    for k in keys:
-        if node is None:
-            return default
-        try:
-            node = node.get(k) if hasattr(node, "get") else getattr(node, k)
-        except Exception:  # omegaconf struct / missing attribute
-            return default
-    return default if node is None else node
 
 
 def uniform(generator: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import torch
 
 from fast_lightning.data.masks import resize_mask
-from fast_lightning.hardware import autocast_dtype
-from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible
-from fast_lightning.synthesis.common import GeneratorArg, cfg_get as _cfg_get
+from fast_lightning.schema import DataConfig, SynthesisConfig
+from fast_lightning.synthesis.common import GeneratorArg
 from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler
 from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
 
@@ -59,30 +58,23 @@ class FastSegSynthesizer:
 
     native_input = True  # the DataModule passes ``records`` and ``hflip``
 
-    def __init__(self, checkpoint, cfg, mask_sampler: MaskSampler, buffer_size: int = 0,
-                 refresh: int | None = None, sampler=None, type_names: Sequence[str] | None = None,
+    def __init__(self, model, meta, mask_sampler: MaskSampler, sampler, *, autocast_dtype: torch.dtype | None = None,
+                 channels: int = DataConfig.channels, foreground: str = DataConfig.foreground,
+                 foreground_dir: str | None = DataConfig.foreground_dir,
+                 buffer_size: int = SynthesisConfig.seg_buffer_size, refresh: int | None = SynthesisConfig.seg_refresh,
                  normals: Sequence[str] | None = None) -> None:
-        from fast_lightning.sampling import build_sampler
-
-        if isinstance(checkpoint, tuple):
-            model, meta = checkpoint
-        else:
-            from fast_lightning.diffusion.module import load_fast_diffusion
-
-            model, meta = load_fast_diffusion(checkpoint)
-            check_checkpoint_compatible(meta, cfg, type_names)
-        model = model.eval().requires_grad_(False)
-        sampler = sampler if sampler is not None else build_sampler(cfg.sampling)
-        amp = autocast_dtype(str(_cfg_get(cfg, "trainer", "precision", default="32-true")))
-        self.synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
+        """``model``/``meta``: a loaded diffusion model and its checkpoint metadata (the registry loads and
+        checks them); ``sampler``: the sampling scheduler; the rest are the data.* and synthesis.* values."""
+        self.synth = AnomalySynthesizer(model.eval().requires_grad_(False), sampler, meta,
+                                        autocast_dtype=autocast_dtype)
         self.mask_sampler = mask_sampler
         self.num_types = len(self.synth.type_names)
         self.buffer_size = max(0, int(buffer_size or 0))
         self.refresh = None if not refresh else int(refresh)
         self.normals = list(normals) if normals is not None else None
-        self.channels = int(_cfg_get(cfg, "data", "channels", default=3))
-        self.foreground_mode = str(_cfg_get(cfg, "data", "foreground", default="auto"))
-        self.foreground_dir = _cfg_get(cfg, "data", "foreground_dir", default=None) or None
+        self.channels = int(channels)
+        self.foreground_mode = str(foreground)
+        self.foreground_dir = foreground_dir or None
         self._cache = None  # data.datasets.NativeCache: decoded full-resolution normals (uint8)
         self._foregrounds: dict[int, torch.Tensor] = {}
         self._pool_images: torch.Tensor | None = None

@@ -14,7 +14,8 @@ from typing import NamedTuple, Union
 import torch
 
 from fast_lightning.data.masks import Size, as_hw
-from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get, uniform as _uniform
+from fast_lightning.schema import MasksConfig
+from fast_lightning.synthesis.common import SynthesisError, uniform as _uniform
 from fast_lightning.synthesis.mask_sources import (
     FolderMaskSource,
     MaskSource,
@@ -40,7 +41,8 @@ class MaskSampler:
     RuntimeError explains which limits failed and what to change.
     """
 
-    def __init__(self, sources: Sequence, min_area: float = 0.001, max_area: float = 0.3, max_tries: int = 20) -> None:
+    def __init__(self, sources: Sequence, min_area: float = MasksConfig.min_area, max_area: float = MasksConfig.max_area,
+                 max_tries: int = MasksConfig.max_tries) -> None:
         pairs: list[tuple[SourceLike, float]] = []
         for item in sources:
             src, weight = item if isinstance(item, tuple) else (item, 1.0)
@@ -284,9 +286,9 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
     if unknown:
         raise SynthesisError(f"unknown mask source(s) {unknown} in synthesis.masks.sources; choose from "
                              f"{', '.join(MASK_SOURCES)}")
-    bank_kw = dict(scale_range=tuple(float(v) for v in _cfg_get(mc, "real_scale_range", default=(0.5, 1.5))),
-                   max_angle=float(_cfg_get(mc, "real_max_angle", default=15.0)))
-    perlin_type = str(_cfg_get(cfg, "synthesis", "perlin_type", default="random"))
+    bank_kw = dict(scale_range=tuple(float(v) for v in mc.real_scale_range),
+                   max_angle=float(mc.real_max_angle))
+    perlin_type = str(cfg.synthesis.perlin_type)
     real_masks: list[tuple] | None = None
 
     def load_real() -> list[tuple]:
@@ -318,12 +320,12 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
             src = _LabelledSource(bank, "real", [split.type_id(r.label) for r, _ in kept],
                                   [f"{r.label}/{Path(r.mask).name}" for r, _ in kept])
         elif name == "perlin":
-            scales = tuple(int(v) for v in _cfg_get(mc, "perlin_scale_range", default=(0, 6)))
+            scales = tuple(int(v) for v in mc.perlin_scale_range)
             src = _LabelledSource(PerlinMaskSource(scale_range=scales,
-                                                   threshold=float(_cfg_get(mc, "perlin_threshold", default=0.5))),
+                                                   threshold=float(mc.perlin_threshold)),
                                   "perlin")
         else:
-            folder = _cfg_get(mc, "folder")
+            folder = mc.folder
             if not folder:
                 raise SynthesisError("mask source 'folder' needs synthesis.masks.folder=<folder of mask images>")
             try:
@@ -340,4 +342,4 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
             features.setdefault(split.type_id(r.label), []).append(mask_shape_features(m))
     return TypedMaskSampler(pairs, type_names=list(split.types), perlin_type=perlin_type, type_features=features,
                             min_area=float(mc.min_area), max_area=float(mc.max_area),
-                            max_tries=int(_cfg_get(mc, "max_tries", default=50)))
+                            max_tries=int(mc.max_tries))

@@ -17,17 +17,13 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch.utils.data import Dataset
 
-from fast_lightning.data.datasets import foreground_mask, item_generator, item_seed
+from fast_lightning.data.datasets import foreground_mask
 from fast_lightning.data.io import bit_depth, load_image
 from fast_lightning.data.masks import resize_mask
+from fast_lightning.seeding import generator_for
 from fast_lightning.synthesis.common import SynthesisError
 from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
 from fast_lightning.synthesis.writer import SynthesisWriter
-
-
-def sampler_generator(seed: int, index: int) -> torch.Generator:
-    """The sampler's noise stream for pair ``index`` (separate from the stream that picks image and mask)."""
-    return torch.Generator().manual_seed((item_seed(seed, index) * 7919 + 104_729) % (2**63 - 1))
 
 
 class SynthesisIndexDataset(Dataset):
@@ -41,7 +37,7 @@ class SynthesisIndexDataset(Dataset):
                  foreground: str = "auto", foreground_dir: str | None = None,
                  interpolation: str = "bicubic") -> None:
         if not normals:
-            raise ValueError("no normal train images to synthesize on")
+            raise SynthesisError("no normal train images to synthesize on (the split's normal-train set is empty)")
         self.indices = [int(i) for i in indices]
         self.normals = list(normals)
         self.mask_sampler = mask_sampler
@@ -53,7 +49,7 @@ class SynthesisIndexDataset(Dataset):
         return len(self.indices)
 
     def item(self, index: int) -> dict:
-        g = item_generator(self.seed, index)
+        g = generator_for("item", self.seed, index)
         path = self.normals[int(torch.randint(len(self.normals), (1,), generator=g))]
         image = load_image(path, None, self.channels, self.interpolation)  # full resolution: training's scale
         fg = foreground_mask(image, self.foreground, path, self.foreground_dir)
@@ -75,6 +71,32 @@ class SynthesisIndexDataset(Dataset):
         return self.item(self.indices[k])
 
 
+def synthesis_dataset(cfg, split, indices: Sequence[int], type_names: Sequence[str],
+                      mask_sampler=None, seed: int | None = None) -> SynthesisIndexDataset:
+    """Pairs ``indices`` of `make synthesize` under ``cfg``: the one definition of a synthesis input (normal
+    image, mask, type), shared by synthesis, bench-sampling and the fidelity sheet."""
+    from fast_lightning.data.datamodule import foreground_dir
+    from fast_lightning.synthesis.masks import build_mask_sampler
+
+    out_res = cfg.synthesis.out_resolution
+    return SynthesisIndexDataset(
+        indices, [r.image for r in split.normal_train],
+        mask_sampler if mask_sampler is not None else build_mask_sampler(cfg, split, size=None),
+        list(type_names), seed=int(cfg.seed if seed is None else seed), channels=int(cfg.data.channels),
+        out_resolution=int(out_res) if out_res else None, foreground=str(cfg.data.foreground),
+        foreground_dir=foreground_dir(cfg), interpolation=str(cfg.data.image_interpolation))
+
+
+def synthesis_batch(cfg, split, type_names: Sequence[str], n: int, seed: int
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, list[str]]:
+    """(images, masks, type ids, source paths) of pairs 0..n-1 of `make synthesize` with ``seed``: a fixed
+    batch for speed benchmarks and sheets (full resolution, like synthesis itself)."""
+    ds = synthesis_dataset(cfg, split, range(n), type_names, seed=seed)
+    items = [ds.item(i) for i in range(n)]
+    return ([it["image"] for it in items], [it["mask"] for it in items],
+            torch.tensor([it["cond"] for it in items], dtype=torch.long), [it["source"] for it in items])
+
+
 def collate_items(items: list[dict]) -> list[dict]:
     """Keep items separate: full-resolution images may differ in size."""
     return list(items)
@@ -93,7 +115,7 @@ class SynthesisPredictor(L.LightningModule):
         self.type_names = self.synth.type_names
 
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
-        gens = [sampler_generator(self.seed, it["index"]) for it in batch]
+        gens = [generator_for("synthesis_noise", self.seed, it["index"]) for it in batch]
         cond = torch.tensor([it["cond"] for it in batch], dtype=torch.long)
         images, masks = self.synth.synthesize([it["image"] for it in batch], [it["mask"] for it in batch],
                                               cond, gens)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fast_lightning.hardware import autocast_dtype
 from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer
 from fast_lightning.synthesis.cached import CachedSegSynthesizer
-from fast_lightning.synthesis.checkpoints import resolve_diffusion_checkpoint
+from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible, resolve_diffusion_checkpoint
 from fast_lightning.synthesis.common import SynthesisError
 from fast_lightning.synthesis.fast_seg import FastSegSynthesizer
 from fast_lightning.synthesis.masks import build_mask_sampler
@@ -64,11 +65,17 @@ def build_seg_synthesizer(name: str, cfg, datamodule):
     size = datamodule.working_size
     syn = cfg.synthesis
     if name == "fast":
-        ckpt = resolve_diffusion_checkpoint(cfg)
+        from fast_lightning.diffusion.module import load_fast_diffusion
+        from fast_lightning.sampling import build_sampler
+
+        model, meta = load_fast_diffusion(resolve_diffusion_checkpoint(cfg))
+        check_checkpoint_compatible(meta, cfg, list(split.types))
         # full-resolution synthesis (masks at native size), then the working size: see FastSegSynthesizer
-        return FastSegSynthesizer(ckpt, cfg, build_mask_sampler(cfg, split, None),
-                                  buffer_size=int(syn.seg_buffer_size), refresh=syn.seg_refresh,
-                                  type_names=list(split.types), normals=[r.image for r in split.normal_train])
+        return FastSegSynthesizer(model, meta, build_mask_sampler(cfg, split, None), build_sampler(cfg.sampling),
+                                  autocast_dtype=autocast_dtype(str(cfg.trainer.precision)),
+                                  channels=int(cfg.data.channels), foreground=str(cfg.data.foreground),
+                                  foreground_dir=cfg.data.foreground_dir, buffer_size=int(syn.seg_buffer_size),
+                                  refresh=syn.seg_refresh, normals=[r.image for r in split.normal_train])
     if name == "fast_cached":
         return CachedSegSynthesizer(resolve_cached_dir(cfg), size, int(cfg.data.channels))
     if name == "draem":

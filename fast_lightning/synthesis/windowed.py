@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
-from fast_lightning.synthesis.common import SynthesisError, cfg_get as _cfg_get
+from fast_lightning.schema import CropConfig
+from fast_lightning.synthesis.common import SynthesisError
 
 __all__ = ["Window", "AnomalySynthesizer", "resize_image"]
 
@@ -76,8 +77,9 @@ class AnomalySynthesizer:
         self.sampler = sampler
         self.meta = dict(meta)
         self.window = window
-        self.resolution = int(meta.get("resolution") or _cfg_get(meta.get("config"), "diffusion", "resolution"))
-        self.crop_scale = float(_cfg_get(meta.get("config"), "diffusion", "crop", "scale", default=0.35))
+        trained = dict((meta.get("config") or {}).get("diffusion") or {})  # the diffusion.* it was trained with
+        self.resolution = int(meta.get("resolution") or trained["resolution"])
+        self.crop_scale = float(dict(trained.get("crop") or {}).get("scale", CropConfig.scale))
         self.autocast_dtype = autocast_dtype
         self._warned_small = False
 
