@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -70,3 +72,40 @@ def test_saved_config_overrides_are_type_checked():
     with pytest.raises(ConfigError, match=r"'sampling\.steps' expects int"):
         apply_overrides(saved, ["sampling.steps=many"])
     assert apply_overrides(saved, ["sampling.steps=7"]).sampling.steps == 7
+
+
+def _default(fn, name):
+    return inspect.signature(fn).parameters[name].default
+
+
+def test_library_defaults_are_the_schema_defaults():
+    """Objects built without the config (library use, tests) behave like the config's defaults."""
+    from fast_lightning.sampling import AIASSampler
+    from fast_lightning.schema import DataConfig, MasksConfig, SamplingConfig, SynthesisConfig
+    from fast_lightning.synthesis import FastSegSynthesizer, MaskSampler
+    from fast_lightning.synthesis.mask_sources import PerlinMaskSource, RealMaskBank
+
+    masks, sampling, synthesis, data = MasksConfig(), SamplingConfig(), SynthesisConfig(), DataConfig()
+    pairs = [
+        ((MaskSampler.__init__, "min_area"), masks.min_area),
+        ((MaskSampler.__init__, "max_area"), masks.max_area),
+        ((MaskSampler.__init__, "max_tries"), masks.max_tries),
+        ((RealMaskBank.__init__, "scale_range"), tuple(masks.real_scale_range)),
+        ((RealMaskBank.__init__, "max_angle"), masks.real_max_angle),
+        ((PerlinMaskSource.__init__, "scale_range"), tuple(masks.perlin_scale_range)),
+        ((PerlinMaskSource.__init__, "threshold"), masks.perlin_threshold),
+        ((AIASSampler.__init__, "steps"), sampling.steps),
+        ((AIASSampler.__init__, "variant"), sampling.variant),
+        ((AIASSampler.__init__, "t_end"), sampling.t_end),
+        ((AIASSampler.__init__, "farm"), sampling.farm),
+        ((AIASSampler.__init__, "farm_min_t"), sampling.farm_min_t),
+        ((AIASSampler.__init__, "renoise"), sampling.renoise),
+        ((AIASSampler.__init__, "renoise_band"), tuple(sampling.renoise_band)),
+        ((FastSegSynthesizer.__init__, "buffer_size"), synthesis.seg_buffer_size),
+        ((FastSegSynthesizer.__init__, "refresh"), synthesis.seg_refresh),
+        ((FastSegSynthesizer.__init__, "channels"), data.channels),
+        ((FastSegSynthesizer.__init__, "foreground"), data.foreground),
+    ]
+    wrong = [(f"{fn.__qualname__}({name}=...)", _default(fn, name), want) for (fn, name), want in pairs
+             if _default(fn, name) != want]
+    assert not wrong, f"library defaults that disagree with fast_lightning/schema.py: {wrong}"
