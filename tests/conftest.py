@@ -1,5 +1,6 @@
-"""Shared fixtures: a seeded fake MVTec tree, the real shared data (skipped if absent), and ``run_cli``, the one
-way tests start ``python -m fast_lightning``."""
+"""Shared fixtures: a seeded fake MVTec tree, the real shared data (skipped if absent), the smoke config and an
+untrained smoke diffusion model, ``check_seg_run`` (what a finished train-seg run must hold) and ``run_cli``, the
+one way tests start ``python -m fast_lightning``."""
 
 from __future__ import annotations
 
