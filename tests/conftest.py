@@ -1,8 +1,11 @@
-"""Shared fixtures: a seeded fake MVTec tree, the real shared data (skipped if absent), and ``run_cli``, the one
-way tests start ``python -m fast_lightning``."""
+"""Shared fixtures: a seeded fake MVTec tree, the real shared data (skipped if absent), the smoke config and an
+untrained smoke diffusion model, ``check_seg_run`` (what a finished train-seg run must hold) and ``run_cli``, the
+one way tests start ``python -m fast_lightning``."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -19,13 +22,30 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600, expect=0) -> subprocess.CompletedProcess:
-    """``python -m fast_lightning <args>`` as a user starts it (one thread, W&B off, this checkout first on the
-    path); asserts the exit code ``expect`` (None: any) and shows the output's tail when it differs."""
-    full_env = dict(os.environ, PYTHONPATH=str(PROJECT_DIR), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "fast_lightning", *map(str, args)], cwd=cwd or PROJECT_DIR,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+# variables a launcher (Lightning DDP, torchrun) sets for its children: a test's command must not inherit them
+LAUNCHER_ENV = ("FAST_LIGHTNING_", "MASTER_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")
+
+
+def cli_env(env: dict | None = None) -> dict:
+    """The environment of a command a test starts: one thread, W&B off, this checkout first on the path, no
+    launcher variables; ``env`` adds keys (a value of None removes the key)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_ENV)}
+    full.update(PYTHONPATH=str(PROJECT_DIR), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return full
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, expect=0, launcher=()) -> subprocess.CompletedProcess:
+    """``python -m fast_lightning <args>`` as a user starts it (environment: ``cli_env(env)``); ``launcher``
+    goes between the interpreter and ``-m fast_lightning`` (e.g. ``-m torch.distributed.run --nproc-per-node=2``).
+    Asserts the exit code ``expect`` (None: any) and shows the output's tail when it differs."""
+    argv = [sys.executable, *map(str, launcher), "-m", "fast_lightning", *map(str, args)]
+    proc = subprocess.run(argv, cwd=cwd or PROJECT_DIR, env=cli_env(env), capture_output=True, text=True,
+                          timeout=timeout)
     if expect is not None:
         assert proc.returncode == expect, f"exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -73,6 +93,28 @@ def fake_mvtec(tmp_path) -> Path:
     return tmp_path
 
 
+SMOKE_TYPES = ["crack", "dent"]  # the fake class's defect types
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    """The smoke profile's config (no class): the tiny model and sampler settings unit tests build on."""
+    from fast_lightning.config import load_config
+
+    return load_config(["profile=smoke"])
+
+
+@pytest.fixture(scope="module")
+def smoke_model(smoke_cfg):
+    """An untrained, seeded smoke-size diffusion model for SMOKE_TYPES, in eval mode."""
+    import torch
+
+    from fast_lightning.diffusion import build_fast_diffusion
+
+    torch.manual_seed(0)
+    return build_fast_diffusion(smoke_cfg.diffusion, 3, len(SMOKE_TYPES), SMOKE_TYPES).eval()
+
+
 def shared_class(dataset: str, class_name: str) -> tuple[Path, str]:
     root = SHARED_DATA / dataset
     if not (root / class_name).is_dir():
@@ -83,3 +125,36 @@ def shared_class(dataset: str, class_name: str) -> tuple[Path, str]:
 @pytest.fixture
 def tire():
     return shared_class("mvtec3d_rgb", "tire")
+
+
+SEG_METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
+                   "iou_threshold", "image_auroc", "aupro")
+
+
+def check_seg_run(run_dir: Path, synth: str) -> dict:
+    """A finished train-seg run on the fake class: metrics.json (every metric in [0,1] or an allowed nan, the
+    split disjoint, all test images evaluated), split.json, checkpoints, sample sheet and panels."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["synthesizer"] == synth and m["evaluated_on"].startswith("real-test")
+    for part in ("test", "val"):
+        assert set(SEG_METRIC_KEYS) <= set(m[part]), part
+        for k, v in m[part].items():
+            assert (0.0 <= v <= 1.0) or (math.isnan(v) and k in ("image_auroc",)), (part, k, v)
+    assert 0.0 <= m["threshold"] <= 1.0 and m["test"]["iou_threshold"] == pytest.approx(m["threshold"])
+    c = m["counts"]
+    assert c["val_test_disjoint"] and c["eval_disjoint_from_generator_train"]
+    assert c["test_images"] > 0 and c["val_images"] > 0 and m["test_images_evaluated"]["images"] == c["test_images"]
+    assert set(m["test_per_type"]) == {"crack", "dent"}  # the fake class's defect types
+    for v in m["test_per_type"].values():
+        assert 0.0 <= v["pixel_ap"] <= 1.0 and v["images"] > v["defect_images"] > 0
+    scale = m["defect_scale"]
+    assert scale["size"] == m["working_size"] and scale["masks"] == c["val_defect_images"] + c["test_defect_images"]
+    split = json.loads((run_dir / "split.json").read_text())
+    gen = {r["image"] for r in split["generator_train"]}
+    val, test = {r["image"] for r in split["val"]}, {r["image"] for r in split["test"]}
+    assert not (val & test) and not ((val | test) & gen)
+    assert len(test) == c["test_images"] and len(gen) == c["generator_train_images"]
+    for name in ("config.yaml", "samples.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "panels").glob("step_*.png"))
+    return m

@@ -1,7 +1,5 @@
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.data.datasets import GeneratorTrainDataset, StepSampler
 from fast_lightning.data.io import load_image, load_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
-from tests.conftest import make_fake_mvtec, write_png
+from tests.conftest import make_fake_mvtec, run_cli, write_png
 
 
 def test_mvtec_index_and_split(fake_mvtec):
@@ -102,13 +100,10 @@ def test_check_data_names_the_file(fake_mvtec, breakage, fragment):
 
 
 def test_check_data_cli_exit_codes(fake_mvtec):
-    ok = subprocess.run([sys.executable, "-m", "fast_lightning", "check-data", f"data_root={fake_mvtec}",
-                         "class_name=widget"], capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+    ok = run_cli("check-data", f"data_root={fake_mvtec}", "class_name=widget")
     assert "generator_train" in ok.stdout and "crack" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "fast_lightning", "check-data", f"data_root={fake_mvtec}",
-                          "class_name=nope"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "widget" in bad.stderr
+    bad = run_cli("check-data", f"data_root={fake_mvtec}", "class_name=nope", expect=1)
+    assert "widget" in bad.stderr
 
 
 def test_non_binary_mask_warns_and_binarises(fake_mvtec):

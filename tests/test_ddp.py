@@ -4,7 +4,6 @@ NCCL). Every command is a real subprocess, exactly as a user would start it; see
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,32 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_fake_mvtec
+from conftest import cli_env, make_fake_mvtec, run_cli
 from fast_lightning.config import PROJECT_ROOT
-
-pytestmark = pytest.mark.slow
 
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false"]
 SMOKE = ["profile=smoke", "class_name=widget"]
 STEPS = 3
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAST_LIGHTNING_", "MASTER_", "LOCAL_RANK",
-                                                                    "RANK", "WORLD_SIZE", "NODE_RANK"))}
-    env.update(PYTHONPATH=str(PROJECT_ROOT), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    return env
-
-
-def _run(argv: list[str], cwd: Path) -> str:
-    proc = subprocess.run(argv, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
-    return out
-
-
-def _fl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fast_lightning", *args]
+def _run(*args: str, cwd: Path, launcher=()) -> str:
+    """``python [launcher] -m fast_lightning <args>`` (conftest.run_cli, exit 0 asserted): stdout + stderr."""
+    proc = run_cli(*args, cwd=cwd, launcher=launcher)
+    return proc.stdout + proc.stderr
 
 
 def _free_port() -> int:
@@ -62,11 +47,12 @@ def data_root(tmp_path_factory) -> Path:
 def ddp_diffusion(data_root, tmp_path_factory):
     """One `train-diffusion` under DDP with 2 processes (Lightning launches the second one)."""
     runs = tmp_path_factory.mktemp("ddp_runs")
-    out = _run(_fl("train-diffusion", *SMOKE, f"data_root={data_root}", f"run_root={runs}",
-                   f"diffusion.max_steps={STEPS}", *DDP), cwd=runs)
+    out = _run("train-diffusion", *SMOKE, f"data_root={data_root}", f"run_root={runs}",
+               f"diffusion.max_steps={STEPS}", *DDP, cwd=runs)
     return runs, out
 
 
+@pytest.mark.slow  # starts 2 DDP processes
 def test_train_diffusion_ddp_two_processes(ddp_diffusion):
     runs, out = ddp_diffusion
     assert "MEMBER: 2/2" in out and "distributed_backend=gloo" in out
@@ -79,10 +65,11 @@ def test_train_diffusion_ddp_two_processes(ddp_diffusion):
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == STEPS
 
 
+@pytest.mark.slow  # starts 2 DDP processes
 def test_train_seg_ddp_two_processes(data_root, tmp_path):
     """The segmenter too: one run dir, test set evaluated once (DistributedSampler padding deduplicated)."""
-    out = _run(_fl("train-seg", *SMOKE, f"data_root={data_root}", f"run_root={tmp_path}",
-                   f"segmentation.max_steps={STEPS}", *DDP), cwd=tmp_path)
+    out = _run("train-seg", *SMOKE, f"data_root={data_root}", f"run_root={tmp_path}",
+               f"segmentation.max_steps={STEPS}", *DDP, cwd=tmp_path)
     assert "MEMBER: 2/2" in out
     (run_dir,) = _run_dirs(tmp_path / "seg" / "widget")
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -111,11 +98,15 @@ def test_split_written_by_rank_zero_only(monkeypatch, data_root, tmp_path):
 def probe(data_root, tmp_path_factory):
     """Global sample indices per rank and step, from the real DataModule + build_trainer under DDP."""
     out = tmp_path_factory.mktemp("ddp_probe")
-    _run([sys.executable, str(PROJECT_ROOT / "tests" / "ddp_probe.py"), str(out), *SMOKE,
-          f"data_root={data_root}", f"diffusion.max_steps={STEPS}", *DDP], cwd=out)
+    # a test script, not `python -m fast_lightning`: started directly, in the environment run_cli gives commands
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "tests" / "ddp_probe.py"), str(out), *SMOKE,
+                           f"data_root={data_root}", f"diffusion.max_steps={STEPS}", *DDP], env=cli_env(), cwd=out,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
+@pytest.mark.slow  # starts 2 DDP processes
 def test_ranks_get_disjoint_samples(probe):
     assert [p["world"] for p in probe] == [2, 2]
     steps = [[b["step"] for b in p["batches"]] for p in probe]
@@ -128,6 +119,7 @@ def test_ranks_get_disjoint_samples(probe):
     assert len(seen) == len(set(seen)), "a sample index was used twice in one run"
 
 
+@pytest.mark.slow  # starts 2 DDP processes
 def test_step_indexed_stream_under_ddp(probe):
     batch = len(probe[0]["batches"][0]["index"])
     for s in range(STEPS):
@@ -135,11 +127,12 @@ def test_step_indexed_stream_under_ddp(probe):
         assert union == list(range(s * batch * 2, (s + 1) * batch * 2))
 
 
+@pytest.mark.slow  # starts 2 DDP processes
 def test_synthesize_ddp_writes_each_index_once(ddp_diffusion, data_root):
     runs, _ = ddp_diffusion
     n = 7  # odd: the shards differ in size, nothing may be padded or repeated
-    out = _run(_fl("synthesize", *SMOKE, f"data_root={data_root}", f"run_root={runs}", f"synthesis.n={n}",
-                   "synthesis.batch_size=2", "run_id=syn-ddp", *DDP), cwd=runs)
+    out = _run("synthesize", *SMOKE, f"data_root={data_root}", f"run_root={runs}", f"synthesis.n={n}",
+               "synthesis.batch_size=2", "run_id=syn-ddp", *DDP, cwd=runs)
     assert "MEMBER: 2/2" in out
     run_dir = runs / "synthetic" / "widget" / "syn-ddp"
     rows = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
@@ -152,13 +145,14 @@ def test_synthesize_ddp_writes_each_index_once(ddp_diffusion, data_root):
     assert _run_dirs(runs / "synthetic" / "widget") == [run_dir]
 
 
+@pytest.mark.slow  # starts 2 DDP processes
 def test_torchrun_single_node_two_processes(data_root, tmp_path):
     """The docs' torchrun line with --nnodes=1 --nproc-per-node=2 (multi-node differs only in rendezvous)."""
-    out = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
-                "-m", "fast_lightning", "train-diffusion", *SMOKE, f"data_root={data_root}",
-                f"run_root={tmp_path}", f"diffusion.max_steps={STEPS}", "trainer.num_nodes=1", "run_id=torchrun",
-                *DDP], cwd=tmp_path)
+    torchrun = ["-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{_free_port()}"]
+    out = _run("train-diffusion", *SMOKE, f"data_root={data_root}", f"run_root={tmp_path}",
+               f"diffusion.max_steps={STEPS}", "trainer.num_nodes=1", "run_id=torchrun", *DDP, cwd=tmp_path,
+               launcher=torchrun)
     assert "MEMBER: 2/2" in out
     (run_dir,) = _run_dirs(tmp_path / "diffusion" / "widget")
     assert run_dir.name == "torchrun" and (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -1,13 +1,12 @@
-"""End-to-end studies at smoke size: make demo / compare / ablate through their real entry points."""
+"""End-to-end studies at smoke size: compare / ablate through their real entry points, and the study's cache
+keys (the quick demo and compare runs: tests/test_entry_points.py)."""
 
 import csv
 
 import pytest
 
 from fast_lightning import study
-from fast_lightning.commands import ablate, compare, demo, train_diffusion
-
-pytestmark = pytest.mark.slow
+from fast_lightning.commands import ablate, compare, train_diffusion
 
 
 def _common(tmp_path, data_root, class_name="widget"):
@@ -15,6 +14,7 @@ def _common(tmp_path, data_root, class_name="widget"):
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow  # trains a diffusion model and 4 segmenters
 def test_compare_writes_report_and_reuses_runs(fake_mvtec, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = _common(tmp_path, fake_mvtec) + ["synths=fast,draem,cutpaste,real_third", "seeds=1"]
@@ -41,16 +41,7 @@ def test_compare_rejects_unknown_synthesizer(fake_mvtec, tmp_path):
         compare.main(_common(tmp_path, fake_mvtec) + ["synths=draem,gan"])
 
 
-def test_demo_smoke_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert demo.main(["profile=smoke", f"root={tmp_path / 'demo'}", f"run_root={tmp_path / 'runs'}",
-                      "trainer.enable_progress_bar=false"]) == 0
-    text = capsys.readouterr().out
-    assert "fast (AIAS-10)" in text and "draem" in text and "cutpaste" in text
-    assert (tmp_path / "reports" / "demo_part" / "demo.md").is_file()
-    assert (tmp_path / "reports" / "demo_part" / "demo_results.png").is_file()
-
-
+@pytest.mark.slow  # trains a diffusion model and a segmenter per AIAS setting and FARM variant
 def test_ablate_smoke(fake_mvtec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ablate.main(_common(tmp_path, fake_mvtec) + ["steps=2,5"]) == 0

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from fast_lightning import hardware
 from fast_lightning.config import ConfigError, load_config
 from fast_lightning.progress import SparseProgress
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_cli
 
 
 @pytest.fixture
@@ -112,11 +109,9 @@ def test_sparse_progress_writes_a_dozen_lines_for_752_images():
 
 def test_training_logs_sparse_lines_when_output_is_not_a_terminal(fake_mvtec, tmp_path):
     """train-diffusion under a pipe (CI logs, `make ... > log`): plain progress lines, no bar redraws."""
-    cmd = [sys.executable, "-m", "fast_lightning", "train-diffusion", "class_name=widget", f"data_root={fake_mvtec}",
-           "profile=smoke", f"run_root={tmp_path / 'runs'}", "diffusion.sample_every=0", "diffusion.num_log_samples=0"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "WANDB_MODE": "disabled"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("train-diffusion", "class_name=widget", f"data_root={fake_mvtec}", "profile=smoke",
+                   f"run_root={tmp_path / 'runs'}", "diffusion.sample_every=0", "diffusion.num_log_samples=0",
+                   timeout=300)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("train-diffusion:")]
     assert lines and lines[-1].startswith("train-diffusion: 6/6 steps (100%)"), proc.stderr[-2000:]
     assert "\r" not in proc.stderr

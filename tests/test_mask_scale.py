@@ -20,16 +20,15 @@ from fast_lightning.data.masks import resize_mask
 from fast_lightning.synthesis.masks import MaskSampler
 from fast_lightning.data.records import Record
 from fast_lightning.data.split import Split
-from fast_lightning.diffusion import build_fast_diffusion
 from fast_lightning.sampling import build_sampler
 from fast_lightning.synthesis import AnomalySynthesizer, FastSegSynthesizer, RealThirdSynthesizer, build_mask_sampler
 from fast_lightning.synthesis.predictor import SynthesisIndexDataset, SynthesisPredictor
 
-from tests.conftest import make_fake_mvtec, write_png
+from tests.conftest import SMOKE_TYPES, make_fake_mvtec, write_png
 
 S = 1024
 SIZES = (256, 64, 32)
-TYPES = ["crack", "dent"]
+TYPES = SMOKE_TYPES  # the smoke_model fixture's types
 
 
 def scratch() -> torch.Tensor:
@@ -74,17 +73,6 @@ def files(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(["profile=smoke"])
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    torch.manual_seed(0)
-    return build_fast_diffusion(cfg.diffusion, 3, len(TYPES), TYPES).eval()
-
-
 def make_meta(cfg, window="crop"):
     return {"window": window, "resolution": int(cfg.diffusion.resolution), "config": cfg, "type_names": TYPES}
 
@@ -123,10 +111,10 @@ def test_diffusion_training_window_masks(files, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_mask_bank_and_eval_labels(files, cfg, size):
+def test_mask_bank_and_eval_labels(files, smoke_cfg, size):
     recs = [Record(str(files / "img.png"), str(files / f"{n}.png"), "crack", "test") for n in ("scratch", "disk")]
     split = Split(class_name="x", root=str(files), types=["crack"], generator_train=recs)
-    bank = build_mask_sampler(cfg, split, size, sources=["real"]).sources[0][0].source
+    bank = build_mask_sampler(smoke_cfg, split, size, sources=["real"]).sources[0][0].source
     assert len(bank) == 2
     check_scratch(bank.masks[0].float(), size)
     check_disk(bank.masks[1].float(), size)
@@ -135,16 +123,16 @@ def test_mask_bank_and_eval_labels(files, cfg, size):
     check_disk(labels[1]["mask"], size)
 
 
-def test_mask_bank_reports_an_unusable_mask_by_name(files, cfg):
+def test_mask_bank_reports_an_unusable_mask_by_name(files, smoke_cfg):
     recs = [Record(str(files / "img.png"), str(files / n), "crack", "test") for n in ("scratch.png", "empty.png")]
     split = Split(class_name="x", root=str(files), types=["crack"], generator_train=recs)
     with pytest.warns(RuntimeWarning, match="empty.png"):
-        sampler = build_mask_sampler(cfg, split, 32, sources=["real"])
+        sampler = build_mask_sampler(smoke_cfg, split, 32, sources=["real"])
     assert len(sampler.sources[0][0].source) == 1
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_synthesizer_masks(files, cfg, model, size):
+def test_synthesizer_masks(files, smoke_cfg, smoke_model, size):
     # real_third bank
     img = torch.rand(2, 3, S, S, generator=torch.Generator().manual_seed(0))
     real = RealThirdSynthesizer(img, torch.stack([scratch(), disk()]), flip=False)
@@ -153,7 +141,7 @@ def test_synthesizer_masks(files, cfg, model, size):
     check_disk(bank_masks[1], size)
     # online fast: the mask the segmenter gets at its working size, synthesized at 1024 px
     sampler = MaskSampler([lambda hw, g, fg: scratch()], min_area=0.0, max_area=1.0)
-    syn = FastSegSynthesizer(model, make_meta(cfg, "full"), sampler, build_sampler({"name": "aias", "steps": 3}),
+    syn = FastSegSynthesizer(smoke_model, make_meta(smoke_cfg, "full"), sampler, build_sampler({"name": "aias", "steps": 3}),
                              buffer_size=0, normals=[str(files / "img.png")])
     out, masks = syn(torch.zeros(1, 3, size, size), None, torch.Generator().manual_seed(0),
                      records=torch.tensor([0]), hflip=torch.tensor([False]))
@@ -162,15 +150,15 @@ def test_synthesizer_masks(files, cfg, model, size):
 
 
 @pytest.mark.parametrize("window", ["full", "crop"])
-def test_model_input_mask_keeps_a_scratch(files, cfg, model, window):
-    synth = AnomalySynthesizer(model, build_sampler({"name": "aias", "steps": 3}), make_meta(cfg, window))
+def test_model_input_mask_keeps_a_scratch(files, smoke_cfg, smoke_model, window):
+    synth = AnomalySynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), make_meta(smoke_cfg, window))
     seen = []
     run = synth.run_windows
     synth.run_windows = lambda w, m, c, g: (seen.append(m), run(w, m, c, g))[1]
     image = torch.rand(3, S, S, generator=torch.Generator().manual_seed(1))
     out, om = synth.synthesize([image], [scratch()], [1], [torch.Generator().manual_seed(0)])
     m = seen[0][0]
-    assert m.shape[-1] == int(cfg.diffusion.resolution) and m.sum() > 0 and components(m) == 1
+    assert m.shape[-1] == int(smoke_cfg.diffusion.resolution) and m.sum() > 0 and components(m) == 1
     outside = ~om[0].bool().expand_as(image)
     assert torch.equal(out[0][outside], image[outside])
 
@@ -206,12 +194,12 @@ def record_windows(monkeypatch) -> list:
     return seen
 
 
-def test_online_fast_uses_the_training_pixel_scale(scale_data, model, monkeypatch):
+def test_online_fast_uses_the_training_pixel_scale(scale_data, smoke_model, monkeypatch):
     cfg, split = scale_data
     train = training_scale(cfg, monkeypatch)
     assert train > 2.0  # 0.35 x 256 px windows for a 32 px model
     seen = record_windows(monkeypatch)
-    syn = FastSegSynthesizer(model, make_meta(cfg), build_mask_sampler(cfg, split, None),
+    syn = FastSegSynthesizer(smoke_model, make_meta(cfg), build_mask_sampler(cfg, split, None),
                              build_sampler({"name": "aias", "steps": 3}), buffer_size=0,
                              normals=[r.image for r in split.normal_train])
     dm = AnomalyDataModule(cfg, stage="segmentation", synthesizer=syn)
@@ -225,13 +213,13 @@ def test_online_fast_uses_the_training_pixel_scale(scale_data, model, monkeypatc
     assert seen and all(abs(r / train - 1) <= 0.10 for r in ratios), (ratios, train)
 
 
-def test_make_synthesize_path_uses_the_training_pixel_scale(scale_data, model, monkeypatch):
+def test_make_synthesize_path_uses_the_training_pixel_scale(scale_data, smoke_model, monkeypatch):
     cfg, split = scale_data
     train = training_scale(cfg, monkeypatch)
     seen = record_windows(monkeypatch)
     ms = build_mask_sampler(cfg, split, None)
     ds = SynthesisIndexDataset(range(3), [r.image for r in split.normal_train], ms, TYPES, out_resolution=64)
-    pred = SynthesisPredictor(model, build_sampler({"name": "aias", "steps": 3}), make_meta(cfg), seed=0)
+    pred = SynthesisPredictor(smoke_model, build_sampler({"name": "aias", "steps": 3}), make_meta(cfg), seed=0)
     pairs = pred.predict_step([ds[k] for k in range(3)])
     ratios = [w.h / int(cfg.diffusion.resolution) for w in seen]
     assert len(ratios) == 3 and all(abs(r / train - 1) <= 0.10 for r in ratios), (ratios, train)
@@ -239,8 +227,8 @@ def test_make_synthesize_path_uses_the_training_pixel_scale(scale_data, model, m
         assert p["image"].shape == (3, 64, 64) and p["mask"].sum() > 0 and p["row"]["type_rule"] == "mask"
 
 
-def test_small_sources_are_reported_once(cfg, model):
-    synth = AnomalySynthesizer(model, build_sampler({"name": "aias", "steps": 3}), make_meta(cfg))
+def test_small_sources_are_reported_once(smoke_cfg, smoke_model):
+    synth = AnomalySynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), make_meta(smoke_cfg))
     small = [torch.rand(3, 20, 24), torch.rand(3, 20, 24)]
     masks = [torch.zeros(1, 20, 24), torch.zeros(1, 20, 24)]
     for m in masks:

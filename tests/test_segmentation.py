@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,11 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 import fast_lightning  # noqa: F401  (torchvision shim)
 from fast_lightning.config import load_config
 
-from conftest import make_fake_mvtec
-
-ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
-               "iou_threshold", "image_auroc", "aupro")
+from conftest import SEG_METRIC_KEYS as METRIC_KEYS
+from conftest import check_seg_run, make_fake_mvtec, run_cli
 
 # the hand-computed case of tests/test_metrics.py: best F1 0.75 at threshold 0.4
 PROBS = torch.tensor([[0.9, 0.6, 0.3, 0.1], [0.7, 0.2, 0.2, 0.0], [0.5, 0.4, 0.05, 0.05]]).view(3, 1, 2, 2)
@@ -211,7 +205,8 @@ def test_panel_indices_fixed_and_bounded():
 
 
 # ---- command-line errors (no training) -----------------------------------------------------------------------
-def run_cli(args, capsys):
+def cli_in_process(args, capsys):
+    """The CLI's own main() in this process (exit code, stderr): quicker for errors that stop before work."""
     from fast_lightning.cli import main
 
     rc = main(args)
@@ -220,7 +215,7 @@ def run_cli(args, capsys):
 
 def test_bad_arch_names_the_key(tmp_path, capsys):
     make_fake_mvtec(tmp_path / "data")
-    rc, err = run_cli(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
+    rc, err = cli_in_process(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
                        f"run_root={tmp_path / 'runs'}", "segmentation.arch=NoSuchNet"], capsys)
     assert rc == 2 and "segmentation.arch" in err and "NoSuchNet" in err
     assert not (tmp_path / "runs").exists()
@@ -228,61 +223,26 @@ def test_bad_arch_names_the_key(tmp_path, capsys):
 
 def test_resolution_not_divisible_gives_clear_error(tmp_path, capsys):
     make_fake_mvtec(tmp_path / "data")
-    rc, err = run_cli(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
+    rc, err = cli_in_process(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
                        f"run_root={tmp_path / 'runs'}", "segmentation.arch=FPN", "data.resolution=48"], capsys)
     assert rc == 2 and "data.resolution=48" in err and "FPN" in err and "32" in err
     assert not (tmp_path / "runs").exists()
 
 
 def test_eval_seg_rejects_missing_and_foreign_checkpoints(tmp_path, capsys):
-    rc, err = run_cli(["eval-seg", f"ckpt={tmp_path / 'nope.ckpt'}"], capsys)
+    rc, err = cli_in_process(["eval-seg", f"ckpt={tmp_path / 'nope.ckpt'}"], capsys)
     assert rc == 2 and "not found" in err
     bad = tmp_path / "corrupt.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    rc, err = run_cli(["eval-seg", f"ckpt={bad}"], capsys)
+    rc, err = cli_in_process(["eval-seg", f"ckpt={bad}"], capsys)
     assert rc == 2 and "corrupt" in err
     other = tmp_path / "diffusion.ckpt"
     torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion"}}, other)
-    rc, err = run_cli(["eval-seg", f"ckpt={other}"], capsys)
+    rc, err = cli_in_process(["eval-seg", f"ckpt={other}"], capsys)
     assert rc == 2 and "not a segmentation checkpoint" in err
 
 
 # ---- end to end (subprocesses, tiny) -------------------------------------------------------------------------
-def cli(*args, timeout=600):
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "fast_lightning", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def check_metrics_file(run_dir: Path, synth: str) -> dict:
-    m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["synthesizer"] == synth and m["evaluated_on"].startswith("real-test")
-    for part in ("test", "val"):
-        assert set(METRIC_KEYS) <= set(m[part]), part
-        for k, v in m[part].items():
-            assert (0.0 <= v <= 1.0) or (math.isnan(v) and k in ("image_auroc",)), (part, k, v)
-    assert 0.0 <= m["threshold"] <= 1.0 and m["test"]["iou_threshold"] == pytest.approx(m["threshold"])
-    c = m["counts"]
-    assert c["val_test_disjoint"] and c["eval_disjoint_from_generator_train"]
-    assert c["test_images"] > 0 and c["val_images"] > 0 and m["test_images_evaluated"]["images"] == c["test_images"]
-    assert set(m["test_per_type"]) == {"crack", "dent"}  # the fake class's defect types
-    for v in m["test_per_type"].values():
-        assert 0.0 <= v["pixel_ap"] <= 1.0 and v["images"] > v["defect_images"] > 0
-    scale = m["defect_scale"]
-    assert scale["size"] == m["working_size"] and scale["masks"] == c["val_defect_images"] + c["test_defect_images"]
-    split = json.loads((run_dir / "split.json").read_text())
-    gen = {r["image"] for r in split["generator_train"]}
-    val, test = {r["image"] for r in split["val"]}, {r["image"] for r in split["test"]}
-    assert not (val & test) and not ((val | test) & gen)
-    assert len(test) == c["test_images"] and len(gen) == c["generator_train_images"]
-    for name in ("config.yaml", "samples.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
-        assert (run_dir / name).is_file(), name
-    assert list((run_dir / "panels").glob("step_*.png"))
-    return m
-
-
 @pytest.fixture(scope="module")
 def fake_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("segdata")
@@ -294,14 +254,14 @@ def fake_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("synth", ["draem", "cutpaste", "real_third"])
 def test_train_seg_end_to_end_and_eval_reproduces(synth, fake_root, tmp_path):
     runs = tmp_path / "runs"
-    cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+    run_cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
         f"segmentation.synth={synth}", "trainer.enable_progress_bar=false")
     latest = runs / "seg" / "widget" / "latest"
     assert latest.is_symlink()
-    m = check_metrics_file(latest.resolve(), synth)
+    m = check_seg_run(latest.resolve(), synth)
     if synth != "draem":
         return
-    cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
+    run_cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
     e = json.loads((latest / "eval_metrics.json").read_text())
     assert e["threshold"] == pytest.approx(m["threshold"]) and e["split_matches_training"] is True
     for k in METRIC_KEYS:
@@ -313,14 +273,14 @@ def test_train_seg_end_to_end_and_eval_reproduces(synth, fake_root, tmp_path):
 def test_train_seg_ddp_two_cpu_processes_matches_single_device_eval(fake_root, tmp_path):
     """Padded DistributedSampler shards + all-gather + de-dup give the same numbers as one device."""
     runs = tmp_path / "runs"
-    cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+    run_cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
         "segmentation.synth=cutpaste", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
         "trainer.enable_progress_bar=false")
     runs_made = [p for p in (runs / "seg" / "widget").iterdir() if p.name != "latest"]
     assert len(runs_made) == 1  # both ranks wrote into the same run directory
     latest = runs / "seg" / "widget" / "latest"
-    m = check_metrics_file(latest.resolve(), "cutpaste")
-    cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
+    m = check_seg_run(latest.resolve(), "cutpaste")
+    run_cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
     e = json.loads((latest / "eval_metrics.json").read_text())
     for k in METRIC_KEYS:
         assert m["test"][k] == pytest.approx(e["test"][k], abs=1e-6), k
@@ -329,11 +289,11 @@ def test_train_seg_ddp_two_cpu_processes_matches_single_device_eval(fake_root, t
 @pytest.mark.slow
 def test_train_seg_fast_from_smoke_diffusion(fake_root, tmp_path):
     runs = tmp_path / "runs"
-    cli("train-diffusion", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+    run_cli("train-diffusion", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
         "trainer.enable_progress_bar=false")
-    cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+    run_cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
         "segmentation.synth=fast", "trainer.enable_progress_bar=false")
-    m = check_metrics_file((runs / "seg" / "widget" / "latest").resolve(), "fast")
+    m = check_seg_run((runs / "seg" / "widget" / "latest").resolve(), "fast")
     info = m["synthesizer_info"]
     assert info["diffusion_checkpoint"].startswith(str(runs.resolve() / "diffusion" / "widget"))
     assert 0.0 <= m["synthesis_wait_share"] <= 1.0

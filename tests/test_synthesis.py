@@ -4,10 +4,6 @@ and (slow) `synthesize` / `bench-sampling` end to end on a smoke-trained model."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +11,6 @@ import torch
 import fast_lightning  # noqa: F401
 from fast_lightning.config import load_config
 from fast_lightning.data import make_split, read_class
-from fast_lightning.diffusion import build_fast_diffusion
 from fast_lightning.sampling import build_sampler
 from fast_lightning.synthesis import (
     AnomalySynthesizer,
@@ -28,21 +23,9 @@ from fast_lightning.synthesis import (
 )
 from fast_lightning.synthesis.writer import SynthesisWriter, read_manifest
 
-from tests.conftest import make_fake_mvtec
+from tests.conftest import SMOKE_TYPES, make_fake_mvtec, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-TYPES = ["crack", "dent"]
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(["profile=smoke"])
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    torch.manual_seed(0)
-    return build_fast_diffusion(cfg.diffusion, 3, len(TYPES), TYPES).eval()
+TYPES = SMOKE_TYPES  # the smoke_model fixture's types
 
 
 def make_synth(model, cfg, window: str, steps: int = 3) -> AnomalySynthesizer:
@@ -66,8 +49,8 @@ def gens(indices):
 
 
 @pytest.mark.parametrize("window", ["crop", "full"])
-def test_paste_back_is_exact_outside_the_mask(model, cfg, window):
-    synth = make_synth(model, cfg, window)
+def test_paste_back_is_exact_outside_the_mask(smoke_model, smoke_cfg, window):
+    synth = make_synth(smoke_model, smoke_cfg, window)
     images, masks = items()
     out, out_masks = synth.synthesize(images, masks, [1, 2, 1], gens(range(3)))
     for img, m, o, om in zip(images, masks, out, out_masks):
@@ -79,8 +62,8 @@ def test_paste_back_is_exact_outside_the_mask(model, cfg, window):
         assert float(o.min()) >= 0 and float(o.max()) <= 1
 
 
-def test_thin_mask_survives_downscaling(model, cfg):
-    synth = make_synth(model, cfg, "full")  # 150x120 -> 32x32: a 1-px line must still be synthesized
+def test_thin_mask_survives_downscaling(smoke_model, smoke_cfg):
+    synth = make_synth(smoke_model, smoke_cfg, "full")  # 150x120 -> 32x32: a 1-px line must still be synthesized
     img = torch.rand(3, 150, 120, generator=torch.Generator().manual_seed(1))
     m = torch.zeros(1, 150, 120)
     m[:, 75, 10:100] = 1
@@ -90,8 +73,8 @@ def test_thin_mask_survives_downscaling(model, cfg):
     assert torch.equal(o[~line], img[~line])
 
 
-def test_crop_window_is_centred_on_the_mask_and_clips_oversized_masks(model, cfg):
-    synth = make_synth(model, cfg, "crop")
+def test_crop_window_is_centred_on_the_mask_and_clips_oversized_masks(smoke_model, smoke_cfg):
+    synth = make_synth(smoke_model, smoke_cfg, "crop")
     m = torch.zeros(1, 40, 120)
     m[:, 18:22, 5:115] = 1  # wider than the shorter side: cannot fit one square window
     win = synth.window_for(m)
@@ -104,12 +87,12 @@ def test_crop_window_is_centred_on_the_mask_and_clips_oversized_masks(model, cfg
     small = torch.zeros(1, 400, 300)
     small[:, 100:110, 200:205] = 1
     w = synth.window_for(small)
-    assert w.h == round(300 * float(cfg.diffusion.crop.scale)) and w.y <= 100 and w.y + w.h >= 110
+    assert w.h == round(300 * float(smoke_cfg.diffusion.crop.scale)) and w.y <= 100 and w.y + w.h >= 110
 
 
 @pytest.mark.parametrize("window", ["crop", "full"])
-def test_item_does_not_depend_on_batch(model, cfg, window):
-    synth = make_synth(model, cfg, window)
+def test_item_does_not_depend_on_batch(smoke_model, smoke_cfg, window):
+    synth = make_synth(smoke_model, smoke_cfg, window)
     images, masks = items()
     batched, _ = synth.synthesize(images, masks, [1, 2, 1], gens(range(3)))
     for i in (2, 0):
@@ -118,8 +101,8 @@ def test_item_does_not_depend_on_batch(model, cfg, window):
 
 
 @pytest.mark.parametrize("window", ["crop", "full"])
-def test_synthesize_tensors_batched_path(model, cfg, window):
-    synth = make_synth(model, cfg, window)
+def test_synthesize_tensors_batched_path(smoke_model, smoke_cfg, window):
+    synth = make_synth(smoke_model, smoke_cfg, window)
     normals = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     masks = torch.zeros(3, 1, 32, 32)
     masks[:, :, 8:14, 10:20] = 1
@@ -137,9 +120,9 @@ def fake_split(tmp_path_factory):
     return root, make_split(read_class(root, "widget"))
 
 
-def test_build_mask_sampler_sources_types_and_errors(cfg, fake_split, tmp_path):
+def test_build_mask_sampler_sources_types_and_errors(smoke_cfg, fake_split, tmp_path):
     _, split = fake_split
-    ms = build_mask_sampler(cfg, split, 32, sources=["real"])
+    ms = build_mask_sampler(smoke_cfg, split, 32, sources=["real"])
     assert isinstance(ms, TypedMaskSampler)
     fg = torch.zeros(1, 32, 32)
     fg[:, 4:28, 4:28] = 1
@@ -148,7 +131,7 @@ def test_build_mask_sampler_sources_types_and_errors(cfg, fake_split, tmp_path):
         assert m.shape == (1, 32, 32) and m.sum() > 0 and bool((m <= fg).all())
         assert tid in (1, 2) and label.startswith("real:") and split.types[tid - 1] in label
     # Perlin masks get a type too (synthesis.perlin_type, default random): intended change of issue 10
-    d = build_mask_sampler(cfg, split, None, sources=["perlin"]).draw((40, 56), torch.Generator().manual_seed(0))
+    d = build_mask_sampler(smoke_cfg, split, None, sources=["perlin"]).draw((40, 56), torch.Generator().manual_seed(0))
     assert d.mask.shape == (1, 40, 56) and d.type_id in (1, 2) and d.source == "perlin" and d.type_rule == "random"
     folder = tmp_path / "masks"
     folder.mkdir()
@@ -161,19 +144,19 @@ def test_build_mask_sampler_sources_types_and_errors(cfg, fake_split, tmp_path):
     m, tid, label = build_mask_sampler(fcfg, split, 32, sources=["folder"]).sample_typed(32, torch.Generator().manual_seed(0))
     assert m.sum() > 0 and label.startswith("folder")
     with pytest.raises(SynthesisError, match="synthesis.masks.folder"):
-        build_mask_sampler(cfg, split, 32, sources=["folder"])
+        build_mask_sampler(smoke_cfg, split, 32, sources=["folder"])
     with pytest.raises(SynthesisError, match="weights"):
         build_mask_sampler(load_config(["profile=smoke", "synthesis.masks.weights=[1.0]"]), split, 32)
     with pytest.raises(SynthesisError, match="unknown mask source"):
-        build_mask_sampler(cfg, split, 32, sources=["blobs"])
+        build_mask_sampler(smoke_cfg, split, 32, sources=["blobs"])
 
 
 @pytest.mark.parametrize("buffer_size,refresh", [(0, None), (8, 2)])
-def test_fast_seg_synthesizer_contract(model, cfg, fake_split, buffer_size, refresh):
+def test_fast_seg_synthesizer_contract(smoke_model, smoke_cfg, fake_split, buffer_size, refresh):
     _, split = fake_split
-    meta = {"window": "crop", "resolution": 32, "config": cfg, "type_names": TYPES}
-    syn = FastSegSynthesizer(model, meta, build_mask_sampler(cfg, split, 32), build_sampler({"name": "aias", "steps": 3}),
-                             buffer_size=buffer_size, refresh=refresh)
+    meta = {"window": "crop", "resolution": 32, "config": smoke_cfg, "type_names": TYPES}
+    syn = FastSegSynthesizer(smoke_model, meta, build_mask_sampler(smoke_cfg, split, 32),
+                             build_sampler({"name": "aias", "steps": 3}), buffer_size=buffer_size, refresh=refresh)
     normals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     fg = torch.zeros(4, 1, 32, 32)
     fg[:, :, 6:26, 4:28] = 1
@@ -245,15 +228,6 @@ def test_build_seg_synthesizer_baselines_and_missing_checkpoint(fake_split, tmp_
 
 # ---- end to end (real commands) ------------------------------------------------------------------------
 
-def _run(*args, check=True):
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "fast_lightning", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.mark.slow
 def test_synthesize_and_bench_end_to_end(tmp_path, capsys):
     from fast_lightning.cli import main
@@ -264,16 +238,16 @@ def test_synthesize_and_bench_end_to_end(tmp_path, capsys):
     runs = tmp_path / "runs"
     common = ["class_name=widget", f"data_root={data}", f"run_root={runs}", "profile=smoke",
               "trainer.precision=32-true"]
-    _run("train-diffusion", *common, "diffusion.max_steps=2", "diffusion.sample_every=0",
+    run_cli("train-diffusion", *common, "diffusion.max_steps=2", "diffusion.sample_every=0",
          "diffusion.num_log_samples=0")
     ckpt = runs / "diffusion" / "widget" / "latest"
     assert (ckpt / "checkpoints" / "last.ckpt").is_file()
 
     # first run: 3 pairs, then "interrupted" and resumed to 6
-    _run("synthesize", *common, "synthesis.n=3", "synthesis.batch_size=2")
+    run_cli("synthesize", *common, "synthesis.n=3", "synthesis.batch_size=2")
     run_dir = (runs / "synthetic" / "widget" / "latest").resolve()
     first = {i: (run_dir / "images" / f"{i:06d}.png").stat().st_mtime_ns for i in range(3)}
-    _run("synthesize", *common, "synthesis.n=6", "synthesis.batch_size=4", f"resume={run_dir}")
+    run_cli("synthesize", *common, "synthesis.n=6", "synthesis.batch_size=4", f"resume={run_dir}")
     assert (runs / "synthetic" / "widget" / "latest").resolve() == run_dir
     rows = [json.loads(x) for x in (run_dir / "manifest.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(6))
