@@ -14,7 +14,7 @@ from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.data.datasets import GeneratorTrainDataset, StepSampler
 from fast_lightning.data.io import load_image, load_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
-from tests.conftest import make_fake_mvtec, run_cli, write_png
+from conftest import make_fake_mvtec, run_cli, write_png
 
 
 def test_mvtec_index_and_split(fake_mvtec):

@@ -19,7 +19,7 @@ from fast_lightning.diffusion.latent import PretrainedFolderError, pretrained_fi
 from fast_lightning.diffusion.module import DiffusionModule, load_fast_diffusion
 from fast_lightning.runs import CheckpointError
 
-from tests.conftest import make_fake_mvtec
+from conftest import make_fake_mvtec
 
 TYPES = ["crack", "dent"]
 SCALE = 0.5  # not the LDM's 0.18215: proves the factor is read from the autoencoder config

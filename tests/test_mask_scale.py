@@ -24,7 +24,7 @@ from fast_lightning.sampling import build_sampler
 from fast_lightning.synthesis import AnomalySynthesizer, FastSegSynthesizer, RealThirdSynthesizer, build_mask_sampler
 from fast_lightning.synthesis.predictor import SynthesisIndexDataset, SynthesisPredictor
 
-from tests.conftest import SMOKE_TYPES, make_fake_mvtec, write_png
+from conftest import SMOKE_TYPES, make_fake_mvtec, write_png
 
 S = 1024
 SIZES = (256, 64, 32)

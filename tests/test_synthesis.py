@@ -23,7 +23,7 @@ from fast_lightning.synthesis import (
 )
 from fast_lightning.synthesis.writer import SynthesisWriter, read_manifest
 
-from tests.conftest import SMOKE_TYPES, make_fake_mvtec, run_cli
+from conftest import SMOKE_TYPES, make_fake_mvtec, run_cli
 
 TYPES = SMOKE_TYPES  # the smoke_model fixture's types
 
