@@ -36,7 +36,7 @@ venv: $(STAMP) ## create/refresh .venv (idempotent; other targets call it)
 test: $(STAMP) ## run the whole test suite (CPU, tiny configs, W&B disabled; slow tests included)
 	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15 $(ARGS)
 
-test-fast: $(STAMP) ## the test suite without tests marked slow
+test-fast: $(STAMP) ## the test suite without tests marked slow (every entry point still runs once, tiny)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" --durations=15 $(ARGS)
 
 check-data: $(STAMP) ## validate DATA/CLASS: counts per split and type, exit 1 naming any broken file
