@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fast_lightning.errors import UserError
 from fast_lightning.progress import SparseProgress, is_terminal
@@ -47,11 +47,20 @@ def expected_warnings_silenced():
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into memory, then write-then-rename: an interrupted or failed write leaves the old file."""
+    """torch.save into memory, then write-then-rename: an interrupted or failed write leaves the old file.
+
+    ``run_config`` (the whole resolved run config) is added to every checkpoint written, weights-only ones
+    included, and read back by ``runs.saved_run_config``: the LightningModules only receive their own group."""
+
+    def __init__(self, run_config: dict | None = None) -> None:
+        super().__init__()
+        self.run_config = run_config
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         import io
 
+        if self.run_config is not None:
+            checkpoint = {**checkpoint, "run_config": self.run_config}
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
@@ -130,19 +139,6 @@ class LogProgress(Callback):
             self.bar = None
 
 
-class RunConfigInCheckpoint(Callback):
-    """Every checkpoint carries the whole resolved run config (``run_config``; read back by
-    ``runs.saved_run_config``): the modules only receive their own group, the run's config stays with its weights."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        from omegaconf import OmegaConf
-
-        self.config = OmegaConf.to_container(cfg, resolve=True)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["run_config"] = self.config
-
-
 def step_timer(trainer: L.Trainer) -> StepTimer:
     return next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
 
@@ -190,8 +186,6 @@ def build_logger(cfg: DictConfig, run_dir: Path, kind: str):
 
 def log_hyperparams(logger, cfg: DictConfig) -> None:
     if logger:
-        from omegaconf import OmegaConf
-
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -221,7 +215,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:07d}", every_n_train_steps=int(checkpoint_every),
                                          save_top_k=1, monitor="step", mode="max", save_last=True,
                                          auto_insert_metric_name=False, save_on_train_epoch_end=False))
-    callbacks += [StepTimer(), RunConfigInCheckpoint(cfg)]
+    callbacks.append(StepTimer())
     progress_bar = bool(t.enable_progress_bar)
     if progress_bar and not is_terminal():  # logs get sparse lines, not hundreds of bar redraws
         callbacks.append(LogProgress(kind, max_steps))
@@ -231,7 +225,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
         accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
         precision=str(t.precision), max_steps=int(max_steps), max_epochs=-1, logger=logger, callbacks=callbacks,
         log_every_n_steps=int(t.log_every_n_steps), enable_progress_bar=progress_bar,
-        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], enable_model_summary=False,
+        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO(OmegaConf.to_container(cfg, resolve=True))],
+        enable_model_summary=False,
         fast_dev_run=bool(t.fast_dev_run), num_sanity_val_steps=0,
     )
     if val_every:
