@@ -119,26 +119,38 @@ def write_csv(agg: dict[str, dict], first_col: str, path: Path, metrics: Sequenc
 
 
 def bar_plot(agg: dict[str, dict], path: Path, title: str, metrics: Sequence[str] = REPORT_METRICS) -> Path:
+    """Grouped bars (mean ± std over seeds) per metric. Keys ``group:label`` (benchmark: ``class:synth``) get one
+    panel per group, and a label keeps its colour in every panel so synthesizers compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(agg)
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(metrics) + 2), 4.2))
-    for i, name in enumerate(names):
-        means = [agg[name][m][0] for m in metrics]
-        stds = [agg[name][m][1] if agg[name][m][2] > 1 else 0.0 for m in metrics]
-        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
-        ax.bar(xs, [0 if math.isnan(v) else v for v in means], width, yerr=stds, capsize=3, label=name)
-    ax.set_xticks(range(len(metrics)), [METRIC_LABELS.get(m, m) for m in metrics], rotation=15)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("test metric (real defects)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    groups: dict[str, list[str]] = {}
+    for name in agg:
+        group, _, label = name.rpartition(":")
+        groups.setdefault(group, []).append(label)
+    labels = list(dict.fromkeys(label for members in groups.values() for label in members))
+    colors = {label: plt.get_cmap("tab10")(k % 10) for k, label in enumerate(labels)}
+    panel_w = max(6.0, 1.3 * len(metrics) + 2)
+    fig, axes = plt.subplots(1, len(groups), figsize=(panel_w * len(groups), 4.2), squeeze=False, sharey=True)
+    for ax, (group, members) in zip(axes[0], groups.items()):
+        width = 0.8 / max(1, len(members))
+        for i, label in enumerate(members):
+            vals = agg[f"{group}:{label}" if group else label]
+            means = [vals[m][0] for m in metrics]
+            stds = [vals[m][1] if vals[m][2] > 1 else 0.0 for m in metrics]
+            xs = [j + (i - (len(members) - 1) / 2) * width for j in range(len(metrics))]
+            ax.bar(xs, [0 if math.isnan(v) else v for v in means], width, yerr=stds, capsize=3, label=label,
+                   color=colors[label])
+        ax.set_xticks(range(len(metrics)), [METRIC_LABELS.get(m, m) for m in metrics], rotation=15)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{title}: {group}" if group else title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test metric (real defects)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[label]) for label in labels]
+    fig.legend(handles, labels, fontsize=8, ncol=min(6, len(labels)), loc="lower center")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return save_figure(fig, path)
 
 
