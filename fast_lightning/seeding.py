@@ -57,9 +57,10 @@ def stream_seed(stream: str, seed: int, *keys: int) -> int:
     return int(formula(int(seed), *(int(k) for k in keys)))
 
 
-def generator_for(stream: str, seed: int, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A fresh generator for ``stream`` (e.g. ``generator_for("item", seed, i)``)."""
-    return torch.Generator(device=device).manual_seed(stream_seed(stream, seed, *keys))
+def generator_for(stream: str, seed: int, *keys: int) -> torch.Generator:
+    """A fresh CPU generator for ``stream`` (e.g. ``generator_for("item", seed, i)``); CPU streams drive GPU
+    batches too (``synthesis.common`` draws on the generator's device), so results do not depend on the device."""
+    return torch.Generator().manual_seed(stream_seed(stream, seed, *keys))
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:

@@ -93,6 +93,14 @@ def fake_mvtec(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The fake 'widget' class shared by a module's tests (read-only: runs go elsewhere)."""
+    root = tmp_path_factory.mktemp("data")
+    make_fake_mvtec(root)
+    return root
+
+
 SMOKE_TYPES = ["crack", "dent"]  # the fake class's defect types
 
 

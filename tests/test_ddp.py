@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_env, make_fake_mvtec, run_cli
+from conftest import cli_env, run_cli
 from fast_lightning.config import PROJECT_ROOT
 
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false"]
@@ -34,13 +34,6 @@ def _free_port() -> int:
 
 def _run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp_data")
-    make_fake_mvtec(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SEG_METRIC_KEYS, check_seg_run, make_fake_mvtec
+from conftest import SEG_METRIC_KEYS, check_seg_run
 
 T = 100  # diffusion.num_train_timesteps of the shared model: DDPM-T in bench-sampling stays quick
 COMMON = ["profile=smoke", "class_name=widget", "trainer.enable_progress_bar=false"]
@@ -48,13 +48,6 @@ def quiet(fn, args: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stdout(out):
         code = fn(args)
     return code, out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("entry_data")
-    make_fake_mvtec(root)
-    return root
 
 
 @pytest.fixture(scope="module")

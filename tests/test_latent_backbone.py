@@ -202,7 +202,7 @@ def test_resume_and_wrong_folder(data, ldm, tmp_path):
     # the folder the checkpoint points at changed under it: loading for synthesis refuses too
     ckpt_path = full / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["diffusion"]["pretrained"] = str(other)  # the module's own group builds the model
+    ckpt["run_config"]["diffusion"]["pretrained"] = str(other)  # the run config the model is rebuilt from
     torch.save(ckpt, tmp_path / "pointed_elsewhere.ckpt")
     with pytest.raises(CheckpointError, match="fingerprint"):
         load_fast_diffusion(tmp_path / "pointed_elsewhere.ckpt")

@@ -107,13 +107,13 @@ def main(args: list[str]) -> int:
     from fast_lightning.diffusion.denoiser import parameter_count
     from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.sampling import build_sampler
-    from fast_lightning.synthesis.predictor import synthesis_batch
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
         check_checkpoint_compatible,
         resolve_diffusion_checkpoint,
     )
+    from fast_lightning.synthesis.predictor import synthesis_batch
 
     opts, rest = pop_options(args, {"out": "reports/bench_sampling.json", "plot": "", "batch": 4,
                                     "bench.batch": 0, "ddpm_images": 1, "repeats": 3, "seed": 0})

@@ -26,8 +26,14 @@ from fast_lightning.commands.train_seg import (
 )
 from fast_lightning.config import apply_overrides
 from fast_lightning.data.datamodule import AnomalyDataModule
-from fast_lightning.runs import atomic_write_json
-from fast_lightning.runs import CheckpointError, read_checkpoint, resolve_checkpoint, run_dir_of_checkpoint, saved_run_config
+from fast_lightning.runs import (
+    CheckpointError,
+    atomic_write_json,
+    read_checkpoint,
+    resolve_checkpoint,
+    run_dir_of_checkpoint,
+    saved_run_config,
+)
 
 log = logging.getLogger(__name__)
 

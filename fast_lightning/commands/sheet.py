@@ -54,13 +54,13 @@ def main(args: list[str]) -> int:
     from fast_lightning.hardware import autocast_dtype
     from fast_lightning.sampling import build_sampler
     from fast_lightning.seeding import generator_for
-    from fast_lightning.synthesis.predictor import synthesis_batch
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
         check_checkpoint_compatible,
         resolve_diffusion_checkpoint,
     )
+    from fast_lightning.synthesis.predictor import synthesis_batch
 
     opts, rest = pop_options(args, {"rows": DEFAULT_ROWS, "n": 8, "seed": 0, "tile": 96, "out": ""})
     rows, n, seed, tile = parse_rows(str(opts["rows"])), int(opts["n"]), int(opts["seed"]), int(opts["tile"])

@@ -26,7 +26,7 @@ class NonFiniteLossError(RuntimeError):
 
 class DiffusionModule(L.LightningModule):
     """Receives its own config group (``diffusion``) plus the few run values it needs; the command keeps the
-    whole run config (stored in every checkpoint by ``training.build_trainer``)."""
+    whole run config (added to every checkpoint by ``training.AtomicCheckpointIO``)."""
 
     def __init__(self, diffusion: dict, channels: int, type_names: list[str], class_name: str, seed: int = 0,
                  sampling: dict | None = None, log_every_n_steps: int = TrainerConfig.log_every_n_steps):
@@ -219,12 +219,8 @@ def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
     if meta.get("kind") != "diffusion":
         raise CheckpointError(f"{resolve_checkpoint(path)} is not a diffusion checkpoint (kind={meta.get('kind')!r})")
     hp = ckpt["hyper_parameters"]
-    cfg = saved_run_config(ckpt)
-    if "diffusion" in hp:  # the module's own group (current checkpoints)
-        diffusion, channels = OmegaConf.create(hp["diffusion"]), int(hp["channels"])
-    else:  # checkpoints written before the modules took their own group
-        diffusion, channels = cfg.diffusion, int(cfg.data.channels)
-    model = build_fast_diffusion(diffusion, channels, len(hp["type_names"]), hp["type_names"])
+    cfg = saved_run_config(ckpt)  # current and older checkpoints alike
+    model = build_fast_diffusion(cfg.diffusion, int(cfg.data.channels), len(hp["type_names"]), hp["type_names"])
     check_pretrained_matches(meta, model, f"load {resolve_checkpoint(path)}")
     state = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     try:

@@ -69,7 +69,7 @@ class SegmentationModule(L.LightningModule):
     """Binary anomaly segmenter (smp) with DiceFocal loss and exact real-defect metrics.
 
     Receives its own config group (``segmentation``) plus the image channels and working resolution; the
-    command keeps the whole run config (stored in every checkpoint by ``training.build_trainer``)."""
+    command keeps the whole run config (added to every checkpoint by ``training.AtomicCheckpointIO``)."""
 
     def __init__(self, segmentation: dict, channels: int = DataConfig.channels,
                  resolution: int = DataConfig.resolution, class_name: str | None = None,
