@@ -21,6 +21,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from fast_lightning.errors import UserError
+from fast_lightning.evaluation.wandb_logging import identity as wandb_identity
+from fast_lightning.evaluation.wandb_logging import wandb_mode
 from fast_lightning.progress import SparseProgress, is_terminal
 from fast_lightning.runs import atomic_write_bytes, newest_checkpoint
 
@@ -143,8 +145,6 @@ def step_timer(trainer: L.Trainer) -> StepTimer:
     return next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
 
 
-def wandb_mode(cfg: DictConfig) -> str:
-    return os.environ.get("WANDB_MODE") or str(cfg.logger.wandb.mode)
 
 
 def check_logger_ready(cfg: DictConfig) -> None:
@@ -177,10 +177,11 @@ def build_logger(cfg: DictConfig, run_dir: Path, kind: str):
     os.environ.setdefault("WANDB_SILENT", "true")
     save_dir = Path(w.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    synth = str(cfg.segmentation.synth) if kind in ("seg", "eval-seg") else None  # grouped by class AND synthesizer
     return WandbLogger(
         name=f"{kind}/{cfg.class_name}/{run_dir.name}", save_dir=str(save_dir), project=str(w.project),
-        entity=w.entity, offline=(mode == "offline"), group=f"{kind}-{cfg.class_name}", job_type=kind,
-        config={"run_dir": str(run_dir)}, mode=mode,
+        entity=w.entity, offline=(mode == "offline"), config={"run_dir": str(run_dir)}, mode=mode,
+        **wandb_identity(cfg, kind, synth),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.config import apply_overrides
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.reports import (
     aggregate,
     line_plot,
@@ -106,6 +107,7 @@ def main(args: list[str]) -> int:
           markdown_table(agg, "variant"), "", "![steps](ablation.png)", "",
           *[f"- {r['variant']}: `{r['run_dir']}`" for r in rows]]
     atomic_write_text(out / "ablation.md", "\n".join(md) + "\n")
+    wandb_logging.log_report(cfg, "ablate", out / "ablation.csv", out / "ablation.png", [r["run_dir"] for r in rows])
     print(text_table(agg, "variant"))
     print(f"\nreport: {out / 'ablation.md'} (+ .csv, .png) in {(time.time() - start) / 60:.1f} min")
     return 0

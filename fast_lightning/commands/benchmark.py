@@ -22,6 +22,7 @@ from pathlib import Path
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.commands.compare import parse_synths
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.reports import (
     aggregate,
     PER_TYPE_METRICS,
@@ -143,6 +144,9 @@ def main(args: list[str]) -> int:
             "IoU; FAST >= 70% of real_third's pixel AP; real_third+fast > real_third", "",
             "![metrics](benchmark.png)", ""]
     atomic_write_text(out / "benchmark.md", "\n".join(head + md) + "\n")
+    wandb_logging.log_report(cfg, "benchmark", out / "benchmark.csv", out / "benchmark.png",
+                             [r for v in results.values() for r in v["runs"]],
+                             tags=[f"class:{c}" for c in results] + [f"profile:{cfg.profile}"])
     atomic_write_json(out / "benchmark.json", {"synths": synths, "seeds": seeds, "seconds": round(seconds, 1),
                                                "classes": results})
     print(f"\nbenchmark: {out / 'benchmark.md'} (+ .csv, .json, .png, samples) in {seconds / 60:.1f} min")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.reports import (
     PER_TYPE_METRICS,
     REPORT_METRICS,
@@ -89,6 +90,7 @@ def main(args: list[str]) -> int:
         *[f"- {r['synth']} seed {r['seed']}: `{r['run_dir']}`" for r in rows],
     ]
     atomic_write_text(out / "comparison.md", "\n".join(md) + "\n")
+    wandb_logging.log_report(cfg, "compare", out / "comparison.csv", out / "comparison.png", [r["run_dir"] for r in rows])
     print()
     print(title)
     print(text_table(agg, "synthesizer"))

@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import pop_options
+from fast_lightning.evaluation import wandb_logging
+from fast_lightning.training import build_logger, check_logger_ready, finish_logger, log_hyperparams
 from fast_lightning.commands.train_seg import (
     EVALUATED_ON,
     check_model_config,
@@ -107,11 +109,20 @@ def main(args: list[str]) -> int:
             log.warning(f"the test split differs from the one saved at training time ({split_file}): "
                         "metrics are not comparable with the run's metrics.json")
     t = cfg.trainer
-    trainer = L.Trainer(accelerator=str(t.accelerator), devices=1, precision=str(t.precision), logger=False,
+    check_logger_ready(cfg)
+    # a W&B run linked to the evaluated one: same group (seg-<class>-<synth>), job_type eval-seg
+    logger = build_logger(cfg, run_dir, "eval-seg")
+    trainer = L.Trainer(accelerator=str(t.accelerator), devices=1, precision=str(t.precision), logger=logger,
                         enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=bool(t.enable_progress_bar), default_root_dir=str(run_dir))
     start = time.time()
-    trainer.test(module, datamodule=dm)
+    try:
+        log_hyperparams(logger, cfg)
+        trainer.test(module, datamodule=dm)
+        wandb_logging.log_seg_summary(trainer, None, module.test_metrics, float(module.threshold),
+                                      int(ckpt.get("global_step", 0)), scale)
+    finally:
+        finish_logger(trainer)
     meta = ckpt["fast_lightning"]
     result = {
         "kind": "segmentation-eval",

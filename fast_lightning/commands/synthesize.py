@@ -29,6 +29,7 @@ from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import foreground_dir, load_split, report_foreground
 from fast_lightning.data.datasets import NormalImageDataset
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.hardware import cuda_selected, dataloader_workers
 from fast_lightning.runs import atomic_write_json, resolve_run_path, run_dir_for, save_config, update_latest
 from fast_lightning.training import explained_stops, resume_command
@@ -263,6 +264,7 @@ def run(cfg) -> int:
     summary = {"pairs": len(rows), "new_this_run": made, "seconds": round(seconds, 2),
                "images_per_second": round(rate, 3) if rate else None, "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "summary.json", summary)
+    wandb_logging.log_synthesis(cfg, run_dir, rows, summary)
     print(json.dumps(summary))
     print(f"synthetic pairs: {run_dir}  (manifest: {writer.manifest_path}, preview: {run_dir / 'preview.png'})")
     return 0

@@ -21,6 +21,7 @@ from fast_lightning import tables
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule, load_split
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.runs import (
     accept_resume,
     atomic_write_json,
@@ -187,14 +188,18 @@ def run(cfg: DictConfig) -> int:
         best = ckpt_cb.best_model_path if ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).is_file() else None
         # the ONE test pass: best checkpoint (weights + its validation threshold), real-test images
         trainer.test(module, datamodule=dm, ckpt_path=best)
+        meta = module.loaded_meta or {}
+        val_metrics = as_floats(meta.get("val_metrics") if best else module.val_metrics)
+        best_step = int(meta.get("global_step", trainer.global_step)) if best else int(trainer.global_step)
+        wandb_logging.log_seg_summary(trainer, val_metrics, as_floats(module.test_metrics), float(module.threshold),
+                                      best_step, scale)
+        wandb_logging.log_checkpoint(trainer, cfg, best or last, metadata={"val": val_metrics, "best_step": best_step})
     finally:
         finish_logger(trainer)
     if not trainer.is_global_zero:
         return 0
     timer = step_timer(trainer)
-    meta = module.loaded_meta or {}
     test_metrics = as_floats(module.test_metrics)
-    val_metrics = as_floats(meta.get("val_metrics") if best else module.val_metrics)
     summary = {
         "kind": "segmentation",
         "class_name": str(cfg.class_name),
@@ -214,7 +219,7 @@ def run(cfg: DictConfig) -> int:
         "test": test_metrics,
         "test_per_type": module.test_per_type,
         "val": val_metrics,
-        "best_step": int(meta.get("global_step", trainer.global_step)) if best else int(trainer.global_step),
+        "best_step": best_step,
         "train_steps": int(trainer.global_step),
         "checkpoint": str(best or last),
         "counts": counts,

@@ -7,6 +7,7 @@ DataModule's step-indexed sample stream, a resumed run continues exactly like an
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.utilities import grad_norm
 from omegaconf import OmegaConf
 
 from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.schema import TrainerConfig
 from fast_lightning.seeding import generator_for
 
@@ -151,10 +153,12 @@ class DiffusionModule(L.LightningModule):
     def log_samples(self) -> None:
         if self.log_batch is None or not self.trainer.is_global_zero:
             return
+        start = time.perf_counter()
         grid = self.log_samples_to_disk(f"step_{self.global_step:07d}")
         if grid is None:
             grid = self.sample_grid()
         n = self.log_batch["image"].shape[0]
+        wandb_logging.log_diffusion_samples(self, grid, n, time.perf_counter() - start)
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
                 rows = [grid[i * n:(i + 1) * n] for i in range(4)]

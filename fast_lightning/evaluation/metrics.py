@@ -249,3 +249,19 @@ def per_type_metrics(probs: torch.Tensor, masks: torch.Tensor, types: Sequence[s
             "defect_images": int((masks[idx].flatten(1) > 0).any(1).sum()),
         }
     return out
+
+
+def per_image_metrics(probs: torch.Tensor, masks: torch.Tensor, threshold: float) -> list[dict[str, float]]:
+    """Pixel AP and IoU (at ``threshold``) of each image alone, plus its highest probability (to rank the worst
+    images in the W&B test table). AP is nan for a defect-free image; its IoU is 1 when nothing is predicted
+    there and 0 otherwise (any false alarm is a total miss of an empty target)."""
+    validate_inputs(probs, masks)
+    out = []
+    for p, m in zip(probs.detach().float().cpu(), masks.detach().cpu()):
+        p, t = p.flatten(), m.flatten() > 0
+        pred = p >= float(threshold)
+        union = int((pred | t).sum())
+        out.append({"pixel_ap": _f1_curve(p, t.long())[0] if bool(t.any()) else float("nan"),
+                    "iou": int((pred & t).sum()) / union if union else 1.0,
+                    "max_prob": float(p.max()) if p.numel() else float("nan")})
+    return out

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.metrics import SegmentationMetrics, aupro, per_type_metrics
 from fast_lightning.schema import DataConfig
 from fast_lightning.segmentation.losses import build_loss
@@ -115,6 +116,9 @@ class SegmentationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+        run = wandb_logging.lightning_run(self)
+        if run is not None:
+            wandb_logging.define_seg_metrics(run)
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,11 +211,14 @@ class SegmentationModule(L.LightningModule):
             out["aupro"] = aupro(probs, masks)
         return {k: float(out[k]) for k in METRIC_KEYS}
 
-    def _image_types(self, index: torch.Tensor) -> list[str] | None:
-        """Defect type of each evaluated test image, from the test dataset's records (None if it has none)."""
+    def _test_dataset(self):
         loaders = self.trainer.test_dataloaders if self._trainer is not None else None
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-        records = getattr(getattr(loader, "dataset", None), "records", None)
+        return getattr(loader, "dataset", None)
+
+    def _image_types(self, index: torch.Tensor) -> list[str] | None:
+        """Defect type of each evaluated test image, from the test dataset's records (None if it has none)."""
+        records = getattr(self._test_dataset(), "records", None)
         if records is None or (index.numel() and int(index.max()) >= len(records)):
             return None
         return [str(records[int(i)].label) for i in index]
@@ -268,6 +275,7 @@ class SegmentationModule(L.LightningModule):
         self.test_per_type = per_type_metrics(probs, masks, types, float(self.threshold)) if types else None
         self.test_counts = {"images": int(masks.shape[0]), "defect_images": int((masks.flatten(1) > 0).any(1).sum())}
         self._log_metrics("test", self.test_metrics)
+        wandb_logging.log_seg_test(self, index, probs, masks, types, self._test_dataset())
 
     # ---- image panels ----------------------------------------------------------------------------------
     def _panel_source(self) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]] | None:
@@ -310,12 +318,7 @@ class SegmentationModule(L.LightningModule):
 
             save_grid(torch.cat(rows), len(idx), Path(self.panel_dir) / f"step_{self.global_step:07d}.png",
                       row_titles=PANEL_ROWS)
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):
-                tiles = [torch.cat([r[k] for r in rows], dim=-1) for k in range(len(idx))]
-                logger.log_image("val/panels", images=[t.clamp(0, 1) for t in tiles],
-                                 caption=[f"{lab} #{i}: image | GT | pred@{thr:.3f} | prob" for i, lab in zip(idx, labels)],
-                                 step=self.global_step)
+        wandb_logging.log_seg_panels(self, "val/panels", images, gt, p, labels, idx, thr)
 
     # ---- checkpoint metadata -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
