@@ -62,8 +62,10 @@ def test_sweeps_optimise_a_validation_metric_train_seg_logs(name):
 
 def test_seg_sweep_covers_the_issue_parameters():
     spec = load_sweep(PROJECT_ROOT / "experiments" / "sweeps" / "seg.yaml", ["class_name=widget"])
-    assert set(spec.swept) == {"segmentation.arch", "segmentation.encoder", "segmentation.lr",
+    assert set(spec.swept) == {"segmentation.synth", "segmentation.arch", "segmentation.encoder", "segmentation.lr",
                                "segmentation.synth_ratio"}
+    assert "fast" in spec.config["parameters"]["segmentation.synth"]["values"]
+    assert spec.config["early_terminate"]["type"] == "hyperband"
     assert spec.config["parameters"]["segmentation.arch"]["values"] == ["Unet", "FPN", "UnetPlusPlus"]
     syn = load_sweep(PROJECT_ROOT / "experiments" / "sweeps" / "synthesis.yaml", ["class_name=widget"])
     assert set(syn.swept) == {"sampling.steps", "sampling.variant", "diffusion.lambda_farm"}
@@ -231,3 +233,51 @@ def test_synthesis_sweep_trains_one_model_for_sampler_settings(fake_mvtec, tmp_p
         seg = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         assert seg["synthesizer"] == "fast" and seg["val"]["pixel_ap"] == pytest.approx(float(r["val/pixel_ap"]))
         assert Path(seg["synthesizer_info"]["diffusion_checkpoint"]).resolve().is_relative_to(model.resolve())
+
+
+# ---- SEEDS=k and the trial plot (a stand-in trial command: seconds, no training) -------------------------------
+FAKE_TRIAL = """
+import json, pathlib, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+lr, seed = float(args["segmentation.lr"]), int(args.get("seed", 0))
+out = pathlib.Path(args["run_root"]) / "seg" / "widget" / args["run_id"]
+out.mkdir(parents=True)
+# lr 0.001 is best on average, although lr 0.002 wins on seed 0
+value = {0.001: [0.5, 0.7], 0.002: [0.6, 0.3], 0.003: [0.2, 0.2]}[lr][seed]
+(out / "metrics.json").write_text(json.dumps({"val": {"pixel_ap": value}}))
+"""
+
+
+@pytest.mark.slow  # 11 short subprocesses (2 sweep-local, 9 stand-in trials)
+def test_sweep_local_seeds_rank_the_mean_and_plot_the_best(tmp_path):
+    script = _write(tmp_path / "trial.py", FAKE_TRIAL)
+    path = _write(tmp_path / "s.yaml", f"""
+name: seeds
+command: ["${{interpreter}}", "{script}", "${{args_no_hyphens}}"]
+method: grid
+metric: {{name: val/pixel_ap, goal: maximize}}
+parameters:
+  segmentation.lr: {{values: [0.001, 0.002, 0.003]}}
+""")
+    reports = tmp_path / "reports"
+    proc = run_cli("sweep-local", f"sweep={path}", "seeds=2", f"report_root={reports}", "class_name=widget",
+                   f"run_root={tmp_path / 'runs'}")
+    assert "x 2 seeds (mean ranked" in proc.stdout
+    (report,) = reports.iterdir()
+    rows = list(csv.DictReader(open(report / "summary.csv")))
+    assert [r["segmentation.lr"] for r in rows] == ["0.001", "0.002", "0.003"]
+    assert [float(r["val/pixel_ap (mean)"]) for r in rows] == pytest.approx([0.6, 0.45, 0.2])
+    assert rows[0]["per seed"] == "0.5 0.7"
+    assert len(list((tmp_path / "runs" / "seg" / "widget").iterdir())) == 6  # 3 trials x 2 seeds
+    assert (report / "trials.png").is_file() and "trials.png" in (report / "summary.md").read_text()
+    # one seed: lr 0.002 would have won
+    proc = run_cli("sweep-local", f"sweep={path}", f"report_root={tmp_path / 'one'}", "class_name=widget",
+                   f"run_root={tmp_path / 'runs1'}")
+    (report,) = (tmp_path / "one").iterdir()
+    assert next(csv.DictReader(open(report / "summary.csv")))["segmentation.lr"] == "0.002"
+
+
+def test_sweep_local_seeds_refuses_a_swept_seed(tmp_path):
+    path = _write(tmp_path / "s.yaml", TINY.replace("diffusion.max_steps: {value: 2}", "seed: {values: [0, 1]}"))
+    with pytest.raises(UserError, match="SEEDS=2 runs each trial on seed=0..1"):
+        sweep_local.main([f"sweep={path}", "seeds=2", "class_name=widget"])

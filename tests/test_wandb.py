@@ -222,3 +222,36 @@ def test_diffusion_samples_table_and_synthesize_artifact(data_root, tmp_path):
     refs = [e["ref"] for e in dataset["entries"].values()]
     assert refs and all(r.startswith(syn_dir.as_uri()) for r in refs)  # a reference to the folder, not a copy
     assert syn.summary["pairs"] == 5
+
+
+# ---- sweeps: both drivers rank by the same number ---------------------------------------------------------------
+def test_both_sweep_drivers_pick_the_same_best_trial(offline):
+    """Three trials whose LAST validation ranks differently from their BEST: the W&B summary (what a W&B sweep
+    optimises) and metrics.json (what sweep-local reads) both hold the best checkpoint's value."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from fast_lightning.commands import sweep_local
+
+    curves = {1: [0.2, 0.6, 0.3], 2: [0.4, 0.5, 0.5], 3: [0.1, 0.2, 0.55]}
+    local = []
+    for n, curve in curves.items():
+        logger = WandbLogger(save_dir=str(offline), offline=True, project="t", name=f"trial-{n}")
+        trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
+        wandb_logging.define_seg_metrics(logger.experiment)
+        for step, v in enumerate(curve):
+            logger.log_metrics({"val/pixel_ap": v}, step=step)
+        best = max(curve)  # ModelCheckpoint(monitor=val/pixel_ap, mode=max) keeps this step; train-seg reports it
+        path = offline / f"trial-{n}" / "metrics.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"val": {"pixel_ap": best}}))
+        wandb_logging.log_seg_summary(trainer, {"pixel_ap": best}, None, 0.5, curve.index(best), None)
+        logger.experiment.finish()
+        local.append(sweep_local.Trial(number=n, run_id=f"trial-{n}", params={}, status="finished",
+                                       metric=sweep_local.read_metric(path, "val/pixel_ap")))
+    summaries = {int(r.name.split("-")[1]): r.summary["val/pixel_ap"] for r in offline_runs(offline)}
+    assert summaries == {n: max(c) for n, c in curves.items()}
+    w_and_b_best = max(summaries, key=summaries.get)            # the W&B sweep's goal: maximize the summary
+    local_best = sweep_local.sort_trials(local, "maximize")[0].number
+    assert w_and_b_best == local_best == 1
+    last = {n: c[-1] for n, c in curves.items()}
+    assert max(last, key=last.get) != 1  # ranking by the last logged value would have picked another trial

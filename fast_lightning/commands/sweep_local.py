@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from fast_lightning.commands.sweep_file import (
 from fast_lightning.config import PROJECT_ROOT
 from fast_lightning.runs import atomic_write_text
 
-OPTIONS = {"sweep": "", "trials": 0, "search_seed": 0, "report_root": "reports/sweeps"}
+OPTIONS = {"sweep": "", "trials": 0, "search_seed": 0, "report_root": "reports/sweeps", "seeds": 1}
 
 
 # ---- trials ---------------------------------------------------------------------------------------------------
@@ -134,6 +134,7 @@ class Trial:
     seconds: float = 0.0
     run_dir: str = ""
     log: str = ""
+    seed_values: list = field(default_factory=list)  # the metric of each seed (SEEDS=k)
 
 
 def _sweep_run(spec: SweepSpec, trial: Trial, config: dict):
@@ -184,11 +185,14 @@ def _fmt(value: Any) -> str:
 def summary_rows(spec: SweepSpec, trials: list[Trial], full: bool = False) -> tuple[list[str], list[list[str]]]:
     """Sorted table rows; ``full``: exact values plus exit code and log path (the CSV)."""
     fmt = (lambda v: "" if v is None else str(v)) if full else _fmt  # noqa: E731
-    header = ["rank", "trial", "status", spec.metric, *spec.swept, "seconds", "run_dir"]
+    multi = any(len(t.seed_values) > 1 for t in trials)  # SEEDS=k: the metric is the mean; show each seed
+    header = ["rank", "trial", "status", spec.metric + (" (mean)" if multi else ""),
+              *(["per seed"] if multi else []), *spec.swept, "seconds", "run_dir"]
     header += ["exit_code", "log"] if full else []
     rows = []
     for rank, t in enumerate(sort_trials(trials, spec.goal), 1):
-        row = [str(rank) if t.metric is not None else "-", str(t.number), t.status, fmt(t.metric),
+        per_seed = [" ".join(fmt(v) or "-" for v in t.seed_values)] if multi else []
+        row = [str(rank) if t.metric is not None else "-", str(t.number), t.status, fmt(t.metric), *per_seed,
                *[fmt(t.params.get(k)) for k in spec.swept], f"{t.seconds:.1f}", t.run_dir]
         rows.append(row + ([fmt(t.returncode), t.log] if full else []))
     return header, rows
@@ -214,11 +218,44 @@ def write_summary(spec: SweepSpec, trials: list[Trial], report_dir: Path, comman
         f"- started {started}; metric read from each run's metrics.json (sections flattened as section/key); "
         "per-trial output in `trials/<n>.log`",
         "",
+        "![metric per trial](trials.png)",
+        "",
         tables.markdown_table(header, rows),
         "",
     ])
     md_path = atomic_write_text(report_dir / "summary.md", md)
+    trial_plot(spec, trials, report_dir / "trials.png")
     return csv_path, md_path
+
+
+def trial_plot(spec: SweepSpec, trials: list[Trial], path: Path) -> Path | None:
+    """The metric per trial in run order, the best trial marked (what summary.md ranks first)."""
+    scored = [t for t in trials if t.metric is not None]
+    if not scored:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fast_lightning.evaluation.plots import save_figure
+
+    best = sort_trials(trials, spec.goal)[0]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(trials) + 2), 3.2))
+    ax.plot([t.number for t in scored], [t.metric for t in scored], "o-", color="tab:blue", label="trial")
+    for t in scored:
+        if len(t.seed_values) > 1:
+            ax.scatter([t.number] * len(t.seed_values), t.seed_values, s=10, color="tab:gray", zorder=1)
+    ax.scatter([best.number], [best.metric], s=160, marker="*", color="tab:red", zorder=3,
+               label=f"best: trial {best.number}")
+    ax.set_xticks([t.number for t in trials])
+    ax.set_xlabel("trial" + (" (dots: each seed, line: their mean)" if any(len(t.seed_values) > 1 for t in scored)
+                             else ""))
+    ax.set_ylabel(spec.metric)
+    ax.set_title(f"sweep {spec.name}: {spec.metric} ({spec.goal})")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 # ---- command ---------------------------------------------------------------------------------------------------
@@ -227,6 +264,12 @@ def main(args: list[str]) -> int:
     spec = load_sweep(opts["sweep"], overrides)
     run_root = Path(str(spec.base.run_root))
     trials_wanted = int(opts["trials"])
+    seeds = int(opts["seeds"])
+    if seeds < 1:
+        raise UserError(f"SEEDS={opts['seeds']}: the number of seeds per trial must be >= 1")
+    if seeds > 1 and "seed" in spec.config["parameters"]:
+        raise UserError(f"SEEDS={seeds} runs each trial on seed=0..{seeds - 1}: remove `seed` from the sweep "
+                        "parameters (or the ARGS) or use SEEDS=1")
     grid = spec.grid_size()
     if trials_wanted <= 0:
         if grid is None:
@@ -249,7 +292,8 @@ def main(args: list[str]) -> int:
     env = trial_env()
     template = expand_command(spec.config, [ARGS_MACRO])
     print(f"[sweep-local] {spec.path}: method {spec.method}, metric {spec.metric} ({spec.goal}), "
-          f"{trials_wanted} trial(s){f' of a {grid}-point grid' if grid else ''}; W&B mode {env['WANDB_MODE']}; "
+          f"{trials_wanted} trial(s){f' of a {grid}-point grid' if grid else ''}"
+          f"{f' x {seeds} seeds (mean ranked; {seeds}x the runs)' if seeds > 1 else ''}; W&B mode {env['WANDB_MODE']}; "
           f"report -> {report_dir}", flush=True)
 
     trials: list[Trial] = []
@@ -264,28 +308,38 @@ def main(args: list[str]) -> int:
                 print(f"[sweep-local] {note}", flush=True)
             params = {k: v["value"] for k, v in config.items()}
             run_id = f"sweep-{report_dir.name}-{number:02d}"  # unique like the report dir
-            trial_args = [f"{k}={render_value(v)}" for k, v in params.items()]
-            trial_args += [f"run_id={run_id}"] + ([] if "run_root" in params else [f"run_root={run_root}"])
-            cmd = expand_command(spec.config, trial_args)
-            shown = ", ".join(f"{k}={_fmt(params[k])}" for k in spec.swept)
-            print(f"\n[sweep-local] trial {number}/{trials_wanted}: {shown}\n[sweep-local] $ {' '.join(cmd)}",
-                  flush=True)
+            shown = ", ".join(f"{k}={_fmt(params[k])}" for k, v in params.items() if k in spec.swept)
+            print(f"\n[sweep-local] trial {number}/{trials_wanted}: {shown}", flush=True)
             trial = Trial(number=number, run_id=run_id, params=params, log=f"trials/{number:02d}.log")
             start = time.time()
-            trial.returncode = run_streaming(cmd, env, report_dir / trial.log)
+            values, results = [], []
+            for k in range(seeds):  # SEEDS=k: the same parameters on seed=0..k-1, the mean is the trial's metric
+                rid = run_id if seeds == 1 else f"{run_id}-s{k}"
+                trial_args = [f"{key}={render_value(v)}" for key, v in params.items()]
+                trial_args += [f"run_id={rid}"] + ([] if "run_root" in params else [f"run_root={run_root}"])
+                trial_args += [f"seed={k}"] if seeds > 1 else []
+                cmd = expand_command(spec.config, trial_args)
+                print(f"[sweep-local] $ {' '.join(cmd)}", flush=True)
+                log_name = trial.log if seeds == 1 else f"trials/{number:02d}-s{k}.log"
+                code = run_streaming(cmd, env, report_dir / log_name)
+                metrics_path = find_metrics(run_root, rid)
+                trial.run_dir = trial.run_dir or str(metrics_path.parent if metrics_path else
+                                                     find_run_dir(run_root, rid) or "")
+                value = read_metric(metrics_path, spec.metric)
+                trial.returncode = code if code else trial.returncode or code
+                values.append(value if code == 0 else None)
+                results.append(f"{spec.metric}={_fmt(value)}" if code == 0 and value is not None else (
+                    f"exit code {code}" if code else
+                    f"no finite {spec.metric} in {metrics_path or f'{run_root}/*/*/{rid}/metrics.json'}"))
             trial.seconds = time.time() - start
-            metrics_path = find_metrics(run_root, run_id)
-            trial.run_dir = str(metrics_path.parent if metrics_path else find_run_dir(run_root, run_id) or "")
-            trial.metric = read_metric(metrics_path, spec.metric)
-            if trial.returncode != 0:
+            trial.seed_values = values
+            if trial.returncode:
                 trial.status, trial.metric = "failed", None
-            elif trial.metric is None:
+            elif any(v is None for v in values):
                 trial.status = "no-metric"
             else:
-                trial.status = "finished"
-            result = f"{spec.metric}={_fmt(trial.metric)}" if trial.metric is not None else (
-                f"exit code {trial.returncode}" if trial.returncode else
-                f"no finite {spec.metric} in {metrics_path or f'{run_root}/*/*/{run_id}/metrics.json'}")
+                trial.status, trial.metric = "finished", sum(values) / len(values)
+            result = "; ".join(results) + (f"; mean {_fmt(trial.metric)}" if seeds > 1 and trial.metric is not None else "")
             print(f"[sweep-local] trial {number} {trial.status}: {result} ({trial.seconds:.0f} s)", flush=True)
             trials.append(trial)
             history.append(_sweep_run(spec, trial, config))
