@@ -81,8 +81,8 @@ ablate: $(STAMP) ## AIAS steps (2,5,10,50,DDPM), FARM on/off, FARM in tail (old)
 sweep: $(STAMP) ## register SWEEP (experiments/sweeps/*.yaml) with W&B and start an agent (needs login)
 	WANDB_MODE=$(if $(filter file,$(origin WANDB_MODE)),online,$(WANDB_MODE)) $(RUN) sweep $(call opt,$(SWEEP),sweep) $(call opt,$(TRIALS),trials) $(COMMON) $(ARGS)
 
-sweep-local: $(STAMP) ## run SWEEP locally without a server for TRIALS trials [PROFILE]; prints a summary
-	$(RUN) sweep-local $(call opt,$(SWEEP),sweep) $(call opt,$(TRIALS),trials) $(COMMON) $(ARGS)
+sweep-local: $(STAMP) ## run SWEEP locally without a server for TRIALS trials [PROFILE SEEDS=k: each trial on k seeds, mean ranked]; summary + plot
+	$(RUN) sweep-local $(call opt,$(SWEEP),sweep) $(call opt,$(TRIALS),trials) $(call opt,$(SEEDS),seeds) $(COMMON) $(ARGS)
 
 clean-runs: ## delete runs/, reports/ and wandb/ (asks first)
 	@read -p "delete runs/ reports/ wandb/ ? [y/N] " a && [ "$$a" = y ] && rm -rf runs reports wandb || echo kept
