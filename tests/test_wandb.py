@@ -143,6 +143,25 @@ def test_identity_groups_by_class_and_synthesizer(tmp_path):
     assert wandb_logging.identity(cfg, "eval-seg", "cutpaste")["group"] == "seg-widget-cutpaste"
 
 
+def test_checkpoint_artifact_is_opt_in_and_carries_the_run_config(offline):
+    from lightning.pytorch.loggers import WandbLogger
+
+    ckpt = offline / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    for flag in ("false", "true"):
+        logger = WandbLogger(save_dir=str(offline), offline=True, project="t", name=f"log_model-{flag}")
+        trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
+        cfg = cfg_for(offline, f"logger.wandb.log_model={flag}")
+        wandb_logging.log_checkpoint(trainer, cfg, ckpt, metadata={"best_step": 3})
+        logger.experiment.finish()
+    off, on = sorted(offline_runs(offline), key=lambda r: r.name)
+    assert not [a for a in off.artifacts if a["type"] == "model"]
+    (model,) = [a for a in on.artifacts if a["type"] == "model"]
+    assert list(model["entries"]) == ["best.ckpt"] and model["metadata"]["best_step"] == 3
+    assert model["metadata"]["run_config"]["class_name"] == "widget"
+    assert model["metadata"]["run_config"]["logger"]["wandb"]["log_model"] is True
+
+
 # ---- end to end: compare -> per-seed seg run + summary run, eval-seg linked ----------------------------------------
 @pytest.mark.slow
 def test_compare_smoke_offline_runs_match_reports(data_root, tmp_path):
@@ -237,7 +256,7 @@ def test_both_sweep_drivers_pick_the_same_best_trial(offline):
     for n, curve in curves.items():
         logger = WandbLogger(save_dir=str(offline), offline=True, project="t", name=f"trial-{n}")
         trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
-        wandb_logging.define_seg_metrics(logger.experiment)
+        wandb_logging.define_seg_metrics(logger.experiment, ["pixel_ap"])
         for step, v in enumerate(curve):
             logger.log_metrics({"val/pixel_ap": v}, step=step)
         best = max(curve)  # ModelCheckpoint(monitor=val/pixel_ap, mode=max) keeps this step; train-seg reports it

@@ -117,12 +117,10 @@ def _num(v) -> float | None:
 
 
 # ---- segmentation -------------------------------------------------------------------------------------------
-def define_seg_metrics(run) -> None:
+def define_seg_metrics(run, keys: Sequence[str]) -> None:
     """Live summaries of validation metrics are their best so far (max); the final summary is overwritten by
     ``log_seg_summary`` with the best checkpoint's values."""
-    from fast_lightning.segmentation.module import METRIC_KEYS
-
-    for k in METRIC_KEYS:
+    for k in keys:
         run.define_metric(f"val/{k}", summary="max" if k in HIGHER_IS_BETTER else "last")
 
 

@@ -118,7 +118,7 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         run = wandb_logging.lightning_run(self)
         if run is not None:
-            wandb_logging.define_seg_metrics(run)
+            wandb_logging.define_seg_metrics(run, METRIC_KEYS)
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
