@@ -45,8 +45,8 @@ def identity(cfg, kind: str, synth: str | None = None) -> dict[str, Any]:
 
 def start_run(cfg, kind: str, name: str, synth: str | None = None, config: dict | None = None,
               tags: Sequence[str] | None = None):
-    """A W&B run for a command that has no Lightning logger (synthesize, eval-seg, study summaries); None when
-    W&B is off. The caller finishes it (``finish``); ``tags`` replace the class/profile/seed tags."""
+    """A W&B run for a command that has no Lightning logger (synthesize, study summaries); None when W&B is
+    off. The caller finishes it (``finish``, also on errors); ``tags`` replace the class/profile/seed tags."""
     if not enabled(cfg):
         return None
     import wandb
@@ -68,6 +68,16 @@ def start_run(cfg, kind: str, name: str, synth: str | None = None, config: dict 
 def finish(run) -> None:
     if run is not None:
         run.finish()
+
+
+def trainer_run(trainer):
+    """The wandb run of a Trainer's WandbLogger (global rank 0 only), else None."""
+    if trainer is None or not trainer.is_global_zero:
+        return None
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            return logger.experiment
+    return None
 
 
 def lightning_run(module):
@@ -162,8 +172,8 @@ def log_seg_test(module, index, probs, masks, types, dataset) -> None:
     for r in worst_rows(per_image, n):
         pos = r["pos"]
         img = dataset[r["index"]]["image"]
-        rows.append([r["index"], r["type"], overlay(img, masks[pos], probs[pos] >= thr, caption=f"{r['type']} #{r['index']}"),
-                     _num(r["pixel_ap"]), _num(r["iou"]), _num(r["max_prob"])])
+        image = overlay(img, masks[pos], probs[pos] >= thr, caption=f"{r['type']} #{r['index']}")
+        rows.append([r["index"], r["type"], image, _num(r["pixel_ap"]), _num(r["iou"]), _num(r["max_prob"])])
     log = {"test/worst_images": table(WORST_COLUMNS, rows), "test/threshold": thr,
            "trainer/global_step": int(module.global_step)}
     if module.test_per_type:
@@ -187,16 +197,6 @@ def log_seg_summary(trainer, val: dict | None, test: dict | None, threshold: flo
     if defect_scale:
         rows = [[k, str(v)] for k, v in defect_scale.items() if not isinstance(v, (list, dict))]
         run.log({"data/defect_scale": table(["quantity", "value"], rows)})
-
-
-def trainer_run(trainer):
-    """The wandb run of a Trainer's WandbLogger (global rank 0 only), else None."""
-    if trainer is None or not trainer.is_global_zero:
-        return None
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            return logger.experiment
-    return None
 
 
 def log_checkpoint(trainer, cfg, path: Path, aliases: Sequence[str] = ("best",), metadata: dict | None = None) -> None:
@@ -259,15 +259,16 @@ def log_report(cfg, kind: str, csv_path: Path, plot_path: Path | None = None, ru
         return None
     import wandb
 
-    header, rows = csv_table_rows(Path(csv_path))
-    log = {f"{kind}/table": table(header, rows)}
-    if plot_path is not None and Path(plot_path).is_file():
-        log[f"{kind}/plot"] = wandb.Image(str(plot_path))
-    run.log(log)
-    run.summary.update({"report_csv": str(csv_path), "runs": list(runs)})
-    folder = str(Path(run.dir).parent)
-    finish(run)
-    return folder
+    try:
+        header, rows = csv_table_rows(Path(csv_path))
+        log = {f"{kind}/table": table(header, rows)}
+        if plot_path is not None and Path(plot_path).is_file():
+            log[f"{kind}/plot"] = wandb.Image(str(plot_path))
+        run.log(log)
+        run.summary.update({"report_csv": str(csv_path), "runs": list(runs)})
+        return str(Path(run.dir).parent)
+    finally:
+        finish(run)
 
 
 # ---- synthesize ---------------------------------------------------------------------------------------------
@@ -286,21 +287,22 @@ def log_synthesis(cfg, run_dir: Path, rows: list[dict], summary: dict) -> str | 
     from fast_lightning.data.io import load_image, load_mask
 
     w = cfg.logger.wandb
-    data = []
-    for r in rows[: max(0, int(w.table_rows))]:
-        image = load_image(Path(run_dir) / r["image"], channels=3)
-        mask = load_mask(Path(run_dir) / r["mask"])
-        data.append([int(r["index"]), r.get("type"), overlay(image, gt=mask, caption=f"{r.get('type')} #{r['index']}"),
-                     r.get("sampler"), r.get("steps"), r.get("mask_source")])
-    run.log({"synthesize/manifest": table(MANIFEST_COLUMNS, data)})
-    art = wandb.Artifact(f"synthetic-{cfg.class_name}-{Path(run_dir).name}", type="dataset",
-                         metadata={"run_dir": str(run_dir), **summary})
-    if bool(w.dataset_copy):
-        art.add_dir(str(run_dir))
-    else:
-        art.add_reference(Path(run_dir).resolve().as_uri(), name="pairs")
-    run.log_artifact(art)
-    run.summary.update(summary)
-    folder = str(Path(run.dir).parent)
-    finish(run)
-    return folder
+    try:
+        data = []
+        for r in rows[: max(0, int(w.table_rows))]:
+            image = load_image(Path(run_dir) / r["image"], channels=3)
+            mask = load_mask(Path(run_dir) / r["mask"])
+            pair = overlay(image, gt=mask, caption=f"{r.get('type')} #{r['index']}")
+            data.append([int(r["index"]), r.get("type"), pair, r.get("sampler"), r.get("steps"), r.get("mask_source")])
+        run.log({"synthesize/manifest": table(MANIFEST_COLUMNS, data)})
+        art = wandb.Artifact(f"synthetic-{cfg.class_name}-{Path(run_dir).name}", type="dataset",
+                             metadata={"run_dir": str(run_dir), **summary})
+        if bool(w.dataset_copy):
+            art.add_dir(str(run_dir))
+        else:
+            art.add_reference(Path(run_dir).resolve().as_uri(), name="pairs")
+        run.log_artifact(art)
+        run.summary.update(summary)
+        return str(Path(run.dir).parent)
+    finally:
+        finish(run)
