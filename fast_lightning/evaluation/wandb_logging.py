@@ -130,8 +130,9 @@ def _num(v) -> float | None:
 def define_seg_metrics(run, keys: Sequence[str]) -> None:
     """Live summaries of validation metrics are their best so far (max); the final summary is overwritten by
     ``log_seg_summary`` with the best checkpoint's values."""
-    for k in keys:
-        run.define_metric(f"val/{k}", summary="max" if k in HIGHER_IS_BETTER else "last")
+    for k in keys:  # x axis: Lightning's trainer/global_step, as for every other metric of the run
+        run.define_metric(f"val/{k}", step_metric="trainer/global_step",
+                          summary="max" if k in HIGHER_IS_BETTER else "last")
 
 
 def log_seg_panels(module, key: str, images, gts, probs, labels, indices, threshold: float) -> None:
