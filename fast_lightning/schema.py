@@ -188,7 +188,7 @@ class WandbConfig:
     project: str = "fast-lightning"
     entity: Optional[str] = None
     save_dir: str = "."
-    log_model: bool = False  # best checkpoint as a W&B model artifact (a copy of the file: opt-in)
+    log_model: bool = False  # best seg / last diffusion checkpoint as a W&B model artifact (a copy: opt-in)
     table_rows: int = 16  # rows of the synthesized-pairs tables (synthesize manifest, diffusion samples)
     dataset_copy: bool = False  # synthesize: upload the pairs into the dataset artifact instead of a reference
 

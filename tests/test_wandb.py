@@ -216,9 +216,12 @@ def test_diffusion_samples_table_and_synthesize_artifact(data_root, tmp_path):
     runs = tmp_path / "runs"
     common = ["profile=smoke", "class_name=widget", f"data_root={data_root}", f"run_root={runs}",
               f"logger.wandb.save_dir={tmp_path}", "trainer.enable_progress_bar=false"]
-    run_cli("train-diffusion", *common, env=env)
+    run_cli("train-diffusion", *common, "logger.wandb.log_model=true", env=env)
     diff = offline_runs(tmp_path)[-1]
     assert (diff.group, diff.job_type) == ("diffusion-widget", "diffusion")
+    (model,) = [a for a in diff.artifacts if a["type"] == "model"]  # opt-in: the last checkpoint + run config
+    assert list(model["entries"]) == ["last.ckpt"] and model["metadata"]["global_step"] == 6
+    assert model["metadata"]["run_config"]["diffusion"]["max_steps"] == 6
     samples = diff.table("samples/table")
     assert samples["columns"] == list(wandb_logging.SAMPLE_COLUMNS)
     assert len(samples["data"]) == 2 and {r[0] for r in samples["data"]} <= {"crack", "dent"}

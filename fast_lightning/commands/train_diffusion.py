@@ -15,6 +15,7 @@ from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.diffusion.denoiser import parameter_count
 from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError
+from fast_lightning.evaluation import wandb_logging
 from fast_lightning.runs import (
     accept_resume,
     atomic_write_json,
@@ -96,6 +97,8 @@ def run(cfg: DictConfig) -> int:
                                 gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
         with explained_stops(run_dir, resume_command(cfg, "train-diffusion", run_dir), lambda: trainer):
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        wandb_logging.log_checkpoint(trainer, cfg, last_checkpoint(run_dir), aliases=("last",),
+                                     metadata={"global_step": int(trainer.global_step)})
     except NonFiniteLossError as exc:
         last = last_checkpoint(run_dir)
         kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
