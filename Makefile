@@ -24,7 +24,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet \
+.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet fidelity \
         train-seg eval-seg compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
@@ -59,6 +59,9 @@ bench-sampling: $(STAMP) ## AIAS vs DDIM vs DDPM speed on one model [CKPT] -> re
 
 sheet: $(STAMP) ## synthesized defects at the model's scale next to real ones, per sampling setting [CKPT] -> reports/CLASS/sheet.png
 	$(RUN) sheet $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
+
+fidelity: $(STAMP) ## synthesized vs real defects per type (contrast stats, classifier AUROC) [CKPT SYNTHS] -> reports/CLASS/fidelity.{json,md,png}
+	$(RUN) fidelity $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(call opt,$(SYNTHS),synths) $(ARGS)
 
 bench-train: $(STAMP) ## training steps/s fp32 vs bf16 on this machine (and what precision=auto picks) -> reports/bench_train.{json,png}
 	$(RUN) bench-train $(call opt,$(filter-out auto,$(PROFILE)),profile) $(ARGS)

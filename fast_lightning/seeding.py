@@ -41,6 +41,8 @@ STREAMS: dict[str, tuple[tuple[str, ...], Callable[..., int]]] = {
     "seg_synthesis": (("step", "rank"), lambda s, step, rank: s * 7919 + step * 131 + rank),
     # segmentation step: the training crops taken after synthesis
     "seg_crop": (("step", "rank"), lambda s, step, rank: s * 7919 + step * 131 + rank + 104_729),
+    # `make fidelity`: the synthesizer's draws for compared pair `index` (apart from every training stream)
+    "fidelity": (("index",), lambda s, i: (_item(s, i) * 15_485_863 + 32_452_843) % _MOD),
     # one-off draws seeded by the run seed alone (sample sheets of a study)
     "run": ((), lambda s: s),
 }

@@ -34,15 +34,6 @@ def as_set(images, masks, types):
     return {"windows": w, "masks": m, "types": None if types is None else [types[i] for i in kept]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The critic is tiny: one thread is faster than two on a shared machine (measured 13 s vs 108 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_wasserstein_1d_matches_known_values():
     from fast_lightning.evaluation.fidelity import wasserstein_1d
 
@@ -77,3 +68,35 @@ def test_control_is_indistinguishable_and_wrong_synthesizer_is_separated():
     assert control["per_type"]["a"]["n_synth"] == 20 and "c2st_auroc" not in control["per_type"]["a"]
     again = compare_sets(real, synths, seed=0, c2st_steps=60, per_type_c2st=False)
     assert again["control"]["score"] == control["score"]  # seeded
+
+
+@pytest.mark.slow
+def test_fidelity_command_smoke(tmp_path):
+    """`fidelity` end to end on the fake class with a 2-step diffusion model: FAST, DRAEM and the real-vs-real
+    control; the JSON holds every synthesizer and type with values in range, the control is the closest."""
+    from conftest import make_fake_mvtec
+    from fast_lightning.commands import fidelity, train_diffusion
+
+    data = tmp_path / "data"
+    make_fake_mvtec(data, n_defect=12)
+    common = ["profile=smoke", "class_name=widget", f"data_root={data}", f"run_root={tmp_path / 'runs'}",
+              "trainer.enable_progress_bar=false", "diffusion.num_train_timesteps=100"]
+    assert train_diffusion.main([*common, "diffusion.max_steps=2", "diffusion.checkpoint_every=2",
+                                 "diffusion.sample_every=0"]) == 0
+    out = tmp_path / "rep"
+    assert fidelity.main([*common, "synths=fast,draem", "n=16", "steps=40", f"out={out}",
+                          "per_type=false"]) == 0
+    rep = json.loads((out / "fidelity.json").read_text())
+    assert (out / "fidelity.png").stat().st_size > 0 and "real-vs-real control" in (out / "fidelity.md").read_text()
+    res = rep["synthesizers"]
+    assert list(res) == ["fast", "draem", "real_third"] and rep["control"] == "real_third"
+    assert rep["real_windows"] == 8 and rep["working_size"] == [64, 64]
+    assert set(res["fast"]["per_type"]) == {"crack", "dent", "all"}
+    assert res["fast"]["per_type"]["crack"]["n_synth"] + res["fast"]["per_type"]["dent"]["n_synth"] == 16  # typed
+    assert res["fast"]["nfe_per_image"] == 5  # AIAS, sampling.steps=5 at the smoke profile
+    assert res["draem"]["per_type"]["crack"]["n_synth"] == 16  # untyped: compared with every type
+    for r in res.values():
+        assert 0.0 <= r["score"] <= 1.0
+    control = res["real_third"]["per_type"]["all"]["w1_norm_mean"]
+    assert control < res["draem"]["per_type"]["all"]["w1_norm_mean"]
+    assert res["draem"]["score"] > 0.9 and res["real_third"]["score"] < 0.75
