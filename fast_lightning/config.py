@@ -204,7 +204,7 @@ MINIMUMS = {
     "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
     "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
     "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
-    "segmentation.num_log_images": (0, None),
+    "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
     "data.resolution": (8, None), "data.batch_size": (1, None), "data.num_workers": (0, None),
     "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
 }
@@ -213,6 +213,9 @@ RANGES = {
     "data.generator_fraction": (0.0, 1.0, False, False), "data.val_fraction": (0.0, 1.0, False, False),
     "diffusion.normal_weight": (0.0, 1.0, True, True), "diffusion.crop.scale": (0.0, 1.0, False, True),
     "diffusion.optim.ema_decay": (0.0, 1.0, True, False), "segmentation.synth_ratio": (0.0, 1.0, True, True),
+    "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
+    "diffusion.mask_loss_weight": (0.0, 1e9, True, True), "sampling.guidance_scale": (0.0, 1e9, True, True),
+    "segmentation.synth_loss_weight": (0.0, 1e9, True, True),
 }
 
 

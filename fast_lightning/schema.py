@@ -35,6 +35,7 @@ class DataConfig:
 @dataclass
 class CropConfig:
     scale: float = 0.35
+    defect_share: Optional[float] = None  # null = window from `scale` (paper-era rule); else defect side / window side
     normal_crops: bool = True
 
 
@@ -92,6 +93,9 @@ class DiffusionConfig:
     lambda_eps: float = 2.0
     lambda_farm: float = 5.0
     normal_weight: float = 0.25
+    normal_pretrain_steps: int = 0
+    mask_loss_weight: float = 1.0
+    cond_dropout: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 2000
@@ -111,6 +115,7 @@ class SamplingConfig:
     farm: bool = True
     farm_min_t: int = 2
     eta: float = 0.0
+    guidance_scale: float = 1.0
 
 
 @dataclass
@@ -154,6 +159,7 @@ class SegmentationConfig:
     synth: str = "draem"
     synth_ratio: float = 0.5
     real_ratio: float = 0.5
+    synth_loss_weight: float = 1.0
     crop: Optional[int] = None
     crop_defect_share: float = 0.5
     fast_cached_dir: Optional[str] = None

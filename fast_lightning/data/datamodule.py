@@ -165,14 +165,17 @@ class AnomalyDataModule(L.LightningDataModule):
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)
 
     # ---- datasets ----------------------------------------------------------------------------------
-    def diffusion_dataset(self) -> GeneratorTrainDataset:
+    def diffusion_dataset(self, world: int = 1) -> GeneratorTrainDataset:
+        """``world``: processes sharing the step-indexed stream (the normal pretraining phase counts items)."""
         self.setup()
         d = self.cfg.diffusion
+        pretrain = int(d.get("normal_pretrain_steps", 0)) * int(d.optim.batch_size) * max(1, int(world))
         return GeneratorTrainDataset(
             self.split.generator_train, self.split.normal_train, self.type_ids, resolution=int(d.resolution),
             channels=int(self.cfg.data.channels), window=str(d.window), crop_scale=float(d.crop.scale),
             normal_weight=float(d.normal_weight), normal_crops=bool(d.crop.normal_crops),
-            augment=dict(d.augment), seed=int(self.cfg.seed),
+            augment=dict(d.augment), seed=int(self.cfg.seed), defect_share=d.crop.get("defect_share"),
+            normal_only_items=pretrain,
         )
 
     def normal_dataset(self) -> NormalImageDataset:
@@ -201,7 +204,7 @@ class AnomalyDataModule(L.LightningDataModule):
         world = max(1, trainer.world_size) if trainer is not None else 1
         rank = int(trainer.global_rank) if trainer is not None else 0
         if self.stage == "diffusion":
-            batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset()
+            batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset(world)
         else:
             batch, max_steps, dataset = int(self.cfg.segmentation.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
         # one global stream of sample indices; a resumed run starts where the interrupted one stopped
@@ -250,4 +253,9 @@ class AnomalyDataModule(L.LightningDataModule):
         batch["image"] = torch.cat([syn_img.to(images.dtype), images[n_syn:]], 0)
         batch["mask"] = torch.cat([syn_mask.to(images.dtype), batch["mask"][n_syn:]], 0)
         batch["synthetic"] = torch.arange(images.shape[0], device=images.device) < n_syn
+        second = getattr(self.synthesizer, "last_from_second", None)  # synth=a+b: the items from b
+        if second is not None and len(second) == n_syn:
+            batch["from_second"] = torch.cat([second.to(images.device),
+                                              torch.zeros(images.shape[0] - n_syn, dtype=torch.bool,
+                                                          device=images.device)])
         return batch

@@ -141,7 +141,8 @@ class GeneratorTrainDataset(Dataset):
 
     def __init__(self, defects: list[Record], normals: list[Record], type_ids: dict[str, int], *, resolution: int,
                  channels: int = 3, window: str = "crop", crop_scale: float = 0.35, normal_weight: float = 0.25,
-                 normal_crops: bool = True, augment: dict | None = None, seed: int = 0, length: int = 10**9):
+                 normal_crops: bool = True, augment: dict | None = None, seed: int = 0, length: int = 10**9,
+                 defect_share: float | None = None, normal_only_items: int = 0):
         if window not in ("full", "crop"):
             raise ConfigError(f"diffusion.window must be 'full' or 'crop', got {window!r}")
         if not defects:
@@ -150,6 +151,9 @@ class GeneratorTrainDataset(Dataset):
         self.resolution, self.window, self.crop_scale = resolution, window, crop_scale
         self.normal_weight = normal_weight if normals else 0.0
         self.normal_crops = normal_crops
+        self.defect_share = defect_share
+        # learn the surface first: items of the first steps (diffusion.normal_pretrain_steps) are all normal
+        self.normal_only_items = int(normal_only_items) if normals else 0
         self.augment = dict(augment or {})
         self.seed, self.length = seed, length
         self.cache = NativeCache(channels)
@@ -159,7 +163,7 @@ class GeneratorTrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         g = generator_for("item", self.seed, index)
-        normal = bool(torch.rand((), generator=g) < self.normal_weight)
+        normal = bool(torch.rand((), generator=g) < self.normal_weight) or index < self.normal_only_items
         pool = self.normals if normal else self.defects
         rec = pool[int(torch.randint(len(pool), (1,), generator=g))]
         image = self.cache.image(rec.image)
@@ -167,7 +171,7 @@ class GeneratorTrainDataset(Dataset):
         mask = self.cache.mask(rec.mask, (h, w))
         if self.window == "crop" and (not normal or self.normal_crops):
             bbox = None if normal else mask_bbox(mask)
-            side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution)
+            side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution, defect_share=self.defect_share)
             y, x = place_window(h, w, side, bbox, generator=g)
             image, mask = image[:, y:y + side, x:x + side], mask[:, y:y + side, x:x + side]
         image, mask = resize_pair(image.float() / 255.0, mask.float(), self.resolution)

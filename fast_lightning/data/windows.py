@@ -22,11 +22,19 @@ def mask_bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def window_side(height: int, width: int, scale: float, bbox: tuple[int, int, int, int] | None = None,
-                margin: float = 1.25, min_side: int = 8) -> int:
+                margin: float = 1.25, min_side: int = 8, defect_share: float | None = None) -> int:
     """Window side in source pixels: ``scale`` of the shorter side, grown to fit the defect with a margin,
     and at least ``min_side`` (the model resolution: a window is never upsampled to the model when the image
     has the pixels), capped by the shorter side. Diffusion training and every synthesis path call this, so
-    the model sees the same pixel scale (source px per model px) when it samples as when it was trained."""
+    the model sees the same pixel scale (source px per model px) when it samples as when it was trained.
+
+    ``defect_share`` (``diffusion.crop.defect_share``): windows sized to the defect instead, the bbox's longer
+    side / defect_share (a small defect then fills a useful share of the model's pixels; the rest is context);
+    windows without a defect keep ``scale``."""
+    if defect_share is not None and bbox is not None:
+        top, left, bottom, right = bbox
+        side = max(8, int(min_side), int(math.ceil(max(bottom - top, right - left) / float(defect_share))))
+        return min(side, min(height, width))
     side = max(8, int(min_side), int(round(min(height, width) * scale)))
     if bbox is not None:
         top, left, bottom, right = bbox

@@ -40,6 +40,7 @@ class FASTDiffusion(nn.Module):
         lambda_eps: float = DiffusionConfig.lambda_eps,
         lambda_farm: float = DiffusionConfig.lambda_farm,
         config: Mapping[str, Any] | None = None,
+        mask_loss_weight: float = DiffusionConfig.mask_loss_weight,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
@@ -49,6 +50,7 @@ class FASTDiffusion(nn.Module):
         self.type_names = list(type_names)
         self.lambda_eps = float(lambda_eps)
         self.lambda_farm = float(lambda_farm)
+        self.mask_loss_weight = float(mask_loss_weight)  # in-mask eps terms; 1 = plain MSE (bit for bit)
         self.config = dict(config or {})  # resolved build config, for checkpoints / meta
 
     # ---------------------------------------------------------------- conversions
@@ -131,6 +133,9 @@ class FASTDiffusion(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """FAST loss: lambda_eps * MSE(eps, eps_hat(x_hat_t)) + lambda_farm * MSE(x0_an, M * x0).
 
+        ``mask_loss_weight`` w != 1 multiplies the in-mask per-pixel terms of the eps MSE by w (the mean is
+        still over all pixels): defect pixels are a few percent of a window and would otherwise barely count.
+
         x0 is in model space; mask is (B,1,H,W) {0,1} (resized to x0's size). t ~ U{0..T-1} and eps ~ N(0,I)
         unless given; ``generator`` (on any device) makes them reproducible. FARM is not detached: it learns
         from both terms (through the denoiser input for the eps term).
@@ -151,13 +156,26 @@ class FASTDiffusion(nn.Module):
         x_t = self.schedule.q_sample(x0, t, eps)
         x_hat_t, x0_an = self.anomaly_aware_input(x_t, m, t, eps)
         eps_hat = self.predict_eps(x_hat_t, t, cond, m)
-        loss_eps = F.mse_loss(eps_hat.float(), eps.float())
+        if self.mask_loss_weight == 1.0:
+            loss_eps = F.mse_loss(eps_hat.float(), eps.float())
+        else:
+            weight = 1.0 + (self.mask_loss_weight - 1.0) * (m > 0.5).float()
+            loss_eps = (weight * (eps_hat.float() - eps.float()) ** 2).mean()
         if x0_an is None:
             loss_farm = loss_eps.new_zeros(())
         else:
             loss_farm = F.mse_loss(x0_an.float(), (m * x0).float())
         loss = self.lambda_eps * loss_eps + self.lambda_farm * loss_farm
         return {"loss": loss, "loss_eps": loss_eps, "loss_farm": loss_farm, "t": t}
+
+
+def drop_condition(cond: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Classifier-free guidance training: each type id becomes 0 (the "normal"/null condition) with
+    probability ``p`` (draws from ``generator`` on the CPU); ``p = 0`` returns ``cond`` and draws nothing."""
+    if p <= 0:
+        return cond
+    drop = torch.rand(cond.shape, generator=generator) < p
+    return torch.where(drop.to(cond.device), torch.zeros_like(cond), cond)
 
 
 # -------------------------------------------------------------------- factory
@@ -290,6 +308,8 @@ def build_fast_diffusion(
         )
     lambda_eps = _as_float(_get(cfg, "lambda_eps", _DEFAULTS.lambda_eps), "diffusion.lambda_eps", minimum=0.0)
     lambda_farm = _as_float(_get(cfg, "lambda_farm", _DEFAULTS.lambda_farm), "diffusion.lambda_farm", minimum=0.0)
+    mask_loss_weight = _as_float(_get(cfg, "mask_loss_weight", _DEFAULTS.mask_loss_weight),
+                                 "diffusion.mask_loss_weight", minimum=0.0)
 
     resolved = {
         "backbone": backbone,
@@ -328,4 +348,5 @@ def build_fast_diffusion(
     )
     adaptor = Adaptor(denoiser.latent_channels) if use_adaptor else None
     schedule = NoiseSchedule(steps, kind, beta_start, beta_end)
-    return FASTDiffusion(denoiser, farm, schedule, adaptor, type_names, lambda_eps, lambda_farm, config=resolved)
+    return FASTDiffusion(denoiser, farm, schedule, adaptor, type_names, lambda_eps, lambda_farm, config=resolved,
+                         mask_loss_weight=mask_loss_weight)

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import grad_norm
 from omegaconf import OmegaConf
 
-from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion
+from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion, drop_condition
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.schema import TrainerConfig
 from fast_lightning.seeding import generator_for
@@ -69,7 +69,8 @@ class DiffusionModule(L.LightningModule):
             x0 = x0.contiguous(memory_format=torch.channels_last)
         t = torch.randint(0, self.model.num_train_timesteps, (x0.shape[0],), generator=g).to(self.device)
         eps = torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
-        out = self.model.training_losses(x0, batch["mask"], batch["cond"], t=t, eps=eps)
+        cond = drop_condition(batch["cond"], float(self.diffusion_cfg.get("cond_dropout", 0.0)), g)  # after t, eps
+        out = self.model.training_losses(x0, batch["mask"], cond, t=t, eps=eps)
         if not torch.isfinite(out["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.global_step} (loss_eps={float(out['loss_eps']):.4g}, "

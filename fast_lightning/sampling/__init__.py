@@ -57,7 +57,8 @@ def build_sampler(cfg: Mapping) -> Sampler:
     Keys (defaults in brackets): ``name`` in {aias, ddpm, ddim, dpmsolver} [aias], ``steps`` [10],
     ``variant`` exact|paper [exact] (aias), ``t_end`` [1] (aias), ``eta`` [0.0] (ddim),
     ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm`` [true],
-    ``farm_min_t`` [2] (FARM only at timesteps t >= farm_min_t; 0 = every step, the old behaviour).
+    ``farm_min_t`` [2] (FARM only at timesteps t >= farm_min_t; 0 = every step, the old behaviour),
+    ``guidance_scale`` [1.0] (classifier-free guidance on the type, 2 evaluations per step when != 1).
     ``ddpm`` always runs all T timesteps (``steps`` is validated but not used). Every known option is
     validated whichever sampler is chosen; unknown keys are ignored.
     Errors are ValueErrors that name the offending ``sampling.*`` key.
@@ -94,15 +95,17 @@ def build_sampler(cfg: Mapping) -> Sampler:
     if eta < 0:
         raise ConfigError(f"sampling.eta must be a number >= 0, got {eta!r}")
 
+    guidance = get("guidance_scale", 1.0)
+    guidance = float(guidance) if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) else guidance
     if name == "aias":
         if steps < t_end + 2:
             raise ConfigError(f"sampling.steps must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
-        return AIASSampler(steps=steps, variant=variant, t_end=t_end, **common)
+        return AIASSampler(steps=steps, variant=variant, t_end=t_end, **common).with_guidance(guidance)
     if name == "ddpm":
-        return DDPMSampler(**common)
+        return DDPMSampler(**common).with_guidance(guidance)
     if name == "ddim":
-        return DDIMSampler(steps=steps, eta=eta, **common)
-    return DPMSolverSampler(steps=steps, **common)
+        return DDIMSampler(steps=steps, eta=eta, **common).with_guidance(guidance)
+    return DPMSolverSampler(steps=steps, **common).with_guidance(guidance)
 
 
 __all__ = [

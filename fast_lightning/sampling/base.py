@@ -143,8 +143,19 @@ class SamplingRun:
         return (1 - self.mask) * x + self.mask * x_an
 
     def eps(self, x: Tensor, t: int) -> Tensor:
-        """One network evaluation (counted in ``nfe``; reported to the progress callback)."""
-        out = self.model.predict_eps(x, self.tvec(t), self.cond, self.mask).to(self.dtype)
+        """One network evaluation (counted in ``nfe``; reported to the progress callback). With classifier-free
+        guidance (``guidance_scale`` s != 1) two, in one batched call: eps_null + s (eps_type - eps_null), the
+        null condition being type 0 ("normal"); s = 1 is the plain conditional call."""
+        s = self.sampler.guidance_scale
+        if s == 1.0:
+            out = self.model.predict_eps(x, self.tvec(t), self.cond, self.mask).to(self.dtype)
+        else:
+            both = self.model.predict_eps(torch.cat([x, x]), torch.cat([self.tvec(t)] * 2),
+                                          torch.cat([self.cond, torch.zeros_like(self.cond)]),
+                                          torch.cat([self.mask, self.mask])).to(self.dtype)
+            cond, null = both.chunk(2)
+            out = null + s * (cond - null)
+            self.nfe += 1
         self.nfe += 1
         if self.sampler.progress is not None:
             self.sampler.progress(self.nfe, self.total)
@@ -203,6 +214,19 @@ class Sampler:
         self.renoise, self.renoise_band = check_renoise(renoise, renoise_band)
         self.progress = progress
         self.nfe = 0
+        self.guidance_scale = 1.0  # set by :meth:`with_guidance`
+
+    def with_guidance(self, scale: float) -> "Sampler":
+        """Classifier-free guidance scale for every sampler (``sampling.guidance_scale``); 1 = none."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+            raise ConfigError(f"sampling.guidance_scale must be a number >= 0 (1 = no guidance), got {scale!r}")
+        self.guidance_scale = float(scale)
+        return self
+
+    @property
+    def evals_per_step(self) -> int:
+        """Network evaluations per timestep: 2 with guidance (conditional + null), else 1."""
+        return 1 if self.guidance_scale == 1.0 else 2
 
     def min_steps(self) -> int:
         return 1
@@ -254,7 +278,7 @@ class Sampler:
                  generators: Sequence[torch.Generator]) -> Tensor:
         """Generate inside ``mask`` and paste back: ``mask * x + (1 - mask) * background``."""
         run = SamplingRun(self, model, background, mask, cond, generators)
-        run.total = self.expected_nfe(run.T)
+        run.total = self.expected_nfe(run.T) * self.evals_per_step
         with torch.no_grad():
             x = self._sample(run)
             out = run.mask * x + (1 - run.mask) * background

@@ -11,7 +11,7 @@ from torch import nn
 
 from fast_lightning.errors import ConfigError
 
-__all__ = ["DiceFocalLoss", "build_loss"]
+__all__ = ["DiceFocalLoss", "build_loss", "split_weighted_loss"]
 
 _LOSS_KEYS = {"name", "dice_weight", "focal_weight", "focal_gamma", "focal_alpha"}
 
@@ -66,3 +66,19 @@ def build_loss(cfg: Mapping[str, Any] | None = None) -> DiceFocalLoss:
         focal_alpha=None if cfg.get("focal_alpha") is None else float(cfg["focal_alpha"]),
         focal_gamma=float(cfg.get("focal_gamma", 2.0)),
     )
+
+
+def split_weighted_loss(loss_fn, logits: torch.Tensor, target: torch.Tensor, part: torch.Tensor,
+                        weight: float) -> torch.Tensor:
+    """``loss(rest) + weight * loss(part)`` over the items of a batch (``part``: bool (B,)).
+
+    Why: in ``real_third+fast`` the synthesized items must not dilute the real defects; a weight below 1
+    lowers their pull on the segmenter (0: they are ignored). Each side is one loss call (Dice over its own
+    items); a side without items contributes 0."""
+    part = part.to(device=logits.device, dtype=torch.bool).reshape(-1)
+    loss = logits.new_zeros((), dtype=torch.float32)
+    if bool((~part).any()):
+        loss = loss + loss_fn(logits[~part], target[~part])
+    if bool(part.any()) and weight:
+        loss = loss + float(weight) * loss_fn(logits[part], target[part])
+    return loss

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.metrics import SegmentationMetrics, aupro, per_type_metrics
 from fast_lightning.schema import DataConfig
-from fast_lightning.segmentation.losses import build_loss
+from fast_lightning.segmentation.losses import build_loss, split_weighted_loss
 from fast_lightning.segmentation.models import build_segmenter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,7 +144,11 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
-        loss = self.loss_fn(logits, masks)
+        weight, second = float(self.seg_cfg.get("synth_loss_weight", 1.0)), batch.get("from_second")
+        if weight != 1.0 and second is not None:  # synth=a+b: the items from b weighted (segmentation.synth_loss_weight)
+            loss = split_weighted_loss(self.loss_fn, logits, masks, second, weight)
+        else:
+            loss = self.loss_fn(logits, masks)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite segmentation loss at step {self.global_step}; "
                                      "try a lower segmentation.lr or trainer.precision=32-true")

@@ -94,6 +94,7 @@ class MixedSynthesizer:
         self.first_share = float(first_share)
         self.names = list(names) if names else [type(first).__name__, type(second).__name__]
         self.native_input = any(getattr(p, "native_input", False) for p in self.parts)
+        self.last_from_second = torch.zeros(0, dtype=torch.bool)  # which items of the last call came from b
 
     def split(self, b: int) -> int:
         """Items of a batch of ``b`` that come from the first member."""
@@ -117,4 +118,5 @@ class MixedSynthesizer:
             img, m = part(normals[sl], fg, g, **kwargs)
             images.append(img.to(normals.dtype))
             masks.append(m.to(normals.dtype))
+        self.last_from_second = torch.arange(b) >= k
         return torch.cat(images), torch.cat(masks)

@@ -79,7 +79,9 @@ class AnomalySynthesizer:
         self.window = window
         trained = dict((meta.get("config") or {}).get("diffusion") or {})  # the diffusion.* it was trained with
         self.resolution = int(meta.get("resolution") or trained["resolution"])
-        self.crop_scale = float(dict(trained.get("crop") or {}).get("scale", CropConfig.scale))
+        crop = dict(trained.get("crop") or {})
+        self.crop_scale = float(crop.get("scale", CropConfig.scale))
+        self.defect_share = crop.get("defect_share")  # windows sized to the defect, as in training
         self.autocast_dtype = autocast_dtype
         self._warned_small = False
 
@@ -97,7 +99,7 @@ class AnomalySynthesizer:
         if self.window == "full":
             return Window(0, 0, h, w)
         bbox = mask_bbox(mask)
-        side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution)
+        side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution, defect_share=self.defect_share)
         y, x = place_window(h, w, side, bbox, jitter=False)
         return Window(y, x, side, side)
 

@@ -1,0 +1,182 @@
+"""The levers of issue 18, each shown to act and to equal today's behaviour at its default:
+diffusion.mask_loss_weight, diffusion.cond_dropout + sampling.guidance_scale, diffusion.crop.defect_share,
+diffusion.normal_pretrain_steps, segmentation.synth_loss_weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SMOKE_TYPES, make_fake_mvtec
+
+
+def _batch(model, b=3, res=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(b, 3, res, res, generator=g) * 2 - 1
+    mask = torch.zeros(b, 1, res, res)
+    mask[:, :, 8:16, 10:20] = 1
+    cond = torch.tensor([1, 2, 1][:b])
+    t = torch.tensor([10, 500, 900][:b])
+    eps = torch.randn(x0.shape, generator=g)
+    return x0, mask, cond, t, eps
+
+
+def test_mask_loss_weight_one_is_todays_loss_and_w_scales_only_in_mask_terms(smoke_model):
+    model = smoke_model
+    x0, mask, cond, t, eps = _batch(model)
+    assert model.mask_loss_weight == 1.0  # the default
+    with torch.no_grad():
+        base = model.training_losses(x0, mask, cond, t=t, eps=eps)
+        x_t = model.schedule.q_sample(x0, t, eps)
+        x_hat, _ = model.anomaly_aware_input(x_t, mask, t, eps)
+        sq = (model.predict_eps(x_hat, t, cond, mask).float() - eps) ** 2
+        assert torch.equal(base["loss_eps"], F.mse_loss(model.predict_eps(x_hat, t, cond, mask).float(), eps))
+        try:
+            model.mask_loss_weight = 4.0
+            heavy = model.training_losses(x0, mask, cond, t=t, eps=eps)
+            empty = model.training_losses(x0, torch.zeros_like(mask), cond, t=t, eps=eps)
+            model.mask_loss_weight = 1.0
+            empty1 = model.training_losses(x0, torch.zeros_like(mask), cond, t=t, eps=eps)
+        finally:
+            model.mask_loss_weight = 1.0
+    expected = sq.mean() + 3.0 * (mask * sq).mean()  # (w - 1) more of exactly the in-mask terms
+    assert heavy["loss_eps"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert heavy["loss_eps"] > base["loss_eps"] and torch.equal(heavy["loss_farm"], base["loss_farm"])
+    assert empty["loss_eps"].item() == pytest.approx(empty1["loss_eps"].item(), rel=1e-6)  # no mask: no change
+
+
+def test_mask_loss_weight_comes_from_the_config(smoke_cfg):
+    from omegaconf import OmegaConf
+
+    from fast_lightning.diffusion import build_fast_diffusion
+
+    cfg = OmegaConf.merge(smoke_cfg.diffusion, {"mask_loss_weight": 5.0})
+    assert build_fast_diffusion(cfg, 3, 2, SMOKE_TYPES).mask_loss_weight == 5.0
+
+
+def test_cond_dropout_replaces_types_by_the_null_condition():
+    from fast_lightning.diffusion.model import drop_condition
+
+    cond = torch.tensor([1, 2, 1, 2] * 50)
+    assert drop_condition(cond, 0.0, torch.Generator().manual_seed(0)) is cond  # off: nothing drawn
+    assert torch.equal(drop_condition(cond, 1.0, torch.Generator().manual_seed(0)), torch.zeros_like(cond))
+    half = drop_condition(cond, 0.5, torch.Generator().manual_seed(0))
+    dropped = half == 0
+    assert 60 < int(dropped.sum()) < 140 and torch.equal(half[~dropped], cond[~dropped])
+    assert torch.equal(half, drop_condition(cond, 0.5, torch.Generator().manual_seed(0)))  # seeded
+
+
+@pytest.mark.parametrize("name", ["aias", "ddim", "dpmsolver"])
+def test_guidance_scale_one_is_no_guidance_and_zero_is_the_null_condition(smoke_cfg, smoke_model, name):
+    from fast_lightning.sampling import build_sampler
+
+    torch.manual_seed(0)
+    bg = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 8:20] = 1
+    cond = torch.tensor([1, 2])
+
+    def run(scale, c):
+        sampler = build_sampler({**dict(smoke_cfg.sampling), "name": name, "steps": 4, "guidance_scale": scale})
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return sampler(smoke_model, bg, mask, c, gens), sampler.nfe
+
+    default = build_sampler({**dict(smoke_cfg.sampling), "name": name, "steps": 4})
+    out_default = default(smoke_model, bg, mask, cond, [torch.Generator().manual_seed(i) for i in range(2)])
+    one, nfe1 = run(1.0, cond)
+    assert torch.equal(one, out_default) and nfe1 == default.nfe == 4  # scale 1: bit for bit, 1 eval per step
+    zero, nfe0 = run(0.0, cond)
+    null, _ = run(1.0, torch.zeros_like(cond))
+    assert nfe0 == 8  # guided: conditional + null per step
+    assert torch.allclose(zero, null, atol=1e-4)  # s = 0 leaves only the null prediction
+    two, _ = run(2.0, cond)
+    assert not torch.allclose(two, one, atol=1e-3)
+
+
+def test_guidance_scale_is_validated(smoke_cfg):
+    from fast_lightning.errors import ConfigError
+    from fast_lightning.sampling import build_sampler
+
+    with pytest.raises(ConfigError, match="sampling.guidance_scale"):
+        build_sampler({**dict(smoke_cfg.sampling), "guidance_scale": -1})
+
+
+def test_defect_share_sizes_windows_to_the_defect():
+    from fast_lightning.data.windows import window_side
+
+    bbox = (100, 100, 110, 120)  # a 10 x 20 px defect in a 1000 x 800 image
+    assert window_side(1000, 800, 0.35, bbox, min_side=32) == 280  # today: 35% of the shorter side
+    assert window_side(1000, 800, 0.35, bbox, min_side=32, defect_share=0.4) == 50  # 20 / 0.4
+    assert window_side(1000, 800, 0.35, bbox, min_side=64, defect_share=0.4) == 64  # never below the model
+    assert window_side(1000, 800, 0.35, None, min_side=32, defect_share=0.4) == 280  # normal windows: scale
+    assert window_side(40, 40, 0.35, (0, 0, 30, 30), min_side=8, defect_share=0.5) == 40  # capped by the image
+
+
+def _train_set(root, **kw):
+    from fast_lightning.data.datasets import GeneratorTrainDataset
+    from fast_lightning.data.records import read_class
+    from fast_lightning.data.split import make_split
+
+    split = make_split(read_class(root, "widget"))
+    ids = {t: i + 1 for i, t in enumerate(split.types)}
+    return GeneratorTrainDataset(split.generator_train, split.normal_train, ids, resolution=32, seed=0, **kw)
+
+
+def test_defect_share_reaches_training_and_synthesis_windows(tmp_path, smoke_model):
+    from fast_lightning.synthesis.windowed import AnomalySynthesizer
+
+    make_fake_mvtec(tmp_path, size=(160, 160), n_defect=6)
+    plain = _train_set(tmp_path, normal_weight=0.0)
+    sized = _train_set(tmp_path, normal_weight=0.0, defect_share=0.5)
+    share = [sum(float(ds[i]["mask"].mean()) for i in range(6)) for ds in (plain, sized)]
+    assert share[1] > 2 * share[0]  # the defect fills much more of the model's window
+    mask = torch.zeros(1, 160, 160)
+    mask[:, 70:76, 70:78] = 1
+    meta = {"window": "crop", "resolution": 32, "config": {"diffusion": {"resolution": 32, "crop": {"scale": 0.35}}}}
+    assert AnomalySynthesizer(smoke_model, None, meta).window_for(mask).h == 56
+    meta["config"]["diffusion"]["crop"]["defect_share"] = 0.5
+    assert AnomalySynthesizer(smoke_model, None, meta).window_for(mask).h == 32  # 16 px, raised to the model's 32
+
+
+def test_normal_pretrain_items_are_normal_and_the_rest_unchanged(tmp_path):
+    make_fake_mvtec(tmp_path)
+    plain = _train_set(tmp_path)
+    pre = _train_set(tmp_path, normal_only_items=8)
+    for i in range(8):
+        assert int(pre[i]["cond"]) == 0 and float(pre[i]["mask"].sum()) == 0
+    assert any(int(plain[i]["cond"]) > 0 for i in range(8))
+    for i in range(8, 16):
+        a, b = plain[i], pre[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]) and a["cond"] == b["cond"]
+
+
+def test_split_weighted_loss_weights_only_the_synthesized_items():
+    from fast_lightning.segmentation.losses import DiceFocalLoss, split_weighted_loss
+
+    loss_fn = DiceFocalLoss()
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1, 16, 16, requires_grad=True)
+    target = (torch.rand(4, 1, 16, 16) > 0.8).float()
+    part = torch.tensor([False, False, True, True])
+    two = split_weighted_loss(loss_fn, logits, target, part, 2.0)
+    expect = loss_fn(logits[:2], target[:2]) + 2.0 * loss_fn(logits[2:], target[2:])
+    assert two.item() == pytest.approx(expect.item(), rel=1e-6)
+    zero = split_weighted_loss(loss_fn, logits, target, part, 0.0)
+    (grad,) = torch.autograd.grad(zero, logits)
+    assert grad[2:].abs().sum() == 0 and grad[:2].abs().sum() > 0  # weight 0: synthesized items ignored
+
+
+def test_mixed_synthesizer_marks_the_items_from_b_for_the_loss(smoke_cfg):
+    from fast_lightning.data.datamodule import AnomalyDataModule
+    from fast_lightning.synthesis.baselines import CutPasteSynthesizer
+    from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
+
+    real = RealThirdSynthesizer(torch.rand(3, 3, 32, 32), (torch.rand(3, 1, 32, 32) > 0.7).float())
+    mixed = MixedSynthesizer(real, CutPasteSynthesizer(), 0.5)
+    dm = AnomalyDataModule(smoke_cfg, synthesizer=mixed)
+    batch = {"image": torch.rand(8, 3, 32, 32), "mask": torch.zeros(8, 1, 32, 32),
+             "foreground": torch.ones(8, 1, 32, 32)}
+    out = dm.synthesize_batch(batch)
+    # synth_ratio 0.5: 4 synthesized items, the first 2 real labels, the next 2 from cutpaste, then 4 normals
+    assert out["from_second"].tolist() == [False, False, True, True, False, False, False, False]
