@@ -1,5 +1,5 @@
 # fast-lightning: every target bootstraps .venv itself (python3 -m venv + pip, pinned, CPU torch by default).
-# Variables: CLASS DATA PROFILE (smoke|cpu|gpu|auto) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
+# Variables: CLASS DATA PROFILE (smoke|cpu|gpu|auto) PRESET (paper) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
 #            SYNTHS SEEDS CLASSES SWEEP TRIALS, plus ARGS="key=value ..." for any config override (see experiments/).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 # make variables -> config overrides (only those the user set)
 opt = $(if $(strip $(1)),$(2)=$(strip $(1)))
-COMMON = $(call opt,$(CLASS),class_name) data_root=$(DATA) profile=$(PROFILE) $(call opt,$(RESUME),resume)
+COMMON = $(call opt,$(CLASS),class_name) data_root=$(DATA) profile=$(PROFILE) $(call opt,$(RESUME),resume) $(call opt,$(PRESET),preset)
 SAMPLING = $(call opt,$(STEPS),sampling.steps) $(call opt,$(SAMPLER),sampling.name) $(call opt,$(VARIANT),sampling.variant)
 RUN = $(PY) -m fast_lightning
 
@@ -24,7 +24,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet fidelity \
+.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet fidelity fidelity-rank \
         train-seg eval-seg compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
@@ -62,6 +62,9 @@ sheet: $(STAMP) ## synthesized defects at the model's scale next to real ones, p
 
 fidelity: $(STAMP) ## synthesized vs real defects per type (contrast stats, classifier AUROC) [CKPT SYNTHS] -> reports/CLASS/fidelity.{json,md,png}
 	$(RUN) fidelity $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(call opt,$(SYNTHS),synths) $(ARGS)
+
+fidelity-rank: $(STAMP) ## does the fidelity score predict pixel AP? Spearman over reports/benchmark.json + reports/*/fidelity.json -> reports/fidelity_rank.{json,md}
+	$(RUN) fidelity-rank $(ARGS)
 
 bench-train: $(STAMP) ## training steps/s fp32 vs bf16 on this machine (and what precision=auto picks) -> reports/bench_train.{json,png}
 	$(RUN) bench-train $(call opt,$(filter-out auto,$(PROFILE)),profile) $(ARGS)

@@ -162,12 +162,24 @@ def load_config(
     resolved = resolve_profile(str(chosen))
     prof_path = experiments_dir / "profile" / f"{resolved}.yaml"
     cfg = typed_merge(cfg, _load_yaml(prof_path), source=str(prof_path))
+    preset = patch.get("preset") or cfg.preset
+    if preset:
+        cfg = typed_merge(cfg, _load_yaml(preset_path(str(preset), experiments_dir)), source=f"preset {preset}")
     cfg = typed_merge(cfg, patch)
     cfg.profile = resolved
     resolve_hardware(cfg)
     OmegaConf.set_struct(cfg, True)
     validate_values(cfg)
     return cfg
+
+
+def preset_path(name: str, experiments_dir: Path = EXPERIMENTS_DIR) -> Path:
+    """experiments/preset/<name>.yaml; an unknown name is a ConfigError listing the presets."""
+    folder = experiments_dir / "preset"
+    known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    if name not in known:
+        raise ConfigError(f"unknown preset {name!r} (option PRESET / preset=); known: {', '.join(known) or 'none'}")
+    return folder / f"{name}.yaml"
 
 
 _announced: set[str] = set()

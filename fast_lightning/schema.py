@@ -211,6 +211,7 @@ class RootConfig:
     data_root: str = "data/mvtec_ad"
     run_root: str = "runs"
     profile: str = "auto"
+    preset: Optional[str] = None
     run_id: Optional[str] = None
     resume: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)

@@ -100,3 +100,55 @@ def test_fidelity_command_smoke(tmp_path):
     control = res["real_third"]["per_type"]["all"]["w1_norm_mean"]
     assert control < res["draem"]["per_type"]["all"]["w1_norm_mean"]
     assert res["draem"]["score"] > 0.9 and res["real_third"]["score"] < 0.75
+
+
+# ---- rank correlation: arithmetic on a fabricated input (a unit test of the functions, not a result) ----------
+
+def test_spearman_arithmetic():
+    from fast_lightning.evaluation.rank_correlation import rankdata, spearman
+
+    assert rankdata([10, 20, 20, 30]).tolist() == [1.0, 2.5, 2.5, 4.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [9, 7, 5, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/(5*24)
+    assert math.isnan(spearman([1, 2], [1, 2])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_fidelity_rank_command_matches_runs_and_reports(tmp_path):
+    """Fabricated metrics.json / fidelity.json: two classes x three synthesizers (+ the control, left out)."""
+    from fast_lightning.commands import fidelity_rank
+
+    auroc = {"fast": 0.6, "draem": 0.8, "cutpaste": 0.9, "real_third": 0.5}
+    ap = {"fast": 0.3, "draem": 0.2, "cutpaste": 0.25, "real_third": 0.9}
+    runs = []
+    for cls, shift in (("tire", 0.0), ("mt", 0.1)):
+        for synth in auroc:
+            for seed in (0, 1):
+                run = tmp_path / "runs" / f"{cls}-{synth}-{seed}"
+                run.mkdir(parents=True)
+                per_type = {"crack": {"pixel_ap": ap[synth] + shift + 0.01 * seed},
+                            "hole": {"pixel_ap": ap[synth] + shift - 0.1}}
+                (run / "metrics.json").write_text(json.dumps({
+                    "class_name": cls, "synthesizer": synth, "test": {"pixel_ap": ap[synth] + shift + 0.02 * seed},
+                    "test_per_type": per_type}))
+                runs.append(str(run))
+        rep = {"class_name": cls, "synthesizers": {
+            s: {"score": a, "per_type": {"all": {"c2st_auroc": a, "w1_norm_mean": 1 - a},
+                                         "crack": {"c2st_auroc": a, "w1_norm_mean": 1.0},
+                                         "hole": {"c2st_auroc": 1.1 - a, "w1_norm_mean": 1.0}}}
+            for s, a in auroc.items()}}
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "fidelity.json").write_text(json.dumps(rep))
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps({"classes": {"tire": {"runs": runs[:8]}, "mt": {"runs": runs[8:]}}}))
+    assert fidelity_rank.main([f"runs={bench}", f"out={tmp_path}"]) == 0
+    res = json.loads((tmp_path / "fidelity_rank.json").read_text())["result"]
+    c2st = res["c2st_auroc"]
+    assert c2st["overall"]["n"] == 6 and {p["key"][1] for p in c2st["overall"]["pairs"]} == {"fast", "draem", "cutpaste"}
+    # AP order fast > cutpaste > draem, AUROC order fast < draem < cutpaste: per class rho = -0.5
+    assert c2st["per_class"]["tire"]["rho"] == pytest.approx(-0.5) and c2st["per_class"]["tire"]["predicts_ap"]
+    pair = next(p for p in c2st["overall"]["pairs"] if p["key"] == ["mt", "fast"])
+    assert pair == {"key": ["mt", "fast"], "score": 0.6, "pixel_ap": pytest.approx(0.41)}  # mean over 2 seeds
+    assert c2st["per_type_pairs"]["n"] == 12 and set(c2st["per_synthesizer"]) == {"fast", "draem", "cutpaste"}
+    assert res["w1_norm_mean"]["per_class"]["tire"]["rho"] == pytest.approx(0.5)
+    assert "rank correlation" in (tmp_path / "fidelity_rank.md").read_text()

@@ -180,3 +180,17 @@ def test_mixed_synthesizer_marks_the_items_from_b_for_the_loss(smoke_cfg):
     out = dm.synthesize_batch(batch)
     # synth_ratio 0.5: 4 synthesized items, the first 2 real labels, the next 2 from cutpaste, then 4 normals
     assert out["from_second"].tolist() == [False, False, True, True, False, False, False, False]
+
+
+def test_paper_preset_is_one_flag_away_and_overrides_still_win():
+    from fast_lightning.config import load_config
+    from fast_lightning.errors import ConfigError
+
+    today = load_config(["profile=smoke"])
+    paper = load_config(["profile=smoke", "preset=paper"])
+    assert (today.sampling.variant, today.diffusion.window, today.diffusion.normal_weight) == ("exact", "crop", 0.25)
+    assert (paper.sampling.variant, paper.diffusion.window, paper.diffusion.normal_weight) == ("paper", "full", 0.0)
+    assert list(paper.synthesis.masks.sources) == ["real"] and paper.diffusion.resolution == 32  # profile kept
+    assert load_config(["profile=smoke", "preset=paper", "sampling.variant=exact"]).sampling.variant == "exact"
+    with pytest.raises(ConfigError, match="unknown preset 'papr'.*paper"):
+        load_config(["profile=smoke", "preset=papr"])

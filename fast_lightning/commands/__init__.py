@@ -11,6 +11,7 @@ COMMANDS = {
     "bench-sampling": ("fast_lightning.commands.bench_sampling", "time AIAS vs DDIM vs DDPM on one model; JSON + plot"),
     "sheet": ("fast_lightning.commands.sheet", "synthesized defects in the model's window next to real ones, per sampling setting"),
     "fidelity": ("fast_lightning.commands.fidelity", "synthesized vs real defects per type: contrast statistics + classifier two-sample test"),
+    "fidelity-rank": ("fast_lightning.commands.fidelity_rank", "Spearman correlation of the fidelity score with the benchmark's pixel AP"),
     "bench-train": ("fast_lightning.commands.bench_train", "training steps/s, fp32 vs bf16 autocast, on this machine; JSON + plot"),
     "train-seg": ("fast_lightning.commands.train_seg", "train a segmenter on synthesized anomalies, test on real defects"),
     "eval-seg": ("fast_lightning.commands.eval_seg", "re-evaluate a segmenter checkpoint on the real-test split"),
