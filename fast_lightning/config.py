@@ -216,6 +216,17 @@ RANGES = {
 }
 
 
+def check_path_part(value, key: str) -> None:
+    """A class name or run id becomes one folder name inside ``run_root``: no separators, no ``..``."""
+    if value is None:
+        return
+    text = str(value)
+    if (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or text.startswith("~")):
+        raise ConfigError(f"{key}={text!r} is not a valid folder name: it becomes a folder under run_root, so it "
+                          "may not be empty, '.' or '..', nor contain '/', '\\' or start with '~'")
+
+
 def validate_values(cfg: DictConfig) -> None:
     """ConfigError naming the key (and make variable) of the first count/size/share out of range."""
     for key, (low, var) in MINIMUMS.items():
@@ -235,6 +246,8 @@ def validate_values(cfg: DictConfig) -> None:
         if not ok:
             interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
             raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
+    check_path_part(cfg.class_name, "class_name (CLASS)")
+    check_path_part(cfg.get("run_id"), "run_id")
     if int(cfg.data.channels) not in (1, 3):
         raise ConfigError(f"config key 'data.channels' must be 1 or 3, got {cfg.data.channels}")
 

@@ -207,6 +207,7 @@ class RootConfig:
     profile: str = "auto"
     run_id: Optional[str] = None
     resume: Optional[str] = None
+    trust_checkpoint: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

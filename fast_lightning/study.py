@@ -113,7 +113,8 @@ def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
 
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
-        meta = dict(read_checkpoint(ckpt).get("fast_lightning", {}), path=str(ckpt))
+        ckpt_dict = read_checkpoint(ckpt, trust=bool(cfg.get("trust_checkpoint")))
+        meta = dict(ckpt_dict.get("fast_lightning", {}), path=str(ckpt))
         check_checkpoint_compatible(meta, cfg)
     except SynthesisError as exc:
         if cfg.synthesis.ckpt:
