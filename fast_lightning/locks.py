@@ -17,7 +17,7 @@ class RunInUseError(UserError):
     """Another live process holds the run folder."""
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
     """Only the first process of a distributed job locks: its other ranks share rank 0's folder on purpose."""
     for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
         if os.environ.get(var, "0") not in ("", "0"):
@@ -33,7 +33,7 @@ def lock_run_dir(run_dir: str | os.PathLike) -> Path | None:
     process is taken over with a message. Re-locking a folder this process holds is a no-op."""
     import fcntl
 
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return None
     key = os.path.realpath(run_dir)
     if key in _held:

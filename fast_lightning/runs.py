@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fast_lightning.config import check_path_part
 from fast_lightning.errors import ConfigError, UserError
-from fast_lightning.locks import RunInUseError, lock_run_dir, release_all_run_dirs, release_run_dir  # noqa: F401
+from fast_lightning.locks import LOCK_FILE, RunInUseError, lock_run_dir, release_all_run_dirs, release_run_dir  # noqa: F401
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

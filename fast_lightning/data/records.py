@@ -68,10 +68,11 @@ def _mask_for(image: Path, mask_dir: Path) -> Path | None:
 
 
 def _orphan_masks(mask_dir: Path, images: list[Path]) -> list[Path]:
-    stems = {p.stem for p in images}
+    stems = {p.stem.lower() for p in images}  # case-insensitive, as ``_mask_for``
     orphans = []
     for mask in _images(mask_dir):
-        stem = mask.stem[: -len("_mask")] if mask.stem.endswith("_mask") else mask.stem
+        stem = mask.stem.lower()
+        stem = stem[: -len("_mask")] if stem.endswith("_mask") else stem
         if stem not in stems:
             orphans.append(mask)
     return orphans
