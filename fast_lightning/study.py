@@ -64,9 +64,9 @@ def diffusion_key(cfg: DictConfig) -> str:
 
 
 # ---- steps --------------------------------------------------------------------------------------------------
-def unfinished(run_dir: Path, done_file: str, needs: Iterable[str] = ()) -> str | None:
+def unfinished(run_dir: Path, done_file: str) -> str | None:
     """Why ``run_dir`` is not a finished run (None when it is): ``done_file`` missing or not readable JSON (a
-    kill -9 mid-write), a file in ``needs`` missing, or the checkpoint ``done_file`` names missing."""
+    kill -9 mid-write), or the checkpoint it names (a segmenter's ``best.ckpt``) missing from the folder."""
     done = Path(run_dir) / done_file
     if not done.is_file():
         return f"no {done_file}"
@@ -74,7 +74,7 @@ def unfinished(run_dir: Path, done_file: str, needs: Iterable[str] = ()) -> str 
         summary = json.loads(done.read_text())
     except (OSError, ValueError) as exc:
         return f"{done_file} is unreadable ({type(exc).__name__})"
-    missing = [n for n in needs if not (Path(run_dir) / n).is_file()]
+    missing = []
     named = summary.get("checkpoint") if isinstance(summary, dict) else None
     if isinstance(named, str) and not (Path(run_dir) / "checkpoints" / Path(named).name).is_file():
         missing.append(f"checkpoints/{Path(named).name}")  # looked up in the folder: runs/ may have moved
@@ -95,7 +95,7 @@ def _clear(run_dir: Path) -> None:
 
 
 def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig, redo: bool = False,
-                 needs: Iterable[str] = (), clean: bool = True) -> Path:
+                 clean: bool = True) -> Path:
     """Run ``fn(cfg)`` unless ``run_dir`` is a finished earlier run with the same settings (``unfinished``).
 
     The folder is locked first (another compare writing it: refused, "in use by PID"). An unfinished one (killed
@@ -105,7 +105,7 @@ def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig,
     if run_dir.is_dir():
         lock_run_dir(run_dir)
     try:
-        why = unfinished(run_dir, done_file, needs)
+        why = unfinished(run_dir, done_file)
         if not redo and why is None:
             print(f"[reuse] {label}: {run_dir}")
             return run_dir
@@ -118,7 +118,7 @@ def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig,
                 _clear(run_dir)
         print(f"[run]   {label} -> {run_dir}", flush=True)
         code = fn(cfg)
-        if code not in (0, None) or unfinished(run_dir, done_file, needs) is not None:
+        if code not in (0, None) or unfinished(run_dir, done_file) is not None:
             raise UserError(f"{label} failed (exit {code}); see the output above and {run_dir}")
     finally:
         release_run_dir(run_dir)
@@ -130,8 +130,7 @@ def diffusion_model(cfg: DictConfig, run_id: str, redo: bool = False, label: str
     from fast_lightning.commands import train_diffusion
 
     run_dir = run_dir_for(cfg, "diffusion", run_id)
-    reuse_or_run(label, run_dir, "metrics.json", train_diffusion.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo,
-                 needs=("checkpoints/last.ckpt",))
+    reuse_or_run(label, run_dir, "metrics.json", train_diffusion.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
     return last_checkpoint(run_dir)
 
 
