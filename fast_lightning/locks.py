@@ -68,9 +68,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def release_run_dir(run_dir: str | os.PathLike) -> None:
-    """Drop this process's lock on ``run_dir`` (the file stays; its PID is dead or ours)."""
+    """Drop this process's lock on ``run_dir``. The emptied file stays: a PID left in it means its process died
+    holding the folder (what the "stale lock" message reports)."""
     fd = _held.pop(os.path.realpath(run_dir), None)
     if fd is not None:
+        os.ftruncate(fd, 0)
         os.close(fd)
 
 
