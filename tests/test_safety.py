@@ -340,6 +340,7 @@ def test_case04b_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
     finally:
         release_run_dir(tmp_path)
+    assert (tmp_path / ".lock").read_text() == ""  # a clean release leaves no PID to call stale
 
 
 def test_case04c_ddp_children_do_not_take_the_lock_of_rank_zeros_folder(tmp_path, holder, monkeypatch):
