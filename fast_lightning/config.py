@@ -218,13 +218,12 @@ RANGES = {
 
 def check_path_part(value, key: str) -> None:
     """A class name or run id becomes one folder name inside ``run_root``: no separators, no ``..``."""
-    if value is None:
+    if value is None or value == "":  # unset (the command asks for CLASS itself)
         return
     text = str(value)
-    if (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
-            or text.startswith("~")):
-        raise ConfigError(f"{key}={text!r} is not a valid folder name: it becomes a folder under run_root, so it "
-                          "may not be empty, '.' or '..', nor contain '/', '\\' or start with '~'")
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise ConfigError(f"{key}={text!r} is not a valid folder name: it becomes one folder under run_root, so it "
+                          "may not be empty, '.' or '..', nor contain '/' or '\\'")
 
 
 def validate_values(cfg: DictConfig) -> None:
