@@ -79,6 +79,13 @@ def test_case01_a_malicious_checkpoint_never_runs_code_in_eval_seg_synthesize_or
         assert rc == 2 and "is not loaded: unpickling them could run code" in err, (name, err)
         assert "convert-checkpoint" in err and len(err.strip().splitlines()) == 1, (name, err)
         assert not marker.exists(), f"{name} ran code from the checkpoint"
+    # a plain pickle file (not torch's zip format) is refused the same way
+    import pickle
+
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps({"state_dict": {}, "payload": _WritesMarker(marker)}))
+    rc, err = in_process(["eval-seg", f"ckpt={raw}"], capsys)
+    assert rc == 2 and not marker.exists(), err
     # Lightning's own load (fit/test ckpt_path) goes through the same reader
     from fast_lightning.runs import CheckpointError
     from fast_lightning.training import AtomicCheckpointIO
