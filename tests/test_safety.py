@@ -7,7 +7,7 @@ masks read as the user meant. One test per case of the issue, named after it:
   3 CLASS=../../x wrote outside runs/; SYNTH=unknown     7 a run_root that cannot be created
     left a stub run folder                               8 the resume hint ignored best.ckpt on disk
   4 two identical runs wrote into one folder             + dangling image symlinks, 000_mask.PNG next to 000.JPG
-  faults: kill -9 during compare / synthesize (slow)
+  faults: kill -9 during compare / benchmark / synthesize (slow)
 """
 
 from __future__ import annotations
@@ -419,24 +419,28 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 400) -> None:
 
 
 @pytest.mark.slow
-def test_kill9_during_compare_then_rerun_gives_the_table_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("command", ["compare", "benchmark"])
+def test_kill9_during_compare_or_benchmark_then_rerun_gives_the_table_of_an_uninterrupted_run(tmp_path, command):
     root = tmp_path / "data"
     make_fake_mvtec(root)
-    args = lambda runs, out: ["compare", *common(root, runs), "synths=cutpaste,draem", "seeds=1", f"out={out}",
-                              *TINY_SEG]  # noqa: E731
+    table = "comparison.csv" if command == "compare" else "benchmark.csv"
+
+    def args(runs: Path, out: Path) -> list[str]:
+        where = common(root, runs) if command == "compare" else [*SMOKE, f"run_root={runs}", f"classes=widget@{root}"]
+        return [command, *where, "synths=cutpaste,draem", "seeds=1", f"out={out}", *TINY_SEG]
+
     run_cli(*args(tmp_path / "clean_runs", tmp_path / "clean"))
     runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = [sys.executable, "-m", "fast_lightning", *args(runs, out)]
-    proc = subprocess.Popen(argv, cwd=PROJECT_DIR, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "fast_lightning", *args(runs, out)], cwd=PROJECT_DIR,
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seg = runs / "seg" / "widget"
-    # killed while the second segmenter trains: the first is finished, the second has a folder and checkpoints
-    _kill_when(proc, lambda: any(p.name.endswith("draem-s0") and (p / "checkpoints").is_dir()
+    # killed while the second segmenter runs: the first is finished, the second has a folder (no metrics.json)
+    _kill_when(proc, lambda: any(p.name.endswith("draem-s0") and (p / "config.yaml").is_file()
                                  for p in (seg.iterdir() if seg.is_dir() else [])))
     again = run_cli(*args(runs, out))
     assert "[reuse] train-seg synth=cutpaste" in again.stdout
     assert "[redo]" in again.stdout and "unfinished" in again.stdout
-    assert (out / "comparison.csv").read_text() == (tmp_path / "clean" / "comparison.csv").read_text()
+    assert (out / table).read_text() == (tmp_path / "clean" / table).read_text()
 
 
 @pytest.mark.slow
