@@ -13,9 +13,10 @@ PROFILE ?= auto
 export WANDB_MODE ?= offline
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-# make variables -> config overrides (only those the user set)
-opt = $(if $(strip $(1)),$(2)=$(strip $(1)))
-COMMON = $(call opt,$(CLASS),class_name) data_root=$(DATA) profile=$(PROFILE) $(call opt,$(RESUME),resume) $(call opt,$(PRESET),preset)
+# make variables -> config overrides (only those the user set), each one shell word: single-quoted, so a DATA,
+# CLASS, CKPT or RESUME with spaces arrives whole (a value containing a single quote is not supported)
+opt = $(if $(strip $(1)),'$(2)=$(strip $(1))')
+COMMON = $(call opt,$(CLASS),class_name) $(call opt,$(DATA),data_root) $(call opt,$(PROFILE),profile) $(call opt,$(RESUME),resume) $(call opt,$(PRESET),preset)
 SAMPLING = $(call opt,$(STEPS),sampling.steps) $(call opt,$(SAMPLER),sampling.name) $(call opt,$(VARIANT),sampling.variant)
 RUN = $(PY) -m fast_lightning
 
@@ -25,7 +26,7 @@ $(STAMP): requirements.txt constraints.txt
 	@touch $(STAMP)
 
 .PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet fidelity fidelity-rank \
-        train-seg eval-seg compare benchmark ablate sweep sweep-local clean-runs
+        train-seg eval-seg convert-checkpoint compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
 	@echo "fast-lightning make targets (variables in CAPS; ARGS='key=value ...' overrides any config key):"
@@ -74,6 +75,9 @@ train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutp
 
 eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test split
 	$(RUN) eval-seg $(call opt,$(CKPT),ckpt) $(ARGS)
+
+convert-checkpoint: $(STAMP) ## rewrite a TRUSTED older checkpoint CKPT so it loads safely (needs ARGS="trust_checkpoint=true")
+	$(RUN) convert-checkpoint $(call opt,$(CKPT),ckpt) $(ARGS)
 
 compare: $(STAMP) ## segmenter per synthesizer x seed [SYNTHS SEEDS] -> reports/CLASS/comparison.{md,csv,png}
 	$(RUN) compare $(COMMON) $(call opt,$(SYNTHS),synths) $(call opt,$(SEEDS),seeds) $(ARGS)

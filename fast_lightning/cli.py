@@ -79,3 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(str(exc) or "interrupted: completed work is kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        from fast_lightning.runs import release_all_run_dirs
+
+        release_all_run_dirs()  # run-folder locks end with the command (in-process callers included)

@@ -231,6 +231,16 @@ RANGES = {
 }
 
 
+def check_path_part(value, key: str) -> None:
+    """A class name or run id becomes one folder name inside ``run_root``: no separators, no ``..``."""
+    if value is None or value == "":  # unset (the command asks for CLASS itself)
+        return
+    text = str(value)
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise ConfigError(f"{key}={text!r} is not a valid folder name: it becomes one folder under run_root, so it "
+                          "may not be empty, '.' or '..', nor contain '/' or '\\'")
+
+
 def validate_values(cfg: DictConfig) -> None:
     """ConfigError naming the key (and make variable) of the first count/size/share out of range."""
     for key, (low, var) in MINIMUMS.items():
@@ -250,6 +260,8 @@ def validate_values(cfg: DictConfig) -> None:
         if not ok:
             interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
             raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
+    check_path_part(cfg.class_name, "class_name (CLASS)")
+    check_path_part(cfg.get("run_id"), "run_id")
     if int(cfg.data.channels) not in (1, 3):
         raise ConfigError(f"config key 'data.channels' must be 1 or 3, got {cfg.data.channels}")
 

@@ -3,6 +3,7 @@ whether a RESUME fits it): the reproducibility glue every command shares."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -13,7 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fast_lightning.errors import UserError
+from fast_lightning.config import check_path_part
+from fast_lightning.errors import ConfigError, UserError
+from fast_lightning.locks import LOCK_FILE, RunInUseError, lock_run_dir, release_all_run_dirs, release_run_dir  # noqa: F401
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -57,21 +60,46 @@ def new_run_id() -> str:
 
 
 def run_dir_for(cfg: DictConfig, kind: str, run_id: str | None = None) -> Path:
-    return Path(cfg.run_root) / kind / str(cfg.class_name) / (run_id or cfg.get("run_id") or new_run_id())
+    """runs/<kind>/<class>/<run-id>; a class name or run id that would leave ``run_root`` is a ConfigError."""
+    check_path_part(cfg.class_name, "class_name (CLASS)")
+    run_id = run_id or cfg.get("run_id") or new_run_id()
+    check_path_part(run_id, "run_id")
+    root = Path(cfg.run_root)
+    run_dir = root / kind / str(cfg.class_name) / str(run_id)
+    real_root, real = os.path.realpath(root), os.path.realpath(run_dir)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ConfigError(f"run folder {run_dir} resolves to {real}, outside run_root={root}: refusing to write there")
+    return run_dir
 
 
 def create_run_dir(cfg: DictConfig, kind: str, run_id: str | None = None) -> Path:
-    """runs/<kind>/<class>/<run-id>/ with the resolved config saved in it."""
+    """runs/<kind>/<class>/<run-id>/, locked for this process (``lock_run_dir``), with the resolved config."""
     run_dir = run_dir_for(cfg, kind, run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir, cfg.run_root)
+    lock_run_dir(run_dir)
     save_config(cfg, run_dir)
     return run_dir
 
 
+def make_run_dir(run_dir: Path, run_root) -> Path:
+    """mkdir -p, with a one-line error naming the folder and ``run_root=`` when it cannot be made/written."""
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(run_dir))
+    except (PermissionError, FileExistsError, NotADirectoryError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot create or write the run folder {run_dir} ({reason}); choose another place with "
+                        f"run_root=<writable folder> (now run_root={run_root})") from exc
+    return Path(run_dir)
+
+
 def training_run_dir(cfg: DictConfig, kind: str) -> Path:
     """A new run directory, except in a DDP child that Lightning re-launched (LOCAL_RANK > 0): it reuses rank 0's,
-    passed through the environment, since its own random run id would differ. torchrun/SLURM ranks start
-    independently and share a directory only through an explicit ``run_id``."""
+    passed through the environment, since its own random run id would differ (only rank 0 holds the lock).
+    torchrun/SLURM ranks start independently and share a directory only through an explicit ``run_id``."""
     env = f"FAST_LIGHTNING_{kind.upper()}_RUN_DIR"
     inherited = os.environ.get(env)
     if (inherited and not cfg.get("run_id") and os.environ.get("LOCAL_RANK", "0") != "0"
@@ -144,18 +172,61 @@ def resolve_checkpoint(path: str | os.PathLike, periodic: bool = True) -> Path:
     return resolve_run_path(p)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The checkpoint dict of ``path`` (file, run dir or ``latest``), or a CheckpointError naming the file."""
+def read_checkpoint(path: str | os.PathLike, map_location="cpu", trust: bool = False) -> dict:
+    """The checkpoint dict of ``path`` (file, run dir or ``latest``), or a CheckpointError naming the file.
+
+    THE one ``torch.load`` of the package. Safe by default (``weights_only``): tensors and plain containers
+    only, so a shared checkpoint cannot run code when read. ``trust=True`` (config ``trust_checkpoint=true``)
+    fully unpickles, with a warning: only for files the user made or trusts (e.g. to convert an old one)."""
+    import pickle
+
     import torch
 
     path = resolve_checkpoint(path)
+    if trust:
+        import logging
+
+        logging.getLogger("fast_lightning").warning(
+            f"trust_checkpoint=true: fully unpickling {path}; a checkpoint loaded this way can run any code it "
+            "contains, so use this only for files you made or trust")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if trust or not zipfile_ok(path):
+            raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(unsafe_checkpoint_message(path)) from None
     except Exception as exc:
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a fast-lightning/Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+def zipfile_ok(path: Path) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """The Python types a checkpoint would import when unpickled (read from the pickle, nothing executed)."""
+    import torch
+
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # noqa: BLE001  (only used to word an error)
+        return []
+
+
+def unsafe_checkpoint_message(path: Path) -> str:
+    names = unsafe_globals(path)
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "unknown types"
+    old = any(n.startswith("omegaconf.") for n in names)
+    return (f"{path} holds Python objects beyond tensors and plain data ({shown}), so it is not loaded: unpickling "
+            f"them could run code. {'It looks like a checkpoint from an older fast-lightning. ' if old else ''}"
+            f"If you trust the file, convert it once with `python -m fast_lightning convert-checkpoint ckpt={path} "
+            f"trust_checkpoint=true` (or load it as is with trust_checkpoint=true)")
 
 
 def run_dir_of_checkpoint(path: Path) -> Path:
@@ -228,7 +299,7 @@ def accept_resume(cfg: DictConfig, kind: str) -> tuple[Path, Path]:
     from fast_lightning.data.datamodule import load_split
 
     ckpt_path = resolve_checkpoint(cfg.resume)
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
     _, split = load_split(cfg)
     check_resume_compatible(ckpt, cfg, kind, split.types, ckpt_path)
     return ckpt_path, run_dir_of_checkpoint(ckpt_path)

@@ -214,6 +214,7 @@ class RootConfig:
     preset: Optional[str] = None
     run_id: Optional[str] = None
     resume: Optional[str] = None
+    trust_checkpoint: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

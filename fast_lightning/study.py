@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fast_lightning.cli import UserError
 from fast_lightning.config import apply_overrides
+from fast_lightning.locks import LOCK_FILE, is_rank_zero, lock_run_dir, release_run_dir
 from fast_lightning.runs import last_checkpoint, run_dir_for
 from fast_lightning.seeding import generator_for
 
@@ -63,16 +64,64 @@ def diffusion_key(cfg: DictConfig) -> str:
 
 
 # ---- steps --------------------------------------------------------------------------------------------------
-def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig, redo: bool = False) -> Path:
-    """Run ``fn(cfg)`` unless ``run_dir/done_file`` exists (a finished earlier run with the same settings)."""
+def unfinished(run_dir: Path, done_file: str) -> str | None:
+    """Why ``run_dir`` is not a finished run (None when it is): ``done_file`` missing or not readable JSON (a
+    kill -9 mid-write), or the checkpoint it names (a segmenter's ``best.ckpt``) missing from the folder."""
+    done = Path(run_dir) / done_file
+    if not done.is_file():
+        return f"no {done_file}"
+    try:
+        summary = json.loads(done.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{done_file} is unreadable ({type(exc).__name__})"
+    missing = []
+    named = summary.get("checkpoint") if isinstance(summary, dict) else None
+    if isinstance(named, str) and not (Path(run_dir) / "checkpoints" / Path(named).name).is_file():
+        missing.append(f"checkpoints/{Path(named).name}")  # looked up in the folder: runs/ may have moved
+    return f"{', '.join(missing)} missing" if missing else None
+
+
+def _clear(run_dir: Path) -> None:
+    """Empty an unfinished run folder (its lock file stays: this process holds it)."""
+    import shutil
+
+    for entry in Path(run_dir).iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig, redo: bool = False,
+                 clean: bool = True) -> Path:
+    """Run ``fn(cfg)`` unless ``run_dir`` is a finished earlier run with the same settings (``unfinished``).
+
+    The folder is locked first (another compare writing it: refused, "in use by PID"). An unfinished one (killed
+    mid-run) is emptied and redone with a message when ``clean`` (training runs: left-over checkpoints would mix
+    in), else handed to ``fn`` as is (synthesis resumes its own pairs and refuses other settings)."""
     run_dir = Path(run_dir)
-    if not redo and (run_dir / done_file).is_file():
-        print(f"[reuse] {label}: {run_dir}")
-        return run_dir
-    print(f"[run]   {label} -> {run_dir}", flush=True)
-    code = fn(cfg)
-    if code not in (0, None) or not (run_dir / done_file).is_file():
-        raise UserError(f"{label} failed (exit {code}); see the output above and {run_dir}")
+    if run_dir.is_dir():
+        lock_run_dir(run_dir)
+    try:
+        why = unfinished(run_dir, done_file)
+        if not redo and why is None:
+            print(f"[reuse] {label}: {run_dir}")
+            return run_dir
+        # a DDP child re-running the study finds rank 0's folder in progress: only rank 0 may empty it
+        leftovers = is_rank_zero() and run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+        if leftovers:
+            action = "emptied and started again" if clean else "continued"
+            print(f"[redo]  {label}: {run_dir} is {'redone (redo=true)' if redo else f'unfinished ({why})'}: {action}")
+            if clean:
+                _clear(run_dir)
+        print(f"[run]   {label} -> {run_dir}", flush=True)
+        code = fn(cfg)
+        if code not in (0, None) or unfinished(run_dir, done_file) is not None:
+            raise UserError(f"{label} failed (exit {code}); see the output above and {run_dir}")
+    finally:
+        release_run_dir(run_dir)
     return run_dir
 
 
@@ -91,7 +140,7 @@ def synthetic_pairs(cfg: DictConfig, run_id: str, ckpt: Path, redo: bool = False
 
     run_dir = run_dir_for(cfg, "synthetic", run_id)
     reuse_or_run(label, run_dir, "summary.json", synthesize.run,
-                 apply_overrides(cfg, [f"synthesis.ckpt={ckpt}", f"run_id={run_id}"]), redo)
+                 apply_overrides(cfg, [f"synthesis.ckpt={ckpt}", f"run_id={run_id}"]), redo, clean=False)
     return run_dir
 
 
@@ -113,7 +162,8 @@ def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
 
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
-        meta = dict(read_checkpoint(ckpt).get("fast_lightning", {}), path=str(ckpt))
+        ckpt_dict = read_checkpoint(ckpt, trust=bool(cfg.get("trust_checkpoint")))
+        meta = dict(ckpt_dict.get("fast_lightning", {}), path=str(ckpt))
         check_checkpoint_compatible(meta, cfg)
     except SynthesisError as exc:
         if cfg.synthesis.ckpt:

@@ -24,7 +24,7 @@ from fast_lightning.errors import UserError
 from fast_lightning.evaluation.wandb_logging import identity as wandb_identity
 from fast_lightning.evaluation.wandb_logging import wandb_mode
 from fast_lightning.progress import SparseProgress, is_terminal
-from fast_lightning.runs import atomic_write_bytes, newest_checkpoint
+from fast_lightning.runs import atomic_write_bytes, newest_checkpoint, read_checkpoint
 
 
 # Lightning notices that are expected here and only bury the useful output: the EMA copy is in eval mode on
@@ -50,13 +50,19 @@ def expected_warnings_silenced():
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into memory, then write-then-rename: an interrupted or failed write leaves the old file.
+    Reading goes through ``runs.read_checkpoint`` (safe, weights-only unless ``trust``), so Lightning's own
+    loads (``fit(ckpt_path=RESUME)``, ``test(ckpt_path=best)``) cannot run code from a checkpoint either.
 
-    ``run_config`` (the whole resolved run config) is added to every checkpoint written, weights-only ones
-    included, and read back by ``runs.saved_run_config``: the LightningModules only receive their own group."""
+    ``run_config`` (the whole resolved run config, plain containers) is added to every checkpoint written,
+    weights-only ones included, and read back by ``runs.saved_run_config``: the LightningModules only receive
+    their own group."""
 
-    def __init__(self, run_config: dict | None = None) -> None:
+    def __init__(self, run_config: dict | None = None, trust: bool = False) -> None:
         super().__init__()
-        self.run_config = run_config
+        self.run_config, self.trust = run_config, bool(trust)
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict[str, Any]:
+        return read_checkpoint(path, map_location=map_location, trust=self.trust)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         import io
@@ -226,7 +232,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
         accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
         precision=str(t.precision), max_steps=int(max_steps), max_epochs=-1, logger=logger, callbacks=callbacks,
         log_every_n_steps=int(t.log_every_n_steps), enable_progress_bar=progress_bar,
-        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO(OmegaConf.to_container(cfg, resolve=True))],
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO(OmegaConf.to_container(cfg, resolve=True), trust=bool(cfg.get("trust_checkpoint")))],
         enable_model_summary=False,
         fast_dev_run=bool(t.fast_dev_run), num_sanity_val_steps=0,
     )
@@ -259,11 +266,18 @@ def explained_stops(run_dir: Path, resume_command: str, trainer_of=lambda: None,
     instead of Lightning's "attempting graceful shutdown" + exit 1 or an Errno 28 traceback."""
     from fast_lightning.cli import UserError
 
-    def where() -> str:
+    def hint() -> str:
+        """What is on disk decides the advice: a resumable state -> RESUME; weights only or nothing -> rerun."""
         if progress is not None:
-            return progress()
+            return f"{progress()}; continue with: {resume_command}"
         ckpt = newest_checkpoint(run_dir)
-        return f"last checkpoint: {ckpt}" if ckpt else f"no checkpoint was written yet in {run_dir}"
+        if ckpt:
+            return f"last checkpoint: {ckpt}; continue with: {resume_command}"
+        on_disk = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("*.ckpt"))
+        if on_disk:  # e.g. only best.ckpt: weights without the optimizer/loop state RESUME needs
+            return (f"{run_dir}/checkpoints holds {', '.join(on_disk)} (weights only, no training state to resume "
+                    "from yet); run the same command again without RESUME to start over")
+        return f"no checkpoint was written yet in {run_dir}; run the same command again without RESUME to start over"
 
     try:
         yield
@@ -271,9 +285,9 @@ def explained_stops(run_dir: Path, resume_command: str, trainer_of=lambda: None,
         trainer = trainer_of()
         if trainer is None or not getattr(trainer, "interrupted", False):
             raise
-        raise KeyboardInterrupt(f"interrupted; {where()}; continue with: {resume_command}") from exc
+        raise KeyboardInterrupt(f"interrupted; {hint()}") from exc
     except KeyboardInterrupt as exc:
-        raise KeyboardInterrupt(f"interrupted; {where()}; continue with: {resume_command}") from exc
+        raise KeyboardInterrupt(f"interrupted; {hint()}") from exc
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise

@@ -130,7 +130,7 @@ def main(args: list[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
-        model, meta = load_fast_diffusion(ckpt)
+        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
         images, masks, cond, paths = synthesis_batch(cfg, split, meta.get("type_names", []), batch, int(opts["seed"]))

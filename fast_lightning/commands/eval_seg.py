@@ -51,10 +51,10 @@ def resolve_seg_checkpoint(path: str) -> Path:
     return resolve_checkpoint(path)
 
 
-def load_seg_checkpoint(path: str) -> tuple[Path, dict]:
+def load_seg_checkpoint(path: str, trust: bool = False) -> tuple[Path, dict]:
     try:
         ckpt_path = resolve_seg_checkpoint(path)
-        ckpt = read_checkpoint(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path, trust=trust)
     except CheckpointError as exc:
         raise UserError(str(exc)) from exc
     meta = ckpt.get("fast_lightning") or {}
@@ -67,10 +67,11 @@ def load_seg_checkpoint(path: str) -> tuple[Path, dict]:
 
 
 def main(args: list[str]) -> int:
-    opts, overrides = pop_options(args, {"ckpt": ""})
+    opts, overrides = pop_options(args, {"ckpt": "", "trust_checkpoint": False})
     if not opts["ckpt"]:
         raise UserError("no checkpoint given: make eval-seg CKPT=<checkpoint, seg run dir or runs/seg/<class>/latest>")
-    ckpt_path, ckpt = load_seg_checkpoint(str(opts["ckpt"]))
+    # read before any config exists (the config comes from the checkpoint), so the trust flag is an option here
+    ckpt_path, ckpt = load_seg_checkpoint(str(opts["ckpt"]), trust=bool(opts["trust_checkpoint"]))
     hp = ckpt["hyper_parameters"]
     saved = saved_run_config(ckpt)
     OmegaConf.set_struct(saved, True)

@@ -70,7 +70,7 @@ def main(args: list[str]) -> int:
     out = Path(str(opts["out"]) or f"reports/{cfg.class_name}/sheet.png")
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
-        model, meta = load_fast_diffusion(ckpt)
+        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         _, split = load_split(cfg)
         check_checkpoint_compatible(meta, cfg, split.types)
         images, masks, cond, _ = synthesis_batch(cfg, split, meta.get("type_names", []), n, seed)

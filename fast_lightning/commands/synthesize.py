@@ -31,7 +31,15 @@ from fast_lightning.data.datamodule import foreground_dir, load_split, report_fo
 from fast_lightning.data.datasets import NormalImageDataset
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.hardware import cuda_selected, dataloader_workers
-from fast_lightning.runs import atomic_write_json, resolve_run_path, run_dir_for, save_config, update_latest
+from fast_lightning.runs import (
+    atomic_write_json,
+    lock_run_dir,
+    make_run_dir,
+    resolve_run_path,
+    run_dir_for,
+    save_config,
+    update_latest,
+)
 from fast_lightning.training import explained_stops, resume_command
 
 log = logging.getLogger(__name__)
@@ -174,7 +182,7 @@ def run(cfg) -> int:
             if saved_info.get("checkpoint") and str(ckpt) != saved_info["checkpoint"]:
                 raise UserError(f"cannot resume {run_dir}: it used checkpoint {saved_info['checkpoint']}, "
                                 f"CKPT gives {ckpt}")
-        model, meta = load_fast_diffusion(ckpt)
+        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         if int(meta.get("global_step", 0)) < 1:
             raise UserError(f"diffusion checkpoint {ckpt} has not trained a single step (global_step 0): train one "
                             f"with `make train-diffusion CLASS={cfg.class_name}` or pass CKPT=<a trained run>")
@@ -185,6 +193,9 @@ def run(cfg) -> int:
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc
 
+    if writes_run_files:  # everything was checked: now the folder is made and held (one writer per run folder)
+        make_run_dir(run_dir, cfg.run_root)
+        lock_run_dir(run_dir)
     writer = SynthesisWriter(run_dir)
     done = writer.completed()
     if done and max(done) + 1 > n:

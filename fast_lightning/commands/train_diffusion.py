@@ -20,6 +20,7 @@ from fast_lightning.runs import (
     accept_resume,
     atomic_write_json,
     last_checkpoint,
+    lock_run_dir,
     read_checkpoint,
     save_config,
     training_run_dir,
@@ -70,6 +71,7 @@ def run(cfg: DictConfig) -> int:
     if cfg.resume:
         ckpt_path, run_dir = accept_resume(cfg, "diffusion")  # checks first: a refused RESUME writes nothing
         log.info(f"resuming from {ckpt_path}")
+        lock_run_dir(run_dir)
         save_config(cfg, run_dir)
     else:
         load_split(cfg)  # the data check runs before any run directory exists (cached: setup() repeats it)
@@ -90,7 +92,8 @@ def run(cfg: DictConfig) -> int:
              f"window={cfg.diffusion.window} at {cfg.diffusion.resolution}px -> {run_dir}")
     trainer = None
     start = time.time()
-    start_step = 0 if ckpt_path is None else int(read_checkpoint(ckpt_path).get("global_step", 0))
+    trust = bool(cfg.get("trust_checkpoint"))
+    start_step = 0 if ckpt_path is None else int(read_checkpoint(ckpt_path, trust=trust).get("global_step", 0))
     try:
         trainer = build_trainer(cfg, run_dir, "diffusion", int(cfg.diffusion.max_steps), callbacks=[],
                                 checkpoint_every=int(cfg.diffusion.checkpoint_every),

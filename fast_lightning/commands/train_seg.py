@@ -26,6 +26,7 @@ from fast_lightning.runs import (
     accept_resume,
     atomic_write_json,
     last_checkpoint,
+    lock_run_dir,
     save_config,
     training_run_dir,
     update_latest,
@@ -120,6 +121,7 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
     ckpt_path = None
     if cfg.resume:
         ckpt_path, run_dir = accept_resume(cfg, "segmentation")  # checks first: a refused RESUME writes nothing
+        lock_run_dir(run_dir)
         save_config(cfg, run_dir)
     else:
         load_split(cfg)  # the data check runs before any run directory exists (cached: setup() repeats it)
@@ -137,6 +139,9 @@ def run(cfg: DictConfig) -> int:
     s = cfg.segmentation
     check_model_config(cfg)
     synth_name = str(s.synth)
+    from fast_lightning.synthesis import check_seg_synth
+
+    check_seg_synth(synth_name, cfg)  # an unknown SYNTH or a missing model: refused before any run folder exists
     run_dir, ckpt_path = _run_dir(cfg)
     seed_everything(int(cfg.seed))
     start = time.time()

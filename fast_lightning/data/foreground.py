@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from fast_lightning.data.io import mask_to_binary, open_image
+from fast_lightning.data.io import mask_pixels, mask_to_binary, open_image
 from fast_lightning.data.records import DataError
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def load_foreground_mask(folder: str | Path, stem: str, size: tuple[int, int]) -
     for pattern in FOREGROUND_MASK_NAMES:
         path = folder / pattern.format(stem=stem)
         if path.is_file():
-            arr = mask_to_binary(np.asarray(open_image(path).convert("L")), path, warn=False)
+            arr = mask_to_binary(mask_pixels(open_image(path), path), path, warn=False)
             return resize_foreground(torch.from_numpy(arr)[None], size)
     names = " or ".join(p.format(stem=stem) for p in FOREGROUND_MASK_NAMES)
     raise DataError(f"no foreground mask for image {stem!r} in data.foreground_dir={str(folder)!r} "

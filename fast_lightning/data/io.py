@@ -16,13 +16,22 @@ SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 _INTERPOLATION = {"bicubic": Image.BICUBIC, "area": Image.BOX, "bilinear": Image.BILINEAR}
 
 
+def missing_file_message(path: str | Path) -> str:
+    import os
+
+    if Path(path).is_symlink():
+        return (f"unreadable image: {path} is a broken symbolic link (its target {os.readlink(path)} does not exist); "
+                "fix or delete the link")
+    return f"image file not found: {path}"
+
+
 def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
             return img.copy()
     except FileNotFoundError as exc:
-        raise DataError(f"image file not found: {path}") from exc
+        raise DataError(missing_file_message(path)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"unreadable or corrupt image: {path} ({exc}); replace or delete the file") from exc
 
@@ -66,6 +75,27 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None, chan
     return pil_to_tensor(resize_image(img, size, interpolation), channels).clamp_(0.0, 1.0)
 
 
+def mask_pixels(img: Image.Image, path: str | Path | None = None) -> np.ndarray:
+    """THE rule for which channel of a mask file holds the defect: its grey value, except for a mask with
+    transparency whose colour is one flat value (white or black everywhere) while its alpha varies: then the
+    alpha channel (converting to grey would drop alpha and read a flat white mask as a whole-image defect).
+    Colour and alpha that vary and disagree are ambiguous: a DataError naming the file."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return np.asarray(img.convert("L") if img.mode not in ("L", "1", *SIXTEEN_BIT) else img)
+    alpha = np.asarray(img.getchannel("A"))
+    grey = np.asarray(img.convert("L"))
+    if alpha.min() == alpha.max():
+        return grey
+    if grey.min() == grey.max():
+        return alpha
+    if not np.array_equal(grey >= 128, alpha >= 128):
+        raise DataError(f"ambiguous mask {path}: its colour and its alpha channel (transparency) mark different "
+                        "pixels; re-save it as a grey PNG with the defect white (255) on black (0)")
+    return grey
+
+
 def mask_to_binary(arr: np.ndarray, path: str | Path | None = None, warn: bool = True) -> np.ndarray:
     """Masks must be 0/255 (or 0/1); anything else is binarised at half the mask's own maximum, with a warning
     (a fixed 128 would turn a faint {0, 100} mask into an empty one; check-data rejects such masks anyway)."""
@@ -88,8 +118,7 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None
         if hw is None:
             raise ValueError("load_mask(None) needs size or like")
         return torch.zeros(1, *hw)
-    img = open_image(path)
-    arr = mask_to_binary(np.asarray(img.convert("L")), path, warn=False)
+    arr = mask_to_binary(mask_pixels(open_image(path), path), path, warn=False)
     mask = torch.from_numpy(arr)[None]
     if size is not None:  # the one mask resize rule (thin defects survive, blob areas are kept)
         mask = resize_mask(mask, size)

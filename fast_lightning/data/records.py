@@ -51,22 +51,28 @@ class ClassIndex:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # a dangling symlink is kept: reading it fails with its name (check-data lists it) instead of a silent skip
+    return sorted(p for p in folder.iterdir() if (p.is_file() or (p.is_symlink() and not p.exists()))
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _mask_for(image: Path, mask_dir: Path) -> Path | None:
+    """The mask of ``image``, names matched case-insensitively (000.JPG finds 000_mask.PNG), as for images."""
+    if not mask_dir.is_dir():
+        return None
+    by_name = {p.name.lower(): p for p in sorted(mask_dir.iterdir()) if p.is_file()}
     for name in (f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}", image.name):
-        candidate = mask_dir / name
-        if candidate.is_file():
-            return candidate
+        if name.lower() in by_name:
+            return by_name[name.lower()]
     return None
 
 
 def _orphan_masks(mask_dir: Path, images: list[Path]) -> list[Path]:
-    stems = {p.stem for p in images}
+    stems = {p.stem.lower() for p in images}  # case-insensitive, as ``_mask_for``
     orphans = []
     for mask in _images(mask_dir):
-        stem = mask.stem[: -len("_mask")] if mask.stem.endswith("_mask") else mask.stem
+        stem = mask.stem.lower()
+        stem = stem[: -len("_mask")] if stem.endswith("_mask") else stem
         if stem not in stems:
             orphans.append(mask)
     return orphans

@@ -215,11 +215,12 @@ def check_pretrained_matches(meta: dict, model: FASTDiffusion, action: str) -> N
         )
 
 
-def load_fast_diffusion(path, map_location="cpu") -> tuple[FASTDiffusion, dict]:
-    """EMA weights of a diffusion checkpoint (file, run dir or ``latest`` link) + its metadata."""
+def load_fast_diffusion(path, map_location="cpu", trust: bool = False) -> tuple[FASTDiffusion, dict]:
+    """EMA weights of a diffusion checkpoint (file, run dir or ``latest`` link) + its metadata (``trust``: see
+    ``runs.read_checkpoint``)."""
     from fast_lightning.runs import CheckpointError, read_checkpoint, resolve_checkpoint, saved_run_config
 
-    ckpt = read_checkpoint(path, map_location="cpu")
+    ckpt = read_checkpoint(path, map_location="cpu", trust=trust)
     meta = ckpt.get("fast_lightning", {})
     if meta.get("kind") != "diffusion":
         raise CheckpointError(f"{resolve_checkpoint(path)} is not a diffusion checkpoint (kind={meta.get('kind')!r})")

@@ -28,6 +28,7 @@ from fast_lightning.synthesis.registry import (
     SEG_SYNTHESIZERS,
     SYNTHESIZERS,
     build_seg_synthesizer,
+    check_seg_synth,
     resolve_cached_dir,
     synth_parts,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "build_mask_sampler",
     "build_seg_synthesizer",
     "check_checkpoint_compatible",
+    "check_seg_synth",
     "color_jitter",
     "derive_generators",
     "procedural_texture",

@@ -296,10 +296,12 @@ class RealMaskBank:
 def _load_mask_png(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
     from PIL import Image
 
+    from fast_lightning.data.io import mask_pixels, mask_to_binary
+
     with Image.open(path) as img:
         img.load()
-        gray = img.convert("L")
-    t = (torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None] >= 0.5).float()
+        arr = mask_to_binary(mask_pixels(img, path), path, warn=False)  # the one mask-channel rule
+    t = torch.from_numpy(arr)[None]
     if size is not None:
         t = resize_mask(t, size)
     return t.to(torch.uint8)

@@ -15,7 +15,8 @@ from fast_lightning.synthesis.fast_seg import FastSegSynthesizer
 from fast_lightning.synthesis.masks import build_mask_sampler
 from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
 
-__all__ = ["SYNTHESIZERS", "SEG_SYNTHESIZERS", "synth_parts", "resolve_cached_dir", "build_seg_synthesizer"]
+__all__ = ["SYNTHESIZERS", "SEG_SYNTHESIZERS", "synth_parts", "resolve_cached_dir", "check_seg_synth",
+           "build_seg_synthesizer"]
 
 # the baselines (no diffusion model needed)
 SYNTHESIZERS: dict[str, type] = {
@@ -49,6 +50,16 @@ def resolve_cached_dir(cfg) -> Path:
     return real
 
 
+def check_seg_synth(name: str, cfg) -> None:
+    """Pre-flight of ``build_seg_synthesizer`` that reads nothing big: the name, and that the diffusion checkpoint
+    / cached pairs it needs exist. train-seg calls it before its run folder is made (no stub folder)."""
+    parts = synth_parts(name)
+    if "fast" in parts:
+        resolve_diffusion_checkpoint(cfg)
+    if "fast_cached" in parts:
+        resolve_cached_dir(cfg)
+
+
 def build_seg_synthesizer(name: str, cfg, datamodule):
     """The segmentation synthesizer ``name`` for ``cfg`` (outputs at the working size of the batch it gets,
     ``datamodule.working_size``; ``fast`` synthesizes on the full-resolution normals the DataModule names by
@@ -68,7 +79,8 @@ def build_seg_synthesizer(name: str, cfg, datamodule):
         from fast_lightning.diffusion.module import load_fast_diffusion
         from fast_lightning.sampling import build_sampler
 
-        model, meta = load_fast_diffusion(resolve_diffusion_checkpoint(cfg))
+        trust = bool(cfg.get("trust_checkpoint"))
+        model, meta = load_fast_diffusion(resolve_diffusion_checkpoint(cfg), trust=trust)
         check_checkpoint_compatible(meta, cfg, list(split.types))
         # full-resolution synthesis (masks at native size), then the working size: see FastSegSynthesizer
         return FastSegSynthesizer(model, meta, build_mask_sampler(cfg, split, None), build_sampler(cfg.sampling),
