@@ -65,6 +65,22 @@ def test_auto_on_cuda_picks_bf16_or_fp16(monkeypatch):
     assert hardware.resolve_precision("auto", "cpu")[0] == "32-true"
 
 
+def test_cuda_bf16_counts_native_support_only(monkeypatch):
+    """A T4/V100 reports bf16 'supported' through emulation: auto must pick 16-mixed there, bf16 on Ampere+."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+
+    def fake(native: bool):
+        def is_bf16_supported(including_emulation: bool = True):
+            return native or including_emulation
+        return is_bf16_supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake(native=False))  # pre-Ampere: emulation only
+    assert hardware.resolve_precision("auto", "gpu")[0] == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake(native=True))  # Ampere and later
+    assert hardware.resolve_precision("auto", "gpu")[0] == "bf16-mixed"
+
+
 def test_autocast_dtype_follows_the_resolved_precision():
     assert hardware.autocast_dtype("bf16-mixed") is torch.bfloat16
     assert hardware.autocast_dtype("16-mixed") is torch.float16
