@@ -192,7 +192,10 @@ def resolve_hardware(cfg: DictConfig) -> DictConfig:
     sees the same precision.
     """
     from fast_lightning.hardware import resolve_precision
+    from fast_lightning.speedups import check_choice
 
+    for key in ("compile", "channels_last"):  # auto | true | false; resolved per run (device, length)
+        cfg.trainer[key] = check_choice(cfg.trainer[key], f"trainer.{key}")
     requested = str(cfg.trainer.precision)
     resolved, why = resolve_precision(requested, str(cfg.trainer.accelerator))
     cfg.trainer.precision = resolved
