@@ -22,7 +22,7 @@ from fast_lightning.schema import RootConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-quick")
 __all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 
 

@@ -8,9 +8,18 @@ the profile builds, on random batches of the profile's size (no data loading: th
 ``data_wait_share`` in metrics.json). Workloads: the diffusion model of the profile, the demo's diffusion model (on
 the cpu profile), the segmenter of the profile; on a CUDA machine the same at the gpu profile.
 
+Per workload it also reports: the FLOPs of one step (FlopCounterMode), the share of this run's GEMM peak
+(fp32 and bf16 matmul microbenchmark, fp16 too on CUDA) the step reaches, the speed options of
+fast_lightning.speedups timed side by side with eager (channels_last, compile: interleaved rounds, so a
+burst of load on a shared machine hits all of them) and which one ``trainer.compile/channels_last: auto``
+picks for a run of the profile's length ("default"); and for diffusion workloads the sampling side:
+AIAS-10 vs DDPM-T images/s on the same model and batch and the share of sampling time outside the denoiser.
+
 Options (key=value): profile=cpu (also gpu when CUDA is visible; smoke for a quick check), steps=3 (timed, best
-of), warmup=1, out=reports/bench_train.json, plot=<png next to out>. Config overrides pass through (e.g.
-diffusion.optim.batch_size=8).
+of), warmup=1, out=reports/bench_train.json, plot=<png next to out>, variants=channels_last[,compile] (default:
+channels_last on CPU, both on CUDA; none = eager only), sampling=true, sampling_batch=4, gemm_n=0 (matrix side
+of the peak GEMM; 0 = 2048 on CPU, 8192 on CUDA). Config overrides
+pass through (e.g. diffusion.optim.batch_size=8).
 """
 
 from __future__ import annotations
@@ -187,8 +196,8 @@ def _plot(report: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _peaks(device: torch.device, candidates: list[str]) -> dict:
-    return {p: gemm_peak(device, GEMM_DTYPES[p]) for p in candidates}
+def _peaks(device: torch.device, candidates: list[str], n: int) -> dict:
+    return {p: gemm_peak(device, GEMM_DTYPES[p], n or None) for p in candidates}
 
 
 def _variants(auto: str, candidates: list[str], wanted: set[str], default: tuple[bool, bool]) -> dict:
@@ -239,19 +248,21 @@ def _measure(name, cfg, builder, device, candidates, auto, wanted, steps, warmup
 
 def main(args: list[str]) -> int:
     opts, rest = pop_options(args, {"profile": "", "steps": 3, "warmup": 1, "out": "reports/bench_train.json",
-                                    "plot": "", "variants": "channels_last,compile", "sampling": True,
-                                    "sampling_batch": 4})
+                                    "plot": "", "variants": "", "sampling": True,
+                                    "sampling_batch": 4, "gemm_n": 0})
     steps, warmup = int(opts["steps"]), int(opts["warmup"])
     if steps < 1 or warmup < 0:
         raise UserError(f"bench-train needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    wanted = {v.strip() for v in str(opts["variants"]).split(",") if v.strip() and v.strip() != "none"}
+    cuda = torch.cuda.is_available()
+    # compile is timed by default on CUDA only: on a 2-core CPU one compile of a step takes minutes
+    text = str(opts["variants"]) or ("channels_last,compile" if cuda else "channels_last")
+    wanted = {v.strip() for v in text.split(",") if v.strip() and v.strip() != "none"}
     if wanted - {"channels_last", "compile"}:
         raise UserError(f"bench-train variants must be a comma list of channels_last, compile (or none), "
                         f"got {opts['variants']!r}")
     out = Path(str(opts["out"]))
     plot = Path(str(opts["plot"])) if opts["plot"] else out.with_suffix(".png")
     configure_threads()
-    cuda = torch.cuda.is_available()
     profiles = [str(opts["profile"])] if opts["profile"] else (["cpu", "gpu"] if cuda else ["cpu"])
     rows, peaks_by_device, sampling = [], {}, {}
     for profile in profiles:
@@ -260,7 +271,7 @@ def main(args: list[str]) -> int:
         auto, why = resolve_precision("auto", accel)
         candidates = ["32-true", "bf16-mixed"] + (["16-mixed"] if device.type == "cuda" else [])
         if device.type not in peaks_by_device:
-            peaks_by_device[device.type] = _peaks(device, candidates)
+            peaks_by_device[device.type] = _peaks(device, candidates, int(opts["gemm_n"]))
         peaks = peaks_by_device[device.type]
         for name, cfg, builder in _workloads(profile, rest):
             kind = "diffusion" if builder is _diffusion_step else "segmentation"
@@ -278,7 +289,7 @@ def main(args: list[str]) -> int:
                       f"(NFE limit {sp['nfe_ratio_limit']:.0f}x); outside the denoiser "
                       f"{100 * sp['samplers']['aias-10']['outside_denoiser_share']:.1f}% of AIAS-10", flush=True)
         # the peak again after the workloads: a burst of load at the start must not understate it
-        again = _peaks(device, candidates)
+        again = _peaks(device, candidates, int(opts["gemm_n"]))
         for p in candidates:
             if again[p]["flops_per_second"] > peaks[p]["flops_per_second"]:
                 peaks[p] = again[p]
