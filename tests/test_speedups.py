@@ -79,7 +79,7 @@ def _diffusion_loss(compile: bool, channels_last: bool):
     step, _, model, states = _diffusion_step(cfg, torch.device("cpu"), compile=compile, channels_last=channels_last)
     loss = step()  # one optimisation step from the same weights on the same fixed batch
     grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
-    return float(loss), grads, model, states
+    return float(loss.detach()), grads, model, states
 
 
 def test_channels_last_gives_the_same_loss_and_gradients():

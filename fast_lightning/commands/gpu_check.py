@@ -72,6 +72,8 @@ def main(args: list[str]) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "offline")
+    package_root = str(Path(__file__).resolve().parents[2])  # the stages import this checkout from any cwd
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     start = time.monotonic()
     results = []
     for name, cmd in stages(profile, out, str(opts["classes"]), str(opts["synths"]), rest):
