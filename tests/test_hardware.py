@@ -161,6 +161,8 @@ def test_bench_train_writes_json_and_plot(tmp_path):
             peak = report["gemm_peak"]["cpu"][v["precision"]]["flops_per_second"]
             assert v["share_of_peak"] == pytest.approx(w["flops_per_step"] * v["steps_per_second"] / peak, rel=1e-3)
         assert w["default"] == w["auto"]  # CPU auto: eager, default layout
+        assert w["top_ops"] and all(0 < op["share"] <= 1 for op in w["top_ops"])
+        assert any("conv" in op["op"] for op in w["top_ops"])
     split = report["workloads"][0]["sampling"]
     assert set(split["samplers"]) == {"aias-10", "ddpm-20"}
     assert split["nfe_ratio_limit"] == pytest.approx(split["samplers"]["ddpm-20"]["nfe"] / split["samplers"]["aias-10"]["nfe"])

@@ -8,6 +8,7 @@ the machine is slow or because the step wastes it; the share of the measured mat
   count no FLOPs here, so 100% is out of reach).
 - ``step_flops``: ``torch.utils.flop_counter.FlopCounterMode`` over one optimisation step (forward +
   backward): matmuls, convolutions and attention, the ops that carry the arithmetic.
+- ``op_profile``: torch.profiler's ops with the most self time in one step (where the time goes).
 - ``sampling_split``: AIAS-10 vs DDPM-T images/s on the same model and batch, and the share of the
   sampling wall time spent outside the denoiser (FARM, AIAS blending, re-noising, windowing, paste-back).
 """
@@ -53,6 +54,21 @@ def step_flops(run) -> int:
     with counter:
         run()
     return int(counter.get_total_flops())
+
+
+def op_profile(run, device: torch.device, top: int = 8) -> list[dict]:
+    """Where one step's time goes: torch.profiler's ops with the most self time (CPU, or CUDA on a GPU), as shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run()
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [{"op": e.key, "share": round(getattr(e, attr) / total, 4), "calls": int(e.count)} for e in events[:top]]
 
 
 def sampling_split(model, cfg, device: torch.device, amp: torch.dtype | None, batch: int, image_side: int,

@@ -33,7 +33,7 @@ import torch
 from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning import speedups
-from fast_lightning.commands.bench_compute import GEMM_DTYPES, gemm_peak, sampling_split, step_flops
+from fast_lightning.commands.bench_compute import GEMM_DTYPES, gemm_peak, op_profile, sampling_split, step_flops
 from fast_lightning.hardware import (
     autocast_dtype,
     configure_threads,
@@ -235,11 +235,12 @@ def _measure(name, cfg, builder, device, candidates, auto, wanted, steps, warmup
         }
         print(f"{name:>22} {label:>14}: {best[label]:.3f} s/step, {sps:.3f} steps/s, "
               f"{100 * table[label]['share_of_peak']:.1f}% of the {p} GEMM peak", flush=True)
+    top_ops = op_profile(runs[auto], device)  # eager at the auto precision
     default = next((k for k, v in variants.items() if v == (auto, compile_default, cl_default)), auto)
     sps = {p: table[p]["steps_per_second"] for p in candidates}
     fastest = max(sps, key=sps.get)
     return {"name": name, "what": desc, "device": device.type, "flops_per_step": flops, "max_steps": max_steps,
-            "steps_per_second": sps, "variants": table, "auto": auto, "fastest": fastest,
+            "steps_per_second": sps, "variants": table, "top_ops": top_ops, "auto": auto, "fastest": fastest,
             "auto_is_fastest": auto == fastest, "auto_within_10pct_of_fastest": sps[auto] >= 0.9 * sps[fastest],
             "default": default, "default_reason": {"compile": compile_why, "channels_last": cl_why},
             "speedup_default_vs_eager": table[default]["steps_per_second"] / table[auto]["steps_per_second"],
