@@ -45,10 +45,11 @@ def stages(profile: str, out: Path, classes: str, synths: str, rest: list[str]) 
     return [
         ("bench-train", train + rest),
         ("benchmark", ["benchmark", f"profile={profile}", f"classes={classes}", f"synths={synths}", "seeds=1",
-                       f"out={out / 'benchmark'}", f"run_root={runs}", *rest]),
+                       f"out={out / 'benchmark'}", f"run_root={runs}",
+                       *(["diffusion.num_train_timesteps=50"] if smoke else []), *rest]),  # smoke: DDPM-50
         ("bench-sampling", ["bench-sampling", f"profile={profile}", f"class_name={first}",
                             *([f"data_root={root}"] if root else []), f"run_root={runs}",
-                            f"out={out / 'bench_sampling.json'}", *(["repeats=1"] if smoke else []), *rest]),
+                            f"out={out / 'bench_sampling.json'}", *(["repeats=1", "batch=1"] if smoke else []), *rest]),
     ]
 
 
