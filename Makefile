@@ -1,6 +1,6 @@
 # fast-lightning: every target bootstraps .venv itself (python3 -m venv + pip, pinned, CPU torch by default).
-# Variables: CLASS DATA PROFILE (smoke|cpu|gpu|auto) PRESET (paper) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
-#            SYNTHS SEEDS CLASSES SWEEP TRIALS, plus ARGS="key=value ..." for any config override (see experiments/).
+# Variables: CLASS DATA PROFILE (smoke|cpu|gpu|gpu-quick|auto) PRESET (paper) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
+#            SYNTHS SEEDS CLASSES SWEEP TRIALS OUT, plus ARGS="key=value ..." for any config override (see experiments/).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -25,7 +25,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
 	@touch $(STAMP)
 
-.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train sheet fidelity fidelity-rank \
+.PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train gpu-check sheet fidelity fidelity-rank \
         train-seg eval-seg convert-checkpoint compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
@@ -67,8 +67,11 @@ fidelity: $(STAMP) ## synthesized vs real defects per type (contrast stats, clas
 fidelity-rank: $(STAMP) ## does the fidelity score predict pixel AP? Spearman over reports/benchmark.json + reports/*/fidelity.json -> reports/fidelity_rank.{json,md}
 	$(RUN) fidelity-rank $(ARGS)
 
-bench-train: $(STAMP) ## training steps/s fp32 vs bf16 on this machine (and what precision=auto picks) -> reports/bench_train.{json,png}
+bench-train: $(STAMP) ## training steps/s, FLOPs and share of the GEMM peak, fp32 vs bf16, eager vs channels_last (compile: ARGS=variants=channels_last,compile), AIAS-10 vs DDPM split -> reports/bench_train.{json,png}
 	$(RUN) bench-train $(call opt,$(filter-out auto,$(PROFILE)),profile) $(ARGS)
+
+gpu-check: $(STAMP) ## one short GPU loan: bench-train PROFILE=gpu + benchmark (tire+mt, 4 synths, 1 seed, gpu-quick) + bench-sampling, <= 9 min [OUT] -> reports/gpu_check/
+	$(RUN) gpu-check $(call opt,$(OUT),out) $(ARGS)
 
 train-seg: $(STAMP) ## segmenter for CLASS on SYNTH (fast|fast_cached|draem|cutpaste|real_third|a+b mixes) [ARCH ENCODER RESUME] -> runs/seg/CLASS/
 	$(RUN) train-seg $(COMMON) $(call opt,$(SYNTH),segmentation.synth) $(call opt,$(ARCH),segmentation.arch) $(call opt,$(ENCODER),segmentation.encoder) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)

@@ -22,7 +22,7 @@ from fast_lightning.schema import RootConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-quick")
 __all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 
 
@@ -192,7 +192,10 @@ def resolve_hardware(cfg: DictConfig) -> DictConfig:
     sees the same precision.
     """
     from fast_lightning.hardware import resolve_precision
+    from fast_lightning.speedups import check_choice
 
+    for key in ("compile", "channels_last"):  # auto | true | false; resolved per run (device, length)
+        cfg.trainer[key] = check_choice(cfg.trainer[key], f"trainer.{key}")
     requested = str(cfg.trainer.precision)
     resolved, why = resolve_precision(requested, str(cfg.trainer.accelerator))
     cfg.trainer.precision = resolved

@@ -67,6 +67,15 @@ def cuda_selected(accelerator: str) -> bool:
     return str(accelerator).lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def cuda_native_bf16() -> bool:
+    """bf16 in hardware (Ampere and later). torch's default also counts emulation, which would hand
+    pre-Ampere GPUs (T4, V100) a slow emulated ``bf16-mixed``."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation and only counts native support there
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def resolve_precision(requested: str, accelerator: str = "auto") -> tuple[str, str]:
     """(Lightning precision, why) for ``trainer.precision``; an explicit value is always honoured."""
     requested = str(requested)
@@ -78,9 +87,9 @@ def resolve_precision(requested: str, accelerator: str = "auto") -> tuple[str, s
         return requested, "set explicitly"
     if cuda_selected(accelerator):
         name = torch.cuda.get_device_name(0)
-        if torch.cuda.is_bf16_supported():
-            return "bf16-mixed", f"GPU {name} supports bf16"
-        return "16-mixed", f"GPU {name} has no bf16"
+        if cuda_native_bf16():
+            return "bf16-mixed", f"GPU {name} computes bf16 natively"
+        return "16-mixed", f"GPU {name} has no native bf16 (it would be emulated)"
     model = cpu_model()
     if cpu_native_bf16():
         return "bf16-mixed", f"CPU {model} computes bf16 natively ({describe_cpu_isa()})"

@@ -11,7 +11,7 @@ What each key means is documented next to it in experiments/<group>/default.yaml
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 
 def _list(*values):
@@ -182,6 +182,8 @@ class TrainerConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "auto"  # auto | any Lightning precision (16 and 32 arrive as strings)
+    compile: Any = "auto"  # auto | true | false (YAML bools too): torch.compile of denoiser, FARM, segmenter
+    channels_last: Any = "auto"  # auto | true | false: memory format of the same modules (auto: on on CUDA only)
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
     fast_dev_run: bool = False

@@ -7,6 +7,7 @@ One place decides how runs are logged (W&B offline by default), how checkpoints 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 import warnings
@@ -121,6 +122,44 @@ class StepTimer(Callback):
                 "steps_per_second_in_loop": round(self.steps / total, 3) if total > 0 else None}
 
 
+class Speedups(Callback):
+    """Applies ``trainer.compile`` and ``trainer.channels_last`` (fast_lightning.speedups) to the module's
+    ``speedup_targets()`` once training starts on its device; says what auto resolved to and, at the end,
+    the compiled modules' first-call seconds (compile included). Names starting with "ema." get the layout only."""
+
+    def __init__(self, compile, channels_last, max_steps: int) -> None:
+        from fast_lightning import speedups
+
+        speedups.check_choice(compile, "trainer.compile")
+        speedups.check_choice(channels_last, "trainer.channels_last")
+        self.compile, self.channels_last, self.max_steps = compile, channels_last, int(max_steps)
+        self.states: list = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from fast_lightning import speedups
+
+        targets = getattr(pl_module, "speedup_targets", dict)()
+        if not targets:
+            return
+        device = pl_module.device.type
+        do_compile, why_c = speedups.resolve_compile(self.compile, device, self.max_steps)
+        layout, why_l = speedups.resolve_channels_last(self.channels_last, device)
+        if trainer.is_global_zero:
+            logging.getLogger("fast_lightning").info(
+                f"compile: {self.compile} -> {'on' if do_compile else 'off'} ({why_c}); channels_last: "
+                f"{self.channels_last} -> {'on' if layout else 'off'} ({why_l})")
+        speedups.apply({k: v for k, v in targets.items() if k.startswith("ema.")}, compile=False,
+                       channels_last=layout)
+        self.states = speedups.apply({k: v for k, v in targets.items() if not k.startswith("ema.")},
+                                     compile=do_compile, channels_last=layout)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from fast_lightning import speedups
+
+        if self.states and trainer.is_global_zero:
+            logging.getLogger("fast_lightning").info(f"compiled (first call s): {speedups.compile_summary(self.states)}")
+
+
 class LogProgress(Callback):
     """Training progress as sparse plain lines (see fast_lightning.progress) when the output is not a terminal."""
 
@@ -223,6 +262,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
                                          save_top_k=1, monitor="step", mode="max", save_last=True,
                                          auto_insert_metric_name=False, save_on_train_epoch_end=False))
     callbacks.append(StepTimer())
+    callbacks.append(Speedups(t.compile, t.channels_last, max_steps))
     progress_bar = bool(t.enable_progress_bar)
     if progress_bar and not is_terminal():  # logs get sparse lines, not hundreds of bar redraws
         callbacks.append(LogProgress(kind, max_steps))

@@ -65,6 +65,22 @@ def test_auto_on_cuda_picks_bf16_or_fp16(monkeypatch):
     assert hardware.resolve_precision("auto", "cpu")[0] == "32-true"
 
 
+def test_cuda_bf16_counts_native_support_only(monkeypatch):
+    """A T4/V100 reports bf16 'supported' through emulation: auto must pick 16-mixed there, bf16 on Ampere+."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+
+    def fake(native: bool):
+        def is_bf16_supported(including_emulation: bool = True):
+            return native or including_emulation
+        return is_bf16_supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake(native=False))  # pre-Ampere: emulation only
+    assert hardware.resolve_precision("auto", "gpu")[0] == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake(native=True))  # Ampere and later
+    assert hardware.resolve_precision("auto", "gpu")[0] == "bf16-mixed"
+
+
 def test_autocast_dtype_follows_the_resolved_precision():
     assert hardware.autocast_dtype("bf16-mixed") is torch.bfloat16
     assert hardware.autocast_dtype("16-mixed") is torch.float16
@@ -124,14 +140,33 @@ def test_bench_train_writes_json_and_plot(tmp_path):
     from fast_lightning.commands import bench_train
 
     out = tmp_path / "bench_train.json"
-    assert bench_train.main(["profile=smoke", "steps=1", "warmup=0", f"out={out}"]) == 0
+    # T=20 keeps DDPM-T short; compile is covered by tests/test_speedups.py (minutes on a 2-core CPU)
+    assert bench_train.main(["profile=smoke", "steps=1", "warmup=0", f"out={out}", "variants=channels_last",
+                             "sampling_batch=1", "diffusion.num_train_timesteps=20", "gemm_n=512"]) == 0
     report = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 1000
     names = [w["name"] for w in report["workloads"]]
     assert names == ["diffusion (smoke)", "segmenter (smoke)"]
+    assert set(report["gemm_peak"]["cpu"]) == {"32-true", "bf16-mixed"}
+    assert all(p["flops_per_second"] > 0 for p in report["gemm_peak"]["cpu"].values())
     for w in report["workloads"]:
         assert set(w["steps_per_second"]) >= {"32-true", "bf16-mixed"}
         assert all(v > 0 for v in w["steps_per_second"].values())
         assert w["auto"] == hardware.resolve_precision("auto", "cpu")[0]
         assert w["fastest"] == max(w["steps_per_second"], key=w["steps_per_second"].get)
+        assert w["flops_per_step"] > 0
+        assert set(w["variants"]) == {"32-true", "bf16-mixed", "channels_last"}
+        assert w["variants"]["channels_last"]["channels_last"] is True
+        for v in w["variants"].values():
+            peak = report["gemm_peak"]["cpu"][v["precision"]]["flops_per_second"]
+            assert v["share_of_peak"] == pytest.approx(w["flops_per_step"] * v["steps_per_second"] / peak, rel=1e-3)
+        assert w["default"] == w["auto"]  # CPU auto: eager, default layout
+        assert w["top_ops"] and all(0 < op["share"] <= 1 for op in w["top_ops"])
+        assert any("conv" in op["op"] for op in w["top_ops"])
+    split = report["workloads"][0]["sampling"]
+    assert set(split["samplers"]) == {"aias-10", "ddpm-20"}
+    assert split["nfe_ratio_limit"] == pytest.approx(split["samplers"]["ddpm-20"]["nfe"] / split["samplers"]["aias-10"]["nfe"])
+    assert 0.0 <= split["samplers"]["aias-10"]["outside_denoiser_share"] <= 1.0
+    assert split["aias10_vs_ddpm_speedup"] > 0
+    assert "sampling" not in report["workloads"][1]
     assert report["cpu_model"] and "bf16 flags" in report["isa"]

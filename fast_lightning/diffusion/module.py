@@ -54,10 +54,10 @@ class DiffusionModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_fit_start(self) -> None:
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-            self.ema.to(memory_format=torch.channels_last)
+    def speedup_targets(self) -> dict:
+        """Modules ``trainer.compile`` / ``trainer.channels_last`` act on (training.Speedups); EMA: layout only."""
+        return {"denoiser": self.model.denoiser, "farm": self.model.farm,
+                "ema.denoiser": self.ema.denoiser, "ema.farm": self.ema.farm}
 
     def step_generator(self) -> torch.Generator:
         return generator_for("diffusion_step", self.seed, int(self.global_step), int(self.global_rank))
@@ -65,8 +65,6 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         g = self.step_generator()
         x0 = self.model.to_model_space(batch["image"], generator=g)  # g feeds a VAE posterior sample, if any
-        if self.device.type == "cuda":
-            x0 = x0.contiguous(memory_format=torch.channels_last)
         t = torch.randint(0, self.model.num_train_timesteps, (x0.shape[0],), generator=g).to(self.device)
         eps = torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
         cond = drop_condition(batch["cond"], float(self.diffusion_cfg.get("cond_dropout", 0.0)), g)  # after t, eps
