@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from fast_lightning.errors import ConfigError
-from fast_lightning.schema import RootConfig
+from fast_lightning.schema import REMOVED_KEYS, RootConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -128,6 +128,8 @@ def typed_merge(cfg: DictConfig, patch: DictConfig, source: str = "command line"
         key = str(exc.full_key or exc.key or "")
         where = f" ({source})" if source != "command line" else ""
         if isinstance(exc, ConfigKeyError):
+            if key in REMOVED_KEYS:
+                raise ConfigError(f"config key '{key}'{where} no longer exists: use {REMOVED_KEYS[key]}") from None
             parent, _ = _node(cfg, key)
             near = ", ".join(sorted(str(k) for k in parent.keys())) if isinstance(parent, DictConfig) else ""
             raise ConfigError(f"unknown config key '{key}'{where} (known keys here: {near})") from None
@@ -220,7 +222,7 @@ MINIMUMS = {
     "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
     "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
     "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
-    "data.resolution": (8, None), "data.batch_size": (1, None), "data.num_workers": (0, None),
+    "data.seg_scale": (32, None), "data.batch_size": (1, None), "data.num_workers": (0, None),
     "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
 }
 # shares: key -> (low, high, low inclusive, high inclusive)
@@ -265,6 +267,8 @@ def validate_values(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
     check_path_part(cfg.class_name, "class_name (CLASS)")
     check_path_part(cfg.get("run_id"), "run_id")
+    if int(cfg.data.seg_scale) % 32:
+        raise ConfigError(f"config key 'data.seg_scale' must be a multiple of 32 (e.g. 256), got {cfg.data.seg_scale}")
     if int(cfg.data.channels) not in (1, 3):
         raise ConfigError(f"config key 'data.channels' must be 1 or 3, got {cfg.data.channels}")
 

@@ -247,7 +247,7 @@ def saved_run_config(ckpt: dict) -> DictConfig:
 RESUME_KEYS = {
     "diffusion": ("data.channels", "diffusion.resolution", "diffusion.window", "diffusion.backbone", "diffusion.unet",
                   "diffusion.farm", "diffusion.adaptor", "diffusion.num_train_timesteps"),
-    "segmentation": ("data.channels", "data.resolution", "segmentation.arch", "segmentation.encoder"),
+    "segmentation": ("data.channels", "data.seg_scale", "segmentation.arch", "segmentation.encoder"),
 }
 
 

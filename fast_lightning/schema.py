@@ -20,8 +20,7 @@ def _list(*values):
 
 @dataclass
 class DataConfig:
-    resolution: int = 64
-    seg_scale: Optional[int] = None
+    seg_scale: int = 64  # THE segmenter working size (longer side); see data.datasets.working_size
     channels: int = 3
     image_interpolation: str = "bicubic"
     foreground: str = "auto"
@@ -225,5 +224,11 @@ class RootConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
+
+# keys that no longer exist -> what replaces them; a config naming one is a ConfigError that says so (no alias)
+REMOVED_KEYS = {
+    "data.resolution": "data.seg_scale (the segmenter's one working-size key: longer side in px, a multiple of 32; "
+                       "the aspect ratio is the median of the normal train images; square images give a square size)",
+}
 
 GROUPS = ("data", "diffusion", "sampling", "synthesis", "segmentation", "trainer", "logger")

@@ -63,8 +63,16 @@ def test_yaml_group_files_document_exactly_the_schema_defaults():
 
 def test_null_only_where_the_schema_allows_it():
     assert load_config(["profile=smoke", "synthesis.seg_refresh=null"]).synthesis.seg_refresh is None
-    with pytest.raises(ConfigError, match=r"'data\.resolution' expects int .*cannot be null"):
-        load_config(["profile=smoke", "data.resolution=null"])
+    with pytest.raises(ConfigError, match=r"'data\.seg_scale' expects int .*cannot be null"):
+        load_config(["profile=smoke", "data.seg_scale=null"])
+
+
+def test_removed_working_size_key_names_its_replacement():
+    """data.resolution was a second working-size key; it is gone, and naming it says which key replaced it."""
+    with pytest.raises(ConfigError, match=r"'data\.resolution' no longer exists: use data\.seg_scale"):
+        load_config(["profile=smoke", "data.resolution=64"])
+    with pytest.raises(ConfigError, match=r"'data\.seg_scale' must be a multiple of 32"):
+        load_config(["profile=smoke", "data.seg_scale=48"])
 
 
 def test_saved_config_overrides_are_type_checked():

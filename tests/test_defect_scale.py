@@ -70,14 +70,14 @@ def test_defect_scale_at_native_resolution_keeps_everything(tiny_scratches):
 
 
 def test_check_data_reports_defect_scale(tiny_scratches):
-    report = check_class(tiny_scratches, "widget", progress=False, resolution=8)
+    report = check_class(tiny_scratches, "widget", progress=False, seg_scale=32)
     assert report.ok
     text = "\n".join(report.lines)
-    assert "defect scale at the working size 8x8" in text and "crack" in text
-    assert not any("empty at the working size 8x8" in w for w in report.warnings)  # 1-px cracks are kept
+    assert "defect scale at the working size 32x32" in text and "crack" in text
+    assert not any("empty at the working size 32x32" in w for w in report.warnings)  # 1-px cracks are kept
     _set_crack_masks(tiny_scratches, 0)
-    vanished = check_class(tiny_scratches, "widget", progress=False, resolution=8)
-    assert any("empty at the working size 8x8" in w for w in vanished.warnings)
-    quiet = check_class(tiny_scratches, "widget", progress=False)  # no resolution: no table, no warning
+    vanished = check_class(tiny_scratches, "widget", progress=False, seg_scale=32)
+    assert any("empty at the working size 32x32" in w for w in vanished.warnings)
+    quiet = check_class(tiny_scratches, "widget", progress=False)  # no seg_scale: no table, no warning
     assert not any("defect scale" in line for line in quiet.lines)
-    assert not any("data.resolution" in w for w in quiet.warnings)
+    assert not any("data.seg_scale" in w for w in quiet.warnings)

@@ -230,8 +230,8 @@ def test_foreground_masks_from_a_folder(fake_mvtec, tmp_path):
         m[:, 80] = 255
         name = f"{i:03d}.png" if i % 2 == 0 else f"{i:03d}_mask.png"  # both naming styles
         Image.fromarray(m).save(folder / name)
-    # the square 32-px path (the smoke profile's working scale is 64 px): the geometry below is in 32-px units
-    dm = _seg_datamodule(fake_mvtec, f"data.foreground_dir={folder}", "data.seg_scale=null")
+    # a 32-px working scale (40x48 images -> 32x32; the smoke profile's is 64 px): the geometry below is in 32-px units
+    dm = _seg_datamodule(fake_mvtec, f"data.foreground_dir={folder}", "data.seg_scale=32")
     ds = dm.normal_dataset()
     for i in range(6):
         img, fg = ds.load(i)

@@ -53,8 +53,8 @@ def test_expected_warnings_are_silenced_only_inside_the_block():
 def test_cli_prints_user_errors_in_one_line_and_bugs_with_a_traceback(fake_mvtec):
     from conftest import run_cli
 
-    bad = run_cli("check-data", f"data_root={fake_mvtec}", "class_name=widget", "data.resolution=abc", expect=2)
-    assert "config key 'data.resolution' expects int" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("check-data", f"data_root={fake_mvtec}", "class_name=widget", "data.seg_scale=abc", expect=2)
+    assert "config key 'data.seg_scale' expects int" in bad.stderr and "Traceback" not in bad.stderr
     opt = run_cli("compare", "seeds=abc", expect=2)
     assert opt.stderr.strip() == "error: option seeds expects int (default 3), got 'abc'"
 

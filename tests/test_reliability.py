@@ -91,8 +91,8 @@ def test_case02_train_seg_resume_across_classes_or_architectures_is_refused(two_
         train_seg.main(common(two_classes, runs, "gadget") + [f"resume={run_dir}"])
     with pytest.raises(CheckpointError, match="segmentation.arch: checkpoint has Unet, now FPN"):
         train_seg.main(common(two_classes, runs) + [f"resume={run_dir}", "segmentation.arch=FPN"])
-    with pytest.raises(CheckpointError, match="data.resolution: checkpoint has 32, now 64"):
-        train_seg.main(common(two_classes, runs) + [f"resume={run_dir}", "data.resolution=64"])
+    with pytest.raises(CheckpointError, match="data.seg_scale: checkpoint has 64, now 96"):
+        train_seg.main(common(two_classes, runs) + [f"resume={run_dir}", "data.seg_scale=96"])
     with pytest.raises(CheckpointError, match="'diffusion' checkpoint, not 'segmentation'"):
         diff = fake_run(tmp_path / "other", "diffusion", "diffusion", two_classes, "widget", ["crack", "dent"])
         train_seg.main(common(two_classes, runs) + [f"resume={diff}"])

@@ -36,8 +36,9 @@ def make_module(*overrides: str):
     from fast_lightning.segmentation.module import SegmentationModule
 
     cfg = smoke_cfg(*overrides)
+    side = int(cfg.data.seg_scale)
     return SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
-                              int(cfg.data.resolution), "widget", "test")
+                              (side, side), "widget", "test")
 
 
 def tiny_trainer(tmp_path, **kw):
@@ -224,8 +225,8 @@ def test_bad_arch_names_the_key(tmp_path, capsys):
 def test_resolution_not_divisible_gives_clear_error(tmp_path, capsys):
     make_fake_mvtec(tmp_path / "data")
     rc, err = cli_in_process(["train-seg", "profile=smoke", "class_name=widget", f"data_root={tmp_path / 'data'}",
-                       f"run_root={tmp_path / 'runs'}", "segmentation.arch=FPN", "data.resolution=48"], capsys)
-    assert rc == 2 and "data.resolution=48" in err and "FPN" in err and "32" in err
+                       f"run_root={tmp_path / 'runs'}", "segmentation.arch=PAN", "data.seg_scale=64"], capsys)
+    assert rc == 2 and "data.seg_scale=64" in err and "PAN" in err and "too small" in err
     assert not (tmp_path / "runs").exists()
 
 

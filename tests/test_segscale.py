@@ -27,12 +27,13 @@ def _records(tmp_path, shapes):
 
 def test_working_size_keeps_aspect_and_rounds_to_32(tmp_path):
     recs = _records(tmp_path, [(400, 600), (410, 600), (900, 600)])  # median H/W = 410/600
-    assert working_size(recs, 256, 64) == (160, 256)   # 256 * 0.683 = 175 -> 160
-    assert working_size(recs, None, 64) == (64, 64)    # the square data.resolution path
+    assert working_size(recs, 256) == (160, 256)   # 256 * 0.683 = 175 -> 160
+    square = _records(tmp_path / "s", [(128, 128)])
+    assert working_size(square, 64) == (64, 64)    # square images: a square working size
     tall = _records(tmp_path / "t", [(600, 300)])
-    assert working_size(tall, 256, 64) == (256, 128)
+    assert working_size(tall, 256) == (256, 128)
     with pytest.raises(ValueError, match="data.seg_scale"):
-        working_size(recs, 100, 64)
+        working_size(recs, 100)
 
 
 def test_crops_are_centred_on_the_defect_for_the_configured_share():

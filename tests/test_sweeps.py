@@ -176,7 +176,7 @@ def test_sweep_trial_cache_key():
     key = diffusion_key(load_config(base))
     for same in (["sampling.steps=5"], ["sampling.variant=paper"], ["segmentation.lr=0.01"], ["run_id=x"]):
         assert diffusion_key(load_config(base + same)) == key, same
-    for other in (["diffusion.lambda_farm=1.0"], ["seed=3"], ["data.resolution=48"]):
+    for other in (["diffusion.lambda_farm=1.0"], ["seed=3"], ["data.seg_scale=96"]):
         assert diffusion_key(load_config(base + other)) != key, other
 
 

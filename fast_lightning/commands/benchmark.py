@@ -118,7 +118,7 @@ def main(args: list[str]) -> int:
         targets = evaluate_targets(agg)
         sheet = sample_sheet(synthesizer_rows(cfg, synths), out / f"benchmark_{name}_samples.png")
         first = rows[0]["metrics"]
-        size = "x".join(str(v) for v in first.get("working_size") or [cfg.data.resolution] * 2)
+        size = "x".join(str(v) for v in first.get("working_size") or [cfg.data.seg_scale] * 2)
         combined.update({f"{name}:{k}": v for k, v in agg.items()})
         results[name] = {"data_root": str(cfg.data_root), "working_size": first.get("working_size"),
                          "targets": targets, "runs": [r["run_dir"] for r in rows],

@@ -11,7 +11,7 @@ from fast_lightning.data.check import check_class
 def main(args: list[str]) -> int:
     cfg = config_from_args(args)
     report = check_class(cfg.data_root, cfg.class_name, cfg.data.generator_fraction, cfg.data.val_fraction,
-                         resolution=int(cfg.data.resolution), seg_scale=cfg.data.get("seg_scale"))
+                         seg_scale=int(cfg.data.seg_scale))
     for line in report.lines:
         print(line)
     for w in report.warnings:

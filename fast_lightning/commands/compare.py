@@ -73,7 +73,7 @@ def main(args: list[str]) -> int:
     md = [
         f"# {title}", "",
         f"- data: `{cfg.data_root}/{cfg.class_name}`, profile `{cfg.profile}`, working size "
-        f"{'x'.join(str(v) for v in first.get('working_size') or [cfg.data.resolution] * 2)} px, training crops "
+        f"{'x'.join(str(v) for v in first.get('working_size') or [cfg.data.seg_scale] * 2)} px, training crops "
         f"{cfg.segmentation.crop or 'none'}, {cfg.segmentation.max_steps} steps per run, synthetic share "
         f"{cfg.segmentation.synth_ratio} of each batch (real_ratio {cfg.segmentation.real_ratio} in a+b mixes)",
         f"- evaluated on: {first.get('evaluated_on')}: {counts.get('test_images')} test images "

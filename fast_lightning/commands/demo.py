@@ -32,10 +32,10 @@ from fast_lightning.study import (
     synthetic_pairs,
 )
 
-# The demo keeps the square data.resolution path (seg_scale=null, no crops): its 128-px parts carry large defects.
+# The demo segments whole square images (no crops): its 128-px parts carry large defects.
 DEMO_SETTINGS = {
     "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (README "Measured")
-        "data.resolution=64", "data.seg_scale=null", "segmentation.crop=null",
+        "data.seg_scale=64", "segmentation.crop=null",
         "diffusion.resolution=48", "diffusion.window=crop", "diffusion.crop.scale=0.375",
         "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",
         "diffusion.checkpoint_every=100", "diffusion.sample_every=250",
@@ -43,7 +43,7 @@ DEMO_SETTINGS = {
         "segmentation.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
     ],
     "gpu": [
-        "data.resolution=128", "data.seg_scale=null", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",
+        "data.seg_scale=128", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",
         "diffusion.max_steps=4000", "synthesis.n=500", "segmentation.max_steps=2000",
     ],
     "smoke": [],

@@ -86,16 +86,22 @@ def main(args: list[str]) -> int:
 
     from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
 
+    dm = AnomalyDataModule(cfg, stage="segmentation")
+    dm.setup()
+    stored = (ckpt.get("fast_lightning") or {}).get("working_size")
+    if stored is not None and tuple(stored) != tuple(dm.working_size):
+        log.warning(f"{ckpt_path} was trained at {stored[0]}x{stored[1]} px; this data gives the working size "
+                    f"{dm.working_size[0]}x{dm.working_size[1]} (data.seg_scale={cfg.data.seg_scale}): metrics are "
+                    "not comparable with the run's metrics.json")
     module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
-                                int(cfg.data.resolution), hp.get("class_name"), hp.get("synthesizer"))
+                                dm.working_size, hp.get("class_name"), hp.get("synthesizer"), hp.get("type_names"),
+                                str(cfg.data.image_interpolation))
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
         raise UserError(f"{ckpt_path} does not match its own config ({type(exc).__name__}: {exc})") from exc
     module.on_load_checkpoint(ckpt)
 
-    dm = AnomalyDataModule(cfg, stage="segmentation")
-    dm.setup()
     counts = dm.split.counts(dm.cfg.data_root)
     scale = report_defect_scale(dm)
     run_dir = run_dir_of_checkpoint(ckpt_path)
@@ -131,7 +137,8 @@ def main(args: list[str]) -> int:
         "global_step": int(ckpt.get("global_step", 0)),
         "class_name": str(cfg.class_name),
         "data_root": str(cfg.data_root),
-        "resolution": int(cfg.data.resolution),
+        "seg_scale": int(cfg.data.seg_scale),
+        "working_size": list(dm.working_size),
         "synthesizer": meta.get("synthesizer"),
         "arch": str(cfg.segmentation.arch),
         "encoder": str(cfg.segmentation.encoder),

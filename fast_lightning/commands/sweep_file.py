@@ -180,10 +180,10 @@ def semantic_check(cfg, keys) -> None:
         from fast_lightning.sampling import build_sampler
 
         build_sampler(cfg.sampling)
-    if any(k.startswith(("segmentation.arch", "segmentation.encoder", "data.resolution")) for k in keys):
+    if any(k.startswith(("segmentation.arch", "segmentation.encoder", "data.seg_scale")) for k in keys):
         from fast_lightning.segmentation.models import check_resolution
 
-        check_resolution(int(cfg.data.resolution), str(cfg.segmentation.arch), str(cfg.segmentation.encoder))
+        check_resolution(int(cfg.data.seg_scale), str(cfg.segmentation.arch), str(cfg.segmentation.encoder))
 
 
 def validate_parameters(spec: SweepSpec):

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from fast_lightning.cli import UserError
 from fast_lightning.commands.common import config_from_args
 from fast_lightning.data.datamodule import foreground_dir, load_split, report_foreground
-from fast_lightning.data.datasets import NormalImageDataset
+from fast_lightning.data.datasets import NormalImageDataset, working_size
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.hardware import cuda_selected, dataloader_workers
 from fast_lightning.runs import (
@@ -228,7 +228,7 @@ def run(cfg) -> int:
         log.info(f"interrupted? continue with RESUME={run_dir}")
     if pending and writes_run_files:  # one warning if the foreground estimate fails on part of the class
         report_foreground(NormalImageDataset(
-            split.normal_train, resolution=int(cfg.data.resolution), channels=int(cfg.data.channels),
+            split.normal_train, resolution=working_size(split.normal_train, int(cfg.data.seg_scale)), channels=int(cfg.data.channels),
             foreground=str(cfg.data.foreground), foreground_dir=foreground_dir(cfg),
             interpolation=str(cfg.data.image_interpolation), augment=False), str(cfg.class_name))
 

@@ -55,7 +55,7 @@ def check_model_config(cfg: DictConfig) -> None:
 
     s = cfg.segmentation
     try:
-        check_resolution(int(cfg.data.resolution), str(s.arch), str(s.encoder))
+        check_resolution(int(cfg.data.seg_scale), str(s.arch), str(s.encoder))
         if s.get("crop"):  # the working size itself is rounded to data.datasets.SEG_DIVISOR
             check_resolution(int(s.crop), str(s.arch), str(s.encoder))
     except ValueError as exc:
@@ -165,7 +165,8 @@ def run(cfg: DictConfig) -> int:
     from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
 
     module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
-                                int(cfg.data.resolution), str(cfg.class_name), synth_name)
+                                dm.working_size, str(cfg.class_name), synth_name, dm.type_names,
+                                str(cfg.data.image_interpolation))
     module.panel_dir = run_dir / "panels"
     max_steps = int(s.max_steps)
     val_every = max(1, min(int(s.val_every), max_steps))
@@ -209,7 +210,7 @@ def run(cfg: DictConfig) -> int:
         "kind": "segmentation",
         "class_name": str(cfg.class_name),
         "data_root": str(cfg.data_root),
-        "resolution": int(cfg.data.resolution),
+        "seg_scale": int(cfg.data.seg_scale),
         "working_size": list(dm.working_size),
         "synthesizer": synth_name,
         "synthesizer_info": synth_info(synth, cfg),

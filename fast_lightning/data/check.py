@@ -103,10 +103,10 @@ def file_problems(index: ClassIndex, progress: bool = False) -> tuple[list[str],
 
 
 def check_class(root: str | Path, class_name: str, generator_fraction: float = 1 / 3,
-                val_fraction: float = 1 / 3, progress: bool = True, resolution: int | None = None,
+                val_fraction: float = 1 / 3, progress: bool = True,
                 seg_scale: int | None = None) -> CheckReport:
-    """``resolution`` (data.resolution) adds the defect-scale table of the real-test masks at the segmenter's
-    working size (``data.datasets.working_size``: ``seg_scale`` on the longer side when set)."""
+    """``seg_scale`` (data.seg_scale) adds the defect-scale table of the real-test masks at the segmenter's
+    working size (``data.datasets.working_size``)."""
     report = CheckReport()
     try:
         index = read_class(root, class_name, strict=False)
@@ -124,9 +124,9 @@ def check_class(root: str | Path, class_name: str, generator_fraction: float = 1
     body.append(["total", *(str(sum(counts[s].values())) for s in counts)])
     report.lines += tables.text_table(["type", *counts], body, align="<>", min_widths=[0] + [15] * len(counts),
                                       rule=None).splitlines()
-    if resolution:
+    if seg_scale:
         try:
-            size = working_size(split.normal_train, seg_scale, int(resolution))
+            size = working_size(split.normal_train, int(seg_scale))
         except OSError:  # an unreadable normal image (already listed in the errors): square seg_scale
             size = int(seg_scale)
         scale = defect_scale(split.real_test, size)

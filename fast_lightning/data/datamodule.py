@@ -1,8 +1,8 @@
 """The one DataModule both LightningModules share.
 
 - ``stage="diffusion"``: generator-train windows (defects of the first third + normal images).
-- ``stage="segmentation"``: normal train images at the working size (``working_size``: square
-  ``data.resolution``, or ``data.seg_scale`` on the longer side with the class's aspect ratio), turned into
+- ``stage="segmentation"``: normal train images at the working size (``working_size``:
+  ``data.seg_scale`` on the longer side with the class's aspect ratio), turned into
   (image, mask) pairs on the training device by an injected synthesizer (this module imports no model code),
   THEN cropped to ``segmentation.crop`` (a ``segmentation.crop_defect_share`` of the synthesized items
   centred on their defect), plus the REAL-test split for validation and test (disjoint, both unseen by any
@@ -140,8 +140,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if self._working_size is None:
             self.setup()
             data = self.cfg.data
-            self._working_size = working_size(self.split.normal_train, data.get("seg_scale"), int(data.resolution),
-                                              SEG_DIVISOR)
+            self._working_size = working_size(self.split.normal_train, int(data.seg_scale), SEG_DIVISOR)
         return self._working_size
 
     @property

@@ -23,17 +23,15 @@ from fast_lightning.seeding import generator_for
 SEG_DIVISOR = 32  # working sides are multiples of this: what smp's strictest decoders need (models.required_divisor)
 
 
-def working_size(records: list[Record], seg_scale: int | None, resolution: int,
-                 divisor: int = SEG_DIVISOR) -> tuple[int, int]:
-    """(H, W) of the segmenter's working image for a class.
+def working_size(records: list[Record], seg_scale: int, divisor: int = SEG_DIVISOR) -> tuple[int, int]:
+    """(H, W) of the segmenter's working image for a class: THE one rule (train-seg, eval-seg, check-data; the
+    result is stored in the segmenter checkpoint, which predict and export read).
 
-    ``seg_scale`` (data.seg_scale) null: the square ``resolution`` (data.resolution), the old path. Else the
-    longer side is ``seg_scale`` and the aspect ratio is the median H/W of ``records`` (the normal-train
-    images; headers only), both sides rounded to ``divisor``. One size per run keeps batches stackable and the
-    metrics exact; images of another aspect ratio (magnetic tile crops vary) are stretched to it.
+    The longer side is ``seg_scale`` (data.seg_scale) and the aspect ratio is the median H/W of ``records``
+    (the normal-train images; headers only), both sides rounded to ``divisor``. One size per run keeps batches
+    stackable and the metrics exact; images of another aspect ratio (magnetic tile crops vary) are stretched
+    to it, at training and at prediction alike.
     """
-    if not seg_scale:
-        return int(resolution), int(resolution)
     scale = int(seg_scale)
     if scale < divisor or scale % divisor:
         raise ConfigError(f"data.seg_scale={seg_scale} must be a positive multiple of {divisor} (e.g. 256)")

@@ -30,7 +30,7 @@ class TypeScale:
 @dataclass
 class DefectScale:
     resolution: int                 # longer side of the working size
-    size: tuple[int, int] = (0, 0)  # working (H, W); square data.resolution unless data.seg_scale is set
+    size: tuple[int, int] = (0, 0)  # working (H, W) (data.datasets.working_size)
     types: dict[str, TypeScale] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # masks that failed to load (check-data names them)
 
@@ -54,7 +54,7 @@ class DefectScale:
         detail = ", ".join(f"{name} {t.masks - t.kept}/{t.masks}" for name, t in worst if t.kept < t.masks)
         return (f"{self.masks - self.kept} of {self.masks} real-test defect masks ({self.vanished_share:.0%}) are "
                 f"empty at the working size {self.size[0]}x{self.size[1]} ({detail}); those images are scored as "
-                "defect-free. Use a larger data.seg_scale (or data.resolution when seg_scale is null) to evaluate "
+                "defect-free. Use a larger data.seg_scale to evaluate "
                 "small defects.")
 
     def lines(self) -> list[str]:

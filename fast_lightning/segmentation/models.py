@@ -148,16 +148,16 @@ def required_divisor(arch: str = "Unet", encoder: str = "resnet18", **kwargs: An
 
 def check_resolution(resolution: int | tuple[int, int], arch: str = "Unet", encoder: str = "resnet18",
                      **kwargs: Any) -> None:
-    """Raise ValueError naming data.resolution when ``arch`` cannot segment images of that size."""
+    """Raise ValueError naming data.seg_scale when ``arch`` cannot segment images of that size."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
     div = required_divisor(arch, encoder, **kwargs)
     if h % div or w % div:
         up = ((h + div - 1) // div * div, (w + div - 1) // div * div)
         raise ConfigError(
-            f"data.resolution={resolution} does not suit segmentation.arch={arch!r} (needs multiples of {div}); "
+            f"data.seg_scale={resolution} does not suit segmentation.arch={arch!r} (needs multiples of {div}); "
             f"use e.g. {up[0] if up[0] == up[1] else up}, or segmentation.arch=Unet which takes any size"
         )
     min_size = _MIN_SIZE.get(str(arch).lower(), 0)
     if min(h, w) < min_size:
-        raise ConfigError(f"data.resolution={resolution} is too small for segmentation.arch={arch!r} "
+        raise ConfigError(f"data.seg_scale={resolution} is too small for segmentation.arch={arch!r} "
                          f"(needs at least {min_size} px)")

@@ -69,23 +69,28 @@ def pick_panel_indices(labels: list[str], n: int) -> list[int]:
 class SegmentationModule(L.LightningModule):
     """Binary anomaly segmenter (smp) with DiceFocal loss and exact real-defect metrics.
 
-    Receives its own config group (``segmentation``) plus the image channels and working resolution; the
-    command keeps the whole run config (added to every checkpoint by ``training.AtomicCheckpointIO``)."""
+    Receives its own config group (``segmentation``) plus the image channels and the working size (H, W) from
+    ``data.datasets.working_size``; both go into the checkpoint metadata, with the threshold and normalisation,
+    so predict/export need nothing else. The command keeps the whole run config (added to every checkpoint by
+    ``training.AtomicCheckpointIO``)."""
 
     def __init__(self, segmentation: dict, channels: int = DataConfig.channels,
-                 resolution: int = DataConfig.resolution, class_name: str | None = None,
-                 synthesizer: str | None = None):
+                 working_size: tuple[int, int] | list[int] = (DataConfig.seg_scale, DataConfig.seg_scale),
+                 class_name: str | None = None, synthesizer: str | None = None, type_names: list[str] | None = None,
+                 image_interpolation: str = DataConfig.image_interpolation):
         super().__init__()
         self.save_hyperparameters()
         self.seg_cfg = s = OmegaConf.create(segmentation)
         channels = int(channels)
-        self.channels, self.resolution = channels, int(resolution)  # data.channels, data.resolution
+        self.channels = channels  # data.channels
+        self.working_size = (int(working_size[0]), int(working_size[1]))  # data.datasets.working_size
         self.model = build_segmenter(str(s.arch), str(s.encoder), s.encoder_weights, in_channels=channels)
         self.loss_fn = build_loss(OmegaConf.to_container(s.loss, resolve=True))
         if channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:  # grayscale: the mean of the RGB statistics for every channel
             mean, std = (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
+        self.norm_mean, self.norm_std = [float(v) for v in mean], [float(v) for v in std]
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         # F1-optimal pixel threshold on validation; saved in checkpoints, used by test / eval-seg
@@ -190,10 +195,10 @@ class SegmentationModule(L.LightningModule):
     def _collect(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All ranks' images, de-duplicated by dataset index (DistributedSampler pads shards), sorted."""
         st = self._eval_state
-        res = self.resolution
+        hw = self.working_size
         index = torch.cat(st["index"]) if st.get("index") else torch.zeros(0, dtype=torch.long)
-        probs = torch.cat(st["probs"]) if st.get("probs") else torch.zeros(0, 1, res, res)
-        masks = torch.cat(st["masks"]) if st.get("masks") else torch.zeros(0, 1, res, res, dtype=torch.uint8)
+        probs = torch.cat(st["probs"]) if st.get("probs") else torch.zeros(0, 1, *hw)
+        masks = torch.cat(st["masks"]) if st.get("masks") else torch.zeros(0, 1, *hw, dtype=torch.uint8)
         index, probs, masks = self._gather(index), self._gather(probs.float()), self._gather(masks)
         order = torch.argsort(index, stable=True)
         index, probs, masks = index[order], probs[order], masks[order]
@@ -326,13 +331,19 @@ class SegmentationModule(L.LightningModule):
     # ---- checkpoint metadata -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         s = self.seg_cfg
+        type_names = self.hparams.get("type_names")
+        if type_names is None:
+            type_names = getattr(getattr(self._trainer, "datamodule", None), "type_names", None)
         checkpoint["fast_lightning"] = {
             "kind": "segmentation",
             "class_name": self.hparams.class_name,
-            "type_names": getattr(getattr(self._trainer, "datamodule", None), "type_names", None),
+            "type_names": type_names,
             "synthesizer": self.hparams.synthesizer,
             "arch": str(s.arch), "encoder": str(s.encoder),
-            "resolution": self.resolution, "channels": self.channels,
+            # what a consumer needs to feed the network (predict/export read these, see segmentation/predict.py)
+            "working_size": list(self.working_size), "channels": self.channels,
+            "image_interpolation": str(self.hparams.image_interpolation),
+            "normalization": {"mean": self.norm_mean, "std": self.norm_std, "input_range": [0.0, 1.0]},
             "threshold": float(self.threshold), "threshold_chosen_on": "validation" if bool(self.threshold_chosen) else None,
             "val_metrics": dict(self.val_metrics) if self.val_metrics else None,
         }
