@@ -26,7 +26,7 @@ $(STAMP): requirements.txt constraints.txt
 	@touch $(STAMP)
 
 .PHONY: help venv test test-fast check-data demo-data demo train-diffusion synthesize bench-sampling bench-train gpu-check sheet fidelity fidelity-rank \
-        train-seg eval-seg convert-checkpoint compare benchmark ablate sweep sweep-local clean-runs
+        train-seg eval-seg predict export convert-checkpoint compare benchmark ablate sweep sweep-local clean-runs
 
 help: ## list the targets and their variables
 	@echo "fast-lightning make targets (variables in CAPS; ARGS='key=value ...' overrides any config key):"
@@ -81,6 +81,12 @@ eval-seg: $(STAMP) ## re-evaluate a segmenter checkpoint CKPT on the real-test s
 
 convert-checkpoint: $(STAMP) ## rewrite a TRUSTED older checkpoint CKPT so it loads safely (needs ARGS="trust_checkpoint=true")
 	$(RUN) convert-checkpoint $(call opt,$(CKPT),ckpt) $(ARGS)
+
+predict: $(STAMP) ## segmenter CKPT (run, .ckpt or export) on IMAGES (folder/glob) [OUT THRESHOLD=val|<p>] -> maps, masks, overlays, CSV
+	$(RUN) predict $(call opt,$(CKPT),ckpt) $(call opt,$(IMAGES),images) $(call opt,$(OUT),out) $(call opt,$(THRESHOLD),threshold) $(ARGS)
+
+export: $(STAMP) ## segmenter CKPT -> FORMAT=torchscript|onnx file with normalisation inside + metadata JSON [OUT]
+	$(RUN) export $(call opt,$(CKPT),ckpt) $(call opt,$(FORMAT),format) $(call opt,$(OUT),out) $(ARGS)
 
 compare: $(STAMP) ## segmenter per synthesizer x seed [SYNTHS SEEDS] -> reports/CLASS/comparison.{md,csv,png}
 	$(RUN) compare $(COMMON) $(call opt,$(SYNTHS),synths) $(call opt,$(SEEDS),seeds) $(ARGS)

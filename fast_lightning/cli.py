@@ -16,10 +16,14 @@ from fast_lightning.commands import COMMANDS
 from fast_lightning.errors import UserError  # noqa: F401  (commands import it from here)
 
 
+HELP_FLAGS = ("-h", "--help", "help", "help=true", "help=1")
+
+
 def usage() -> str:
     width = max(len(c) for c in COMMANDS)
     rows = "\n".join(f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items())
-    return f"usage: python -m fast_lightning <command> [key=value ...]\n\ncommands:\n{rows}\n"
+    return (f"usage: fast-lightning <command> [key=value ...]   (or python -m fast_lightning)\n\ncommands:\n{rows}\n\n"
+            "fast-lightning <command> --help lists its options and config keys with defaults\n")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -62,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if any(a in HELP_FLAGS for a in args):
+        from fast_lightning.help import command_help
+
+        print(command_help(command, *COMMANDS[command]), end="")
+        return 0
+    args = ["print_config=true" if a in ("--print-config", "--print_config") else a for a in args]
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(message)s")
     from fast_lightning.hardware import configure_threads
 
@@ -76,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # print_config=true: the config was printed, nothing else runs
+        return int(exc.code or 0)
     except KeyboardInterrupt as exc:
         print(str(exc) or "interrupted: completed work is kept; re-run the same command to resume", file=sys.stderr)
         return 130

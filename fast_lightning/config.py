@@ -110,6 +110,8 @@ def _strict_scalars(reference: DictConfig, patch: DictConfig, prefix: str = "") 
             _strict_scalars(ref_node, new, prefix=f"{prefix}{key}.")
             continue
         value = patch[key]
+        if isinstance(ref_node, BooleanNode) and type(value) is int and value in (0, 1):
+            patch[key] = value = bool(value)  # key=1 / key=0 from the command line: the same as true / false
         wrong = (isinstance(ref_node, BooleanNode) and value is not None and not isinstance(value, bool)) or (
             isinstance(ref_node, StringNode) and isinstance(value, bool))
         if wrong:

@@ -17,6 +17,8 @@ COMMANDS = {
     "train-seg": ("fast_lightning.commands.train_seg", "train a segmenter on synthesized anomalies, test on real defects"),
     "eval-seg": ("fast_lightning.commands.eval_seg", "re-evaluate a segmenter checkpoint on the real-test split"),
     "convert-checkpoint": ("fast_lightning.commands.convert_checkpoint", "make a trusted older checkpoint load safely (weights-only)"),
+    "predict": ("fast_lightning.commands.predict", "run a trained segmenter on new images: maps, masks, overlays, CSV"),
+    "export": ("fast_lightning.commands.export", "export a segmenter (normalisation inside) to TorchScript or ONNX"),
     "demo": ("fast_lightning.commands.demo", "the whole pipeline on the embedded demo dataset, with a results table"),
     "compare": ("fast_lightning.commands.compare", "segmenter per synthesizer and seed; comparison table, plots, sample sheet"),
     "benchmark": ("fast_lightning.commands.benchmark", "compare on the fixed suite (tire, magnetic tile), 3 seeds; targets met?"),

@@ -49,11 +49,13 @@ def sampling_args(step: str) -> list[str]:
     return ["sampling.name=aias", f"sampling.steps={n}"] + (["sampling.t_end=0"] if n < 3 else [])
 
 
+OPTIONS = {"steps": "2,5,10,50,ddpm", "farm": True, "farm_tail": True, "seeds": 1, "redo": False}
+
+
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"steps": "2,5,10,50,ddpm", "farm": "true", "farm_tail": "true",
-                                    "seeds": 1, "redo": "false"})
+    opts, rest = pop_options(args, OPTIONS)
     steps = parse_steps(opts["steps"])
-    redo = str(opts["redo"]).lower() == "true"
+    redo = bool(opts["redo"])
     seeds = int(opts["seeds"])
     cfg = config_from_args(rest)
     start = time.time()
@@ -66,9 +68,9 @@ def main(args: list[str]) -> int:
         label = "DDPM-1000" if s == "ddpm" else f"AIAS-{s}"
         variants.append((label, sampling_args(s), "farm"))
     step_labels = [v[0] for v in variants]  # the rows of the steps plot
-    if str(opts["farm_tail"]).lower() == "true":
+    if opts["farm_tail"]:
         variants.append((FARM_TAIL_LABEL, sampling_args("10") + ["sampling.farm_min_t=0"], "farm"))
-    if str(opts["farm"]).lower() == "true":
+    if opts["farm"]:
         variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm=false"],
                          "nofarm"))
 

@@ -102,6 +102,10 @@ def _plot(results: dict, path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+OPTIONS = {"out": "reports/bench_sampling.json", "plot": "", "batch": 4, "bench.batch": 0, "ddpm_images": 1,
+           "repeats": 3, "seed": 0}
+
+
 def main(args: list[str]) -> int:
     from fast_lightning.data.datamodule import load_split
     from fast_lightning.diffusion.denoiser import parameter_count
@@ -115,8 +119,7 @@ def main(args: list[str]) -> int:
     )
     from fast_lightning.synthesis.predictor import synthesis_batch
 
-    opts, rest = pop_options(args, {"out": "reports/bench_sampling.json", "plot": "", "batch": 4,
-                                    "bench.batch": 0, "ddpm_images": 1, "repeats": 3, "seed": 0})
+    opts, rest = pop_options(args, OPTIONS)
     cfg = config_from_args(rest)
     batch = int(opts["bench.batch"]) or int(opts["batch"])
     ddpm_images = min(int(opts["ddpm_images"]), batch)

@@ -247,10 +247,12 @@ def _measure(name, cfg, builder, device, candidates, auto, wanted, steps, warmup
             "fastest_variant": max(table, key=lambda k: table[k]["steps_per_second"])}
 
 
+OPTIONS = {"profile": "", "steps": 3, "warmup": 1, "out": "reports/bench_train.json", "plot": "", "variants": "",
+           "sampling": True, "sampling_batch": 4, "gemm_n": 0}
+
+
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"profile": "", "steps": 3, "warmup": 1, "out": "reports/bench_train.json",
-                                    "plot": "", "variants": "", "sampling": True,
-                                    "sampling_batch": 4, "gemm_n": 0})
+    opts, rest = pop_options(args, OPTIONS)
     steps, warmup = int(opts["steps"]), int(opts["warmup"])
     if steps < 1 or warmup < 0:
         raise UserError(f"bench-train needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")

@@ -96,14 +96,16 @@ def evaluate_targets(agg: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+OPTIONS = {"classes": DEFAULT_CLASSES, "synths": DEFAULT_SYNTHS, "seeds": 3, "redo": False, "out": "reports"}
+
+
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"classes": DEFAULT_CLASSES, "synths": DEFAULT_SYNTHS, "seeds": 3,
-                                    "redo": "false", "out": "reports"})
+    opts, rest = pop_options(args, OPTIONS)
     synths = parse_synths(opts["synths"])
     seeds = int(opts["seeds"])
     if seeds < 1:
         raise UserError(f"SEEDS must be >= 1, got {seeds}")
-    redo = str(opts["redo"]).lower() == "true"
+    redo = bool(opts["redo"])
     out = Path(str(opts["out"]))
     out.mkdir(parents=True, exist_ok=True)
     rest = [a for a in rest if not a.startswith(("class_name=", "data_root="))]

@@ -13,10 +13,33 @@ from fast_lightning.config import load_config
 
 
 def config_from_args(args: list[str], require_class: bool = True) -> DictConfig:
+    """The resolved config of a command's key=value overrides; ``print_config=true`` prints it and exits 0
+    (as LightningCLI's --print_config), before any check that needs data or a class."""
+    printing = [a for a in args if a.partition("=")[0] == "print_config"]
+    args = [a for a in args if a not in printing]
     cfg = load_config(args)
+    if printing and parse_bool(printing[-1].partition("=")[2], "print_config"):
+        from fast_lightning.config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        raise SystemExit(0)
     if require_class and not cfg.class_name:
         raise UserError("no class given: pass CLASS=<name> (make) or class_name=<name>, with DATA=<dataset root>")
     return cfg
+
+
+BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def parse_bool(value: str | bool, name: str) -> bool:
+    """true/false/1/0 (any case) -> bool; anything else is a UserError naming the option (``redo=yes`` used to
+    be silently false)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in BOOL_WORDS:
+        raise UserError(f"option {name} expects true/false/1/0, got {value!r}")
+    return BOOL_WORDS[word]
 
 
 def options_schema(names: dict[str, object]) -> type:
@@ -47,6 +70,9 @@ def pop_options(args: list[str], names: dict[str, object]) -> tuple[dict[str, ob
             rest.append(item)
     typed = OmegaConf.structured(options_schema(names))
     for key, value in given.items():
+        if isinstance(names[key], bool):
+            typed = OmegaConf.merge(typed, {_field_name(key): parse_bool(value, key)})
+            continue
         try:
             typed = OmegaConf.merge(typed, {_field_name(key): value})
         except ValidationError as exc:

@@ -49,14 +49,17 @@ def parse_synths(text: str) -> list[str]:
     return names
 
 
+OPTIONS = {"synths": DEFAULT_SYNTHS, "seeds": 3, "redo": False, "out": ""}
+
+
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"synths": DEFAULT_SYNTHS, "seeds": 3, "redo": "false", "out": ""})
+    opts, rest = pop_options(args, OPTIONS)
     cfg = config_from_args(rest)
     synths = parse_synths(opts["synths"])
     seeds = int(opts["seeds"])
     if seeds < 1:
         raise UserError(f"SEEDS must be >= 1, got {seeds}")
-    redo = str(opts["redo"]).lower() == "true"
+    redo = bool(opts["redo"])
     start = time.time()
     rows = run_study(cfg, synths, seeds, redo, tag="compare")
     agg = aggregate(rows, "synth")

@@ -51,9 +51,12 @@ DEMO_SETTINGS = {
 DEMO_SYNTHS = ("fast_cached", "draem", "cutpaste")
 
 
+OPTIONS = {"redo": False, "root": DEMO_ROOT}
+
+
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"redo": "false", "root": DEMO_ROOT})
-    redo = str(opts["redo"]).lower() == "true"
+    opts, rest = pop_options(args, OPTIONS)
+    redo = bool(opts["redo"])
     start = time.time()
     root = Path(opts["root"])
     print(f"[1/5] demo dataset (synthetic, procedural): {generate_demo_dataset(root)}")

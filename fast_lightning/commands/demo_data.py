@@ -8,12 +8,16 @@ from fast_lightning.data.demo import DEMO_CLASS, generate_demo_dataset
 DEMO_ROOT = "data/demo"
 
 
+OPTIONS = {"root": DEMO_ROOT, "seed": 0, "overwrite": False}
+TAKES_CONFIG = False  # --help lists no config keys
+
+
 def main(args: list[str]) -> int:
-    opts, rest = pop_options(args, {"root": DEMO_ROOT, "seed": 0, "overwrite": "false"})
+    opts, rest = pop_options(args, OPTIONS)
     if rest:
         from fast_lightning.cli import UserError
 
         raise UserError(f"demo-data takes root=, seed=, overwrite=true; got {' '.join(rest)}")
-    path = generate_demo_dataset(opts["root"], seed=int(opts["seed"]), overwrite=str(opts["overwrite"]).lower() == "true")
+    path = generate_demo_dataset(opts["root"], seed=int(opts["seed"]), overwrite=bool(opts["overwrite"]))
     print(f"demo dataset (synthetic, procedural) ready: {path}  -> use DATA={opts['root']} CLASS={DEMO_CLASS}")
     return 0

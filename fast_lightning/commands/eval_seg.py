@@ -8,7 +8,6 @@ training). Writes ``eval_metrics.json`` into the checkpoint's run directory.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -28,14 +27,8 @@ from fast_lightning.commands.train_seg import (
 )
 from fast_lightning.config import apply_overrides
 from fast_lightning.data.datamodule import AnomalyDataModule
-from fast_lightning.runs import (
-    CheckpointError,
-    atomic_write_json,
-    read_checkpoint,
-    resolve_checkpoint,
-    run_dir_of_checkpoint,
-    saved_run_config,
-)
+from fast_lightning.runs import atomic_write_json, run_dir_of_checkpoint, saved_run_config
+from fast_lightning.segmentation.predict import load_seg_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +36,13 @@ log = logging.getLogger(__name__)
 MODEL_KEYS = ("segmentation.arch", "segmentation.encoder", "data.channels")
 
 
-def resolve_seg_checkpoint(path: str) -> Path:
-    """A .ckpt file, or a seg run dir / ``latest`` link -> its checkpoints/best.ckpt (else last.ckpt)."""
-    p = Path(os.path.realpath(path))
-    if p.is_dir() and (p / "checkpoints" / "best.ckpt").is_file():
-        return p / "checkpoints" / "best.ckpt"
-    return resolve_checkpoint(path)
-
-
-def load_seg_checkpoint(path: str, trust: bool = False) -> tuple[Path, dict]:
-    try:
-        ckpt_path = resolve_seg_checkpoint(path)
-        ckpt = read_checkpoint(ckpt_path, trust=trust)
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from exc
-    meta = ckpt.get("fast_lightning") or {}
-    if meta.get("kind") != "segmentation":
-        raise UserError(f"{ckpt_path} is not a segmentation checkpoint (kind={meta.get('kind')!r}); pass a "
-                        "checkpoint or run directory written by `make train-seg` (runs/seg/<class>/...)")
-    if not saved_run_config(ckpt):
-        raise UserError(f"{ckpt_path} holds no saved run config (run_config): cannot rebuild its data")
-    return ckpt_path, ckpt
+OPTIONS = {"ckpt": "", "trust_checkpoint": False}
+OPTION_HELP = {"ckpt": "segmenter checkpoint, train-seg run folder or its latest link (required)",
+               "trust_checkpoint": "fully unpickle an older checkpoint you trust (default: safe weights-only read)"}
 
 
 def main(args: list[str]) -> int:
-    opts, overrides = pop_options(args, {"ckpt": "", "trust_checkpoint": False})
+    opts, overrides = pop_options(args, OPTIONS)
     if not opts["ckpt"]:
         raise UserError("no checkpoint given: make eval-seg CKPT=<checkpoint, seg run dir or runs/seg/<class>/latest>")
     # read before any config exists (the config comes from the checkpoint), so the trust flag is an option here

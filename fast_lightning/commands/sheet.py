@@ -46,6 +46,9 @@ def _tile(image: torch.Tensor, window, size: int) -> torch.Tensor:
     return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
+OPTIONS = {"rows": DEFAULT_ROWS, "n": 8, "seed": 0, "tile": 96, "out": ""}
+
+
 def main(args: list[str]) -> int:
     from fast_lightning.data.datamodule import load_split
     from fast_lightning.data.io import load_image, load_mask
@@ -62,7 +65,7 @@ def main(args: list[str]) -> int:
     )
     from fast_lightning.synthesis.predictor import synthesis_batch
 
-    opts, rest = pop_options(args, {"rows": DEFAULT_ROWS, "n": 8, "seed": 0, "tile": 96, "out": ""})
+    opts, rest = pop_options(args, OPTIONS)
     rows, n, seed, tile = parse_rows(str(opts["rows"])), int(opts["n"]), int(opts["seed"]), int(opts["tile"])
     if n < 1 or tile < 8:
         raise UserError(f"n must be >= 1 and tile >= 8, got n={n}, tile={tile}")

@@ -67,12 +67,18 @@ def resize_image(img: Image.Image, size: int | tuple[int, int] | None, interpola
     return img.resize(wh, _INTERPOLATION[interpolation])
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3,
-               interpolation: str = "bicubic") -> torch.Tensor:
-    img = open_image(path)
+def image_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None, channels: int = 3,
+                    interpolation: str = "bicubic") -> torch.Tensor:
+    """THE image rule of the data path (modes, 16 bit, resize, channels), shared by training and predict:
+    palette/RGBA/CMYK images become RGB (alpha dropped), grey and 16-bit keep their precision."""
     if img.mode not in ("L", "RGB", *SIXTEEN_BIT):
         img = img.convert("RGB")
     return pil_to_tensor(resize_image(img, size, interpolation), channels).clamp_(0.0, 1.0)
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3,
+               interpolation: str = "bicubic") -> torch.Tensor:
+    return image_to_tensor(open_image(path), size, channels, interpolation)
 
 
 def mask_pixels(img: Image.Image, path: str | Path | None = None) -> np.ndarray:
