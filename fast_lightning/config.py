@@ -21,7 +21,9 @@ from fast_lightning.errors import ConfigError
 from fast_lightning.schema import REMOVED_KEYS, RootConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+# the source tree's experiments/ (make, pip install -e .), else the copy `pip install .` put in the package
+EXPERIMENTS_DIR = next((d for d in (PROJECT_ROOT / "experiments", Path(__file__).resolve().parent / "experiments")
+                        if (d / "config.yaml").is_file()), PROJECT_ROOT / "experiments")
 PROFILES = ("smoke", "cpu", "gpu", "gpu-quick")
 __all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fast_lightning.cli import UserError
-from fast_lightning.config import PROJECT_ROOT, ConfigError, load_config
+from fast_lightning.config import EXPERIMENTS_DIR, ConfigError, load_config
 
 ARGS_MACRO = "${args_no_hyphens}"
 KNOWN_MACROS = {"${env}", "${interpreter}", "${program}", ARGS_MACRO}
@@ -102,7 +102,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] = (), validate_keys
     """
     import yaml
 
-    shipped = ", ".join(sorted(p.name for p in (PROJECT_ROOT / "experiments" / "sweeps").glob("*.yaml")))
+    shipped = ", ".join(sorted(p.name for p in (EXPERIMENTS_DIR / "sweeps").glob("*.yaml")))
     if not str(path):
         raise UserError(f"no sweep file given: pass SWEEP=experiments/sweeps/<name>.yaml (shipped: {shipped})")
     path = Path(path)
