@@ -25,6 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = next((d for d in (PROJECT_ROOT / "experiments", Path(__file__).resolve().parent / "experiments")
                         if (d / "config.yaml").is_file()), PROJECT_ROOT / "experiments")
 PROFILES = ("smoke", "cpu", "gpu", "gpu-quick")
+LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "none")
 __all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 
 
@@ -60,6 +61,45 @@ def base_config(experiments_dir: Path = EXPERIMENTS_DIR) -> DictConfig:
     return cfg
 
 
+# Trainer arguments the framework sets itself: passing one through trainer.extra is an error naming the real key
+TRAINER_MANAGED = {
+    "max_steps": "diffusion.max_steps / segmentation.max_steps", "max_epochs": "the max_steps keys",
+    "logger": "logger.backend", "callbacks": "(set by the commands)", "plugins": "(set by the commands)",
+    "default_root_dir": "run_root", "val_check_interval": "segmentation.val_every",
+    "check_val_every_n_epoch": "segmentation.val_every", "gradient_clip_val": "diffusion.optim.grad_clip",
+    "enable_checkpointing": "(set by the commands)", "num_sanity_val_steps": "(set by the commands)",
+}
+
+
+def _trainer_passthrough(item: str) -> str:
+    """``trainer.<name>=v`` for a name the schema's trainer group lacks -> ``trainer.extra.<name>=v``."""
+    from fast_lightning.schema import TrainerConfig
+
+    key, _, value = item.partition("=")
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "trainer" and parts[1] not in TrainerConfig.__dataclass_fields__:
+        return f"trainer.extra.{parts[1]}={value}"
+    return item
+
+
+def check_trainer_extra(cfg: DictConfig) -> None:
+    """Every trainer.extra name must be a lightning.Trainer argument the framework does not set itself."""
+    extra = cfg.trainer.get("extra") or {}
+    if not extra:
+        return
+    import inspect
+
+    from lightning import Trainer
+
+    accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for name in extra:
+        if name in TRAINER_MANAGED:
+            raise ConfigError(f"trainer.{name} is set by fast-lightning; use {TRAINER_MANAGED[name]}")
+        if name not in accepted:
+            near = ", ".join(sorted(n for n in accepted if n[:4] == str(name)[:4])) or "see lightning.Trainer"
+            raise ConfigError(f"trainer.{name} is not a lightning.Trainer argument (close: {near})")
+
+
 def _parse_overrides(overrides: Sequence[str]) -> list[str]:
     clean = []
     for item in overrides:
@@ -70,7 +110,7 @@ def _parse_overrides(overrides: Sequence[str]) -> list[str]:
             )
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
-        clean.append(item)
+        clean.append(_trainer_passthrough(item))
     return clean
 
 
@@ -176,6 +216,7 @@ def load_config(
     resolve_hardware(cfg)
     OmegaConf.set_struct(cfg, True)
     validate_values(cfg)
+    check_trainer_extra(cfg)
     return cfg
 
 
@@ -271,6 +312,9 @@ def validate_values(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
     check_path_part(cfg.class_name, "class_name (CLASS)")
     check_path_part(cfg.get("run_id"), "run_id")
+    if str(cfg.logger.get("backend", "wandb")) not in LOGGER_BACKENDS:
+        raise ConfigError(f"config key 'logger.backend' must be one of {', '.join(LOGGER_BACKENDS)}, "
+                          f"got {cfg.logger.backend!r}")
     if int(cfg.data.seg_scale) % 32:
         raise ConfigError(f"config key 'data.seg_scale' must be a multiple of 32 (e.g. 256), got {cfg.data.seg_scale}")
     if int(cfg.data.channels) not in (1, 3):
@@ -291,6 +335,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     resolve_hardware(merged)
     OmegaConf.set_struct(merged, True)
     validate_values(merged)
+    check_trainer_extra(merged)
     return merged
 
 

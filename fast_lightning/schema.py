@@ -11,7 +11,7 @@ What each key means is documented next to it in experiments/<group>/default.yaml
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 def _list(*values):
@@ -165,6 +165,7 @@ class SegmentationConfig:
     arch: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: Optional[str] = None
+    allow_download: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     lr: float = 5.0e-4
     weight_decay: float = 1.0e-4
@@ -186,6 +187,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
     fast_dev_run: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)  # any other lightning.Trainer argument (config.TRAINER_*)
 
 
 @dataclass
@@ -202,6 +204,7 @@ class WandbConfig:
 
 @dataclass
 class LoggerConfig:
+    backend: str = "wandb"  # wandb | csv | tensorboard | none
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

@@ -194,7 +194,8 @@ def step_timer(trainer: L.Trainer) -> StepTimer:
 
 def check_logger_ready(cfg: DictConfig) -> None:
     """W&B online needs a key: say so before anything is created (wandb would fail after ~20 s, run dir made)."""
-    if not cfg.logger.wandb.enabled or wandb_mode(cfg) != "online" or os.environ.get("WANDB_API_KEY"):
+    if (str(cfg.logger.get("backend", "wandb")) != "wandb" or not cfg.logger.wandb.enabled
+            or wandb_mode(cfg) != "online" or os.environ.get("WANDB_API_KEY")):
         return
     import netrc
     from urllib.parse import urlparse
@@ -212,11 +213,25 @@ def check_logger_ready(cfg: DictConfig) -> None:
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, kind: str):
-    """WandbLogger (offline unless the user asks for online); False when disabled."""
+    """The logger of ``logger.backend``: wandb (offline unless asked; CSV when W&B is disabled, so loss curves
+    exist offline), csv (run_dir/logs/metrics.csv), tensorboard (run_dir/tb) or none (False)."""
+    backend = str(cfg.logger.get("backend", "wandb"))
     w = cfg.logger.wandb
     mode = wandb_mode(cfg)
-    if not w.enabled or mode == "disabled":
+    if backend == "none":
         return False
+    if backend == "csv" or (backend == "wandb" and (not w.enabled or mode == "disabled")):
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="", version="logs")
+    if backend == "tensorboard":
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            return TensorBoardLogger(save_dir=str(run_dir), name="", version="tb")
+        except ModuleNotFoundError as exc:
+            raise UserError("logger.backend=tensorboard needs tensorboard: pip install 'fast-lightning[tensorboard]' "
+                            "(or use logger.backend=csv)") from exc
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -276,6 +291,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
         plugins=[AtomicCheckpointIO(OmegaConf.to_container(cfg, resolve=True), trust=bool(cfg.get("trust_checkpoint")))],
         enable_model_summary=False,
         fast_dev_run=bool(t.fast_dev_run), num_sanity_val_steps=0,
+        **OmegaConf.to_container(t.get("extra") or OmegaConf.create({}), resolve=True),  # checked in config.py
     )
     if val_every:
         kwargs.update(val_check_interval=int(val_every), check_val_every_n_epoch=None)

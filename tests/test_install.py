@@ -135,3 +135,34 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_console_script(tmp_path):
     cfg = subprocess.run([str(exe), "check-data", "profile=smoke", "print_config=true"], cwd=work, env=env,
                          capture_output=True, text=True, timeout=300)
     assert cfg.returncode == 0 and "seg_scale: 64" in cfg.stdout, cfg.stderr[-2000:]
+
+
+def test_trainer_passthrough_reaches_lightning_and_is_checked(tmp_path):
+    from fast_lightning.config import load_config
+    from fast_lightning.errors import ConfigError
+    from fast_lightning.training import build_trainer
+
+    cfg = load_config(["profile=smoke", "class_name=widget", "trainer.accumulate_grad_batches=3",
+                       "trainer.limit_val_batches=0.5", "logger.backend=none"])
+    assert dict(cfg.trainer.extra) == {"accumulate_grad_batches": 3, "limit_val_batches": 0.5}
+    trainer = build_trainer(cfg, tmp_path, "seg", 2, callbacks=[])
+    assert trainer.accumulate_grad_batches == 3 and trainer.limit_val_batches == 0.5 and trainer.logger is None
+    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batch is not a lightning.Trainer argument"):
+        load_config(["profile=smoke", "trainer.accumulate_grad_batch=3"])
+    with pytest.raises(ConfigError, match="trainer.max_steps is set by fast-lightning; use .*segmentation.max_steps"):
+        load_config(["profile=smoke", "trainer.max_steps=3"])
+
+
+def test_logger_backends(tmp_path):
+    from fast_lightning.config import load_config
+    from fast_lightning.errors import ConfigError
+    from fast_lightning.training import build_logger
+
+    base = ["profile=smoke", "class_name=widget"]
+    csv_logger = build_logger(load_config(base + ["logger.backend=csv"]), tmp_path, "seg")
+    assert type(csv_logger).__name__ == "CSVLogger" and Path(csv_logger.log_dir) == tmp_path / "logs"
+    off = build_logger(load_config(base + ["logger.wandb.enabled=false"]), tmp_path, "seg")
+    assert type(off).__name__ == "CSVLogger"  # W&B disabled: loss curves still land in a CSV
+    assert build_logger(load_config(base + ["logger.backend=none"]), tmp_path, "seg") is False
+    with pytest.raises(ConfigError, match="logger.backend"):
+        load_config(base + ["logger.backend=mlflow"])

@@ -43,9 +43,19 @@ def test_missing_pretrained_weights_fail_fast_and_clearly(monkeypatch, tmp_path)
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache: weights not available
     offline_before = constants.HF_HUB_OFFLINE
-    with pytest.raises(RuntimeError, match="encoder_weights=null"):
+    from fast_lightning.errors import UserError
+
+    with pytest.raises(UserError, match="encoder_weights=null.*segmentation.allow_download=true"):
         build_segmenter("Unet", "resnet18", encoder_weights="imagenet")
     assert constants.HF_HUB_OFFLINE == offline_before  # the forced offline mode is restored afterwards
+    # the config keys reach the model: encoder_weights from the local cache only unless allow_download=true
+    from fast_lightning.config import load_config
+    from fast_lightning.segmentation.module import SegmentationModule
+
+    cfg = load_config(["profile=smoke", "segmentation.encoder_weights=imagenet"])
+    assert cfg.segmentation.allow_download is False
+    with pytest.raises(UserError, match="local Hugging Face cache"):
+        SegmentationModule(dict(cfg.segmentation), 3, (64, 64))
 
 
 def test_required_divisor_and_resolution_check():
@@ -53,7 +63,7 @@ def test_required_divisor_and_resolution_check():
     assert required_divisor("FPN") == 32
     check_resolution(50, "Unet")
     check_resolution(64, "FPN")
-    with pytest.raises(ValueError, match=r"data\.resolution.*32"):
+    with pytest.raises(ValueError, match=r"data\.seg_scale.*32"):
         check_resolution(100, "FPN")
 
 

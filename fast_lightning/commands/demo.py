@@ -34,7 +34,7 @@ from fast_lightning.study import (
 
 # The demo segments whole square images (no crops): its 128-px parts carry large defects.
 DEMO_SETTINGS = {
-    "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (README "Measured")
+    "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (docs/MEASURED.md)
         "data.seg_scale=64", "segmentation.crop=null",
         "diffusion.resolution=48", "diffusion.window=crop", "diffusion.crop.scale=0.375",
         "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",

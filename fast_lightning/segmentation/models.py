@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from fast_lightning.errors import ConfigError
+from fast_lightning.errors import ConfigError, UserError
 
 __all__ = ["build_segmenter", "required_divisor", "check_resolution", "available_archs"]
 
@@ -122,11 +122,11 @@ def build_segmenter(
         if encoder_weights is None:
             raise
         where = "the local Hugging Face cache" if not allow_download else "the Hugging Face hub"
-        raise RuntimeError(
+        raise UserError(
             f"pretrained weights {encoder_weights!r} for segmentation.encoder={encoder!r} could not be loaded "
-            f"from {where} ({type(err).__name__}: {err}). Set segmentation.encoder_weights=null to train from "
-            "random init, or put the weights into the Hugging Face cache (HF_HOME) on a machine with internet "
-            "access first."
+            f"from {where} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Set "
+            "segmentation.encoder_weights=null to train from random init, put the weights into the Hugging Face "
+            "cache (HF_HOME), or allow the download with segmentation.allow_download=true (needs internet)."
         ) from err
     return model
 

@@ -84,7 +84,8 @@ class SegmentationModule(L.LightningModule):
         channels = int(channels)
         self.channels = channels  # data.channels
         self.working_size = (int(working_size[0]), int(working_size[1]))  # data.datasets.working_size
-        self.model = build_segmenter(str(s.arch), str(s.encoder), s.encoder_weights, in_channels=channels)
+        self.model = build_segmenter(str(s.arch), str(s.encoder), s.encoder_weights, in_channels=channels,
+                                     allow_download=bool(s.get("allow_download", False)))
         self.loss_fn = build_loss(OmegaConf.to_container(s.loss, resolve=True))
         if channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
