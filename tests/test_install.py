@@ -108,10 +108,19 @@ def test_diffusers_imported_before_fast_lightning_works():
 
 @pytest.mark.slow
 def test_pip_install_into_a_fresh_venv_gives_a_working_console_script(tmp_path):
-    """`pip install --no-deps .` into a new venv that sees this venv's packages through a .pth file: offline,
-    no downloads, then `fast-lightning demo --help` and a config print run from outside the source tree."""
+    """`pip install --no-deps .` into a new venv that sees this venv's packages (pip, setuptools and the
+    dependencies) through a .pth file: offline, seconds, no downloads; then `fast-lightning demo --help` and a
+    config print run from outside the source tree. The source is copied first so the build writes nothing here."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("fast_lightning", "experiments"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
@@ -120,7 +129,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_console_script(tmp_path):
     Path(site, "shared_venv.pth").write_text(shared + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    done = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+    done = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     work = tmp_path / "elsewhere"
