@@ -1,6 +1,7 @@
 # fast-lightning: every target bootstraps .venv itself (python3 -m venv + pip, pinned, CPU torch by default).
 # Variables: CLASS DATA PROFILE (smoke|cpu|gpu|gpu-quick|auto) PRESET (paper) RESUME CKPT N STEPS SAMPLER VARIANT SYNTH ARCH ENCODER
-#            SYNTHS SEEDS CLASSES SWEEP TRIALS OUT, plus ARGS="key=value ..." for any config override (see experiments/).
+#            SYNTHS SEEDS CLASSES SWEEP TRIALS OUT IMAGES THRESHOLD FORMAT, plus ARGS="key=value ..." for any config
+#            override (see experiments/). `make help-<target>` lists a command's options and config keys.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -31,6 +32,9 @@ $(STAMP): requirements.txt constraints.txt
 help: ## list the targets and their variables
 	@echo "fast-lightning make targets (variables in CAPS; ARGS='key=value ...' overrides any config key):"
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+
+help-%: $(STAMP) ## options and config keys (type, default, meaning) of one command, e.g. make help-train-seg
+	@$(RUN) $* --help
 
 venv: $(STAMP) ## create/refresh .venv (idempotent; other targets call it)
 

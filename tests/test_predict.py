@@ -188,3 +188,11 @@ def test_onnx_without_the_extra_says_what_to_install(seg_run, tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when the extra is absent
     rc, err = cli_in_process(["export", f"ckpt={seg_run}", "format=onnx", f"out={tmp_path / 'm.onnx'}"], capsys)
     assert rc == 2 and "fast-lightning[onnx]" in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_eval_seg_prints_the_checkpoint_config(seg_run, capsys):
+    from fast_lightning.cli import main
+
+    assert main(["eval-seg", f"ckpt={seg_run}", "--print-config", "data.num_workers=0"]) == 0
+    out = capsys.readouterr().out
+    assert "seg_scale: 64" in out and "synth: cutpaste" in out and not (seg_run / "eval_metrics.json").exists()

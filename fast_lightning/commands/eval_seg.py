@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 MODEL_KEYS = ("segmentation.arch", "segmentation.encoder", "data.channels")
 
 
-OPTIONS = {"ckpt": "", "trust_checkpoint": False}
+OPTIONS = {"ckpt": "", "trust_checkpoint": False, "print_config": False}
 OPTION_HELP = {"ckpt": "segmenter checkpoint, train-seg run folder or its latest link (required)",
-               "trust_checkpoint": "fully unpickle an older checkpoint you trust (default: safe weights-only read)"}
+               "trust_checkpoint": "fully unpickle an older checkpoint you trust (default: safe weights-only read)",
+               "print_config": "print the checkpoint's config with the overrides applied, then exit"}
 
 
 def main(args: list[str]) -> int:
@@ -55,6 +56,11 @@ def main(args: list[str]) -> int:
         if OmegaConf.select(cfg, key) != OmegaConf.select(saved, key):
             raise UserError(f"{key} cannot be overridden when evaluating a checkpoint "
                             f"(it was trained with {key}={OmegaConf.select(saved, key)})")
+    if opts["print_config"]:
+        from fast_lightning.config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        return 0
     check_model_config(cfg)
     # the weights come from the checkpoint: never try to fetch pretrained encoder weights here
     cfg.segmentation.encoder_weights = None
