@@ -31,7 +31,7 @@ $(STAMP): requirements.txt constraints.txt
 
 help: ## list the targets and their variables
 	@echo "fast-lightning make targets (variables in CAPS; ARGS='key=value ...' overrides any config key):"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 help-%: $(STAMP) ## options and config keys (type, default, meaning) of one command, e.g. make help-train-seg
 	@$(RUN) $* --help
