@@ -196,3 +196,20 @@ def test_eval_seg_prints_the_checkpoint_config(seg_run, capsys):
     assert main(["eval-seg", f"ckpt={seg_run}", "--print-config", "data.num_workers=0"]) == 0
     out = capsys.readouterr().out
     assert "seg_scale: 64" in out and "synth: cutpaste" in out and not (seg_run / "eval_metrics.json").exists()
+
+
+def test_eval_seg_reads_configs_saved_with_the_removed_key(seg_run, tmp_path):
+    from omegaconf import OmegaConf
+
+    from fast_lightning.commands.eval_seg import older_config
+    from fast_lightning.errors import UserError
+    from fast_lightning.runs import saved_run_config
+    from fast_lightning.segmentation.predict import load_seg_checkpoint
+
+    saved = saved_run_config(load_seg_checkpoint(seg_run)[1])
+    old = OmegaConf.create(OmegaConf.to_container(saved))
+    old.data.resolution = 32  # what a config written before the one-key change holds
+    assert "resolution" not in older_config(old, "x.ckpt").data and older_config(saved, "x.ckpt") is saved
+    old.data.seg_scale = None
+    with pytest.raises(UserError, match="removed square path"):
+        older_config(old, "x.ckpt")

@@ -42,6 +42,22 @@ OPTION_HELP = {"ckpt": "segmenter checkpoint, train-seg run folder or its latest
                "print_config": "print the checkpoint's config with the overrides applied, then exit"}
 
 
+def older_config(saved, ckpt_path):
+    """A config saved before data.seg_scale became the one working-size key: its data.resolution only sized the
+    square path, so with seg_scale set it is dropped (the working size came from seg_scale); a square-path run
+    (seg_scale null) is a clear error, never a guessed size."""
+    data = saved.get("data") or {}
+    if "resolution" not in data:
+        return saved
+    if data.get("seg_scale") is None:
+        raise UserError(f"{ckpt_path} was trained on the removed square path (data.resolution={data.resolution}, "
+                        "data.seg_scale null): its working size cannot be rebuilt; retrain it with data.seg_scale")
+    saved = OmegaConf.create(OmegaConf.to_container(saved))
+    del saved.data["resolution"]
+    log.info(f"{ckpt_path}: ignoring the removed key data.resolution (the working size came from data.seg_scale)")
+    return saved
+
+
 def main(args: list[str]) -> int:
     opts, overrides = pop_options(args, OPTIONS)
     if not opts["ckpt"]:
@@ -49,7 +65,7 @@ def main(args: list[str]) -> int:
     # read before any config exists (the config comes from the checkpoint), so the trust flag is an option here
     ckpt_path, ckpt = load_seg_checkpoint(str(opts["ckpt"]), trust=bool(opts["trust_checkpoint"]))
     hp = ckpt["hyper_parameters"]
-    saved = saved_run_config(ckpt)
+    saved = older_config(saved_run_config(ckpt), ckpt_path)
     OmegaConf.set_struct(saved, True)
     cfg = apply_overrides(saved, overrides)
     for key in MODEL_KEYS:
