@@ -27,7 +27,9 @@ def wandb_mode(cfg) -> str:
 
 
 def enabled(cfg) -> bool:
-    return bool(cfg.logger.wandb.enabled) and wandb_mode(cfg) != "disabled"
+    """W&B is the chosen logger.backend, enabled, and not WANDB_MODE=disabled."""
+    return (str(cfg.logger.get("backend", "wandb")) == "wandb" and bool(cfg.logger.wandb.enabled)
+            and wandb_mode(cfg) != "disabled")
 
 
 GROUP_OF = {"eval-seg": "seg"}  # an evaluation joins the group of the runs it evaluates
