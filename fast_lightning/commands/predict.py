@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OPTIONS = {"ckpt": "", "images": "", "out": "", "threshold": "val", "batch_size": 8, "device": "auto",
-           "map_format": "png", "top": 16}
+           "map_format": "png", "top": 16, "trust_checkpoint": False}
 OPTION_HELP = {
     "ckpt": "segmenter: train-seg run folder, its latest link, a .ckpt, or a file from `make export`",
     "images": "a folder (searched recursively), a glob pattern or one image file",
@@ -46,6 +46,7 @@ OPTION_HELP = {
     "device": "auto (CUDA when available) | cpu | cuda | cuda:N",
     "map_format": "png (16-bit probability x 65535) | npy (float32)",
     "top": "images on the contact sheet (highest scores first)",
+    "trust_checkpoint": "fully unpickle an older checkpoint you trust (default: safe weights-only read)",
 }
 
 
@@ -156,7 +157,7 @@ def main(args: list[str]) -> int:
         raise UserError(f"map_format={opts['map_format']!r}: choose png or npy")
     threshold = parse_threshold(str(opts["threshold"]))
     files, base = find_images(str(opts["images"]))
-    seg = load_segmenter(str(opts["ckpt"]), str(opts["device"]))
+    seg = load_segmenter(str(opts["ckpt"]), str(opts["device"]), trust=bool(opts["trust_checkpoint"]))
     out = Path(opts["out"] or Path("predictions") / str(seg.class_name or "model") / time.strftime("%Y%m%d-%H%M%S"))
     thr = seg.threshold if threshold is None else threshold
     source = seg.threshold_source if threshold is None else "THRESHOLD given on the command line"

@@ -38,9 +38,9 @@ class ExportedSegmenter(nn.Module):
         return torch.sigmoid(self.model((images - self.mean) / self.std))
 
 
-def exportable(ckpt_path: str | os.PathLike) -> tuple[ExportedSegmenter, dict]:
+def exportable(ckpt_path: str | os.PathLike, trust: bool = False) -> tuple[ExportedSegmenter, dict]:
     """(fp32 eval-mode network with normalisation inside, checkpoint metadata) of a segmentation checkpoint."""
-    path, ckpt = load_seg_checkpoint(ckpt_path)
+    path, ckpt = load_seg_checkpoint(ckpt_path, trust=trust)
     module = module_from_checkpoint(path, ckpt)
     net = ExportedSegmenter(module.model, module.norm_mean, module.norm_std).float().eval()
     return net, dict(ckpt["fast_lightning"], source=str(path))
@@ -71,12 +71,13 @@ def _atomic_path(out: Path):
     return Path(tmp)
 
 
-def export_segmenter(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript") -> dict:
+def export_segmenter(ckpt: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript",
+                     trust: bool = False) -> dict:
     """Write the exported model to ``out`` and its metadata to ``out`` with .json; returns the metadata
     (with ``parity_max_abs_diff`` measured on a fixed batch and ``dynamic_hw``)."""
     if fmt not in FORMATS:
         raise UserError(f"FORMAT={fmt!r}: choose {' or '.join(FORMATS)}")
-    net, meta = exportable(ckpt)
+    net, meta = exportable(ckpt, trust=trust)
     out = Path(out)
     x = example_batch(meta)
     with torch.no_grad():

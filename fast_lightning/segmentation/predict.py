@@ -202,14 +202,14 @@ def module_from_checkpoint(ckpt_path: Path, ckpt: dict):
     return module.eval()
 
 
-def load_segmenter(path: str | os.PathLike, device: str | torch.device = "auto") -> Segmenter:
-    """A Segmenter from a train-seg checkpoint / run folder / ``latest`` link, or from a file written by
-    `make export` (.pt TorchScript, .onnx with onnxruntime installed)."""
+def load_segmenter(path: str | os.PathLike, device: str | torch.device = "auto", trust: bool = False) -> Segmenter:
+    """A Segmenter from a train-seg checkpoint / run folder / ``latest`` link (read safely unless ``trust``), or
+    from a file written by `make export` (.pt TorchScript, .onnx with onnxruntime installed)."""
     dev = pick_device(device)
     p = Path(path)
     if p.suffix in (".pt", ".onnx") and p.is_file():
         return _load_exported(p, dev)
-    ckpt_path, ckpt = load_seg_checkpoint(path)
+    ckpt_path, ckpt = load_seg_checkpoint(path, trust=trust)
     module = module_from_checkpoint(ckpt_path, ckpt).to(dev)
     meta = ckpt["fast_lightning"]
     thr, source = _threshold_from(meta)
