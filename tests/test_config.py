@@ -117,3 +117,10 @@ def test_library_defaults_are_the_schema_defaults():
     wrong = [(f"{fn.__qualname__}({name}=...)", _default(fn, name), want) for (fn, name), want in pairs
              if _default(fn, name) != want]
     assert not wrong, f"library defaults that disagree with fast_lightning/schema.py: {wrong}"
+
+
+def test_every_profile_loads_with_the_one_working_size_key():
+    from fast_lightning.config import PROFILES
+
+    for profile in PROFILES:  # a profile still naming data.resolution would be a ConfigError here
+        assert load_config([f"profile={profile}"]).data.seg_scale % 32 == 0, profile
