@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands import benchmark
 
 

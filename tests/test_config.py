@@ -3,7 +3,8 @@ import inspect
 import pytest
 from omegaconf import OmegaConf
 
-from fast_lightning.config import ConfigError, apply_overrides, load_config
+from fast_lightning.config import apply_overrides, load_config
+from fast_lightning.errors import ConfigError
 
 
 def test_profiles_resolve_and_override():

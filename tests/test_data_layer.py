@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from fast_lightning.config import load_config
-from fast_lightning.data import DataError, make_split, read_class
+from fast_lightning.data import make_split, read_class
+from fast_lightning.errors import DataError
 from fast_lightning.data.check import check_class
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.data.datasets import GeneratorTrainDataset, StepSampler

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands import sweep_local
 from fast_lightning.commands.sweep_local import Trial, expand_command, load_sweep, sort_trials
 from fast_lightning.config import PROJECT_ROOT, load_config

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.hardware import autocast_dtype, cpu_model, cpu_native_bf16, describe_cpu_isa
 from fast_lightning.evaluation.plots import save_figure

@@ -19,9 +19,8 @@ import math
 import time
 from pathlib import Path
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
-from fast_lightning.commands.compare import parse_synths
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.reports import (
     aggregate,
@@ -35,6 +34,7 @@ from fast_lightning.evaluation.reports import (
     write_csv,
 )
 from fast_lightning.runs import atomic_write_json, atomic_write_text
+from fast_lightning.synthesis.registry import parse_synths
 from fast_lightning.study import run_study, synthesizer_rows
 
 DEFAULT_CLASSES = "tire@../shared/data/mvtec3d_rgb,mt@../shared/data/magnetic_tile"

@@ -8,7 +8,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.config import load_config
 
 
@@ -55,3 +55,21 @@ def pop_options(args: list[str], names: dict[str, object]) -> tuple[dict[str, ob
                             f"got {value!r}") from exc
     options = {key: typed[_field_name(key)] for key in names}
     return options, rest
+
+
+# The demo keeps the square data.resolution path (seg_scale=null, no crops): its 128-px parts carry large defects.
+DEMO_SETTINGS = {
+    "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (README "Measured")
+        "data.resolution=64", "data.seg_scale=null", "segmentation.crop=null",
+        "diffusion.resolution=48", "diffusion.window=crop", "diffusion.crop.scale=0.375",
+        "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",
+        "diffusion.checkpoint_every=100", "diffusion.sample_every=250",
+        "synthesis.n=240", "synthesis.batch_size=16",
+        "segmentation.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
+    ],
+    "gpu": [
+        "data.resolution=128", "data.seg_scale=null", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",
+        "diffusion.max_steps=4000", "synthesis.n=500", "segmentation.max_steps=2000",
+    ],
+    "smoke": [],
+}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.reports import (
@@ -28,25 +28,9 @@ from fast_lightning.evaluation.reports import (
 )
 from fast_lightning.runs import atomic_write_text
 from fast_lightning.study import run_study, synthesizer_rows
+from fast_lightning.synthesis.registry import parse_synths
 
 DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third"
-
-
-def parse_synths(text: str) -> list[str]:
-    """Comma-separated segmentation.synth values; each is a synthesizer or two joined by '+'."""
-    from fast_lightning.synthesis import SEG_SYNTHESIZERS, SynthesisError, synth_parts
-
-    names = [s.strip() for s in str(text).split(",") if s.strip()]
-    bad = []
-    for name in names:
-        try:
-            synth_parts(name)
-        except SynthesisError:
-            bad.append(name)
-    if not names or bad:
-        raise UserError(f"SYNTHS={text!r}: unknown {bad or 'empty list'}; choose from {', '.join(SEG_SYNTHESIZERS)} "
-                        "or two of them joined by '+' (e.g. real_third+fast)")
-    return names
 
 
 def main(args: list[str]) -> int:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.commands.common import config_from_args, pop_options
-from fast_lightning.commands.demo_data import DEMO_ROOT
+from fast_lightning.commands.common import DEMO_SETTINGS, config_from_args, pop_options
 from fast_lightning.config import apply_overrides
-from fast_lightning.data.demo import DEMO_CLASS, generate_demo_dataset
+from fast_lightning.data.demo import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
 from fast_lightning.evaluation.reports import (
     aggregate,
     bar_plot,
@@ -32,22 +31,6 @@ from fast_lightning.study import (
     synthetic_pairs,
 )
 
-# The demo keeps the square data.resolution path (seg_scale=null, no crops): its 128-px parts carry large defects.
-DEMO_SETTINGS = {
-    "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (README "Measured")
-        "data.resolution=64", "data.seg_scale=null", "segmentation.crop=null",
-        "diffusion.resolution=48", "diffusion.window=crop", "diffusion.crop.scale=0.375",
-        "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",
-        "diffusion.checkpoint_every=100", "diffusion.sample_every=250",
-        "synthesis.n=240", "synthesis.batch_size=16",
-        "segmentation.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
-    ],
-    "gpu": [
-        "data.resolution=128", "data.seg_scale=null", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",
-        "diffusion.max_steps=4000", "synthesis.n=500", "segmentation.max_steps=2000",
-    ],
-    "smoke": [],
-}
 DEMO_SYNTHS = ("fast_cached", "draem", "cutpaste")
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import lightning as L
 from omegaconf import OmegaConf
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.training import build_logger, check_logger_ready, finish_logger, log_hyperparams
-from fast_lightning.commands.train_seg import (
+from fast_lightning.stages.fit_segmenter import (
     EVALUATED_ON,
     check_model_config,
     metric_table,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 
 DEFAULT_ROWS = "FARM every step (old):farm_min_t=0;FARM segments only:farm_min_t=2"

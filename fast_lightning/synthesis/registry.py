@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fast_lightning.errors import UserError
 from fast_lightning.hardware import autocast_dtype
 from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer
 from fast_lightning.synthesis.cached import CachedSegSynthesizer
@@ -100,3 +101,18 @@ def build_seg_synthesizer(name: str, cfg, datamodule):
         images, masks = datamodule.labelled_dataset("generator_train").stacked()
         return RealThirdSynthesizer(images, masks)
     raise SynthesisError(f"unknown segmentation.synth {name!r}; choose from {', '.join(SEG_SYNTHESIZERS)}")
+
+
+def parse_synths(text: str) -> list[str]:
+    """Comma-separated segmentation.synth values; each is a synthesizer or two joined by '+'."""
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    bad = []
+    for name in names:
+        try:
+            synth_parts(name)
+        except SynthesisError:
+            bad.append(name)
+    if not names or bad:
+        raise UserError(f"SYNTHS={text!r}: unknown {bad or 'empty list'}; choose from {', '.join(SEG_SYNTHESIZERS)} "
+                        "or two of them joined by '+' (e.g. real_third+fast)")
+    return names
