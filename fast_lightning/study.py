@@ -163,9 +163,9 @@ def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
 
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
-        ckpt_dict = read_checkpoint(ckpt, trust=bool(cfg.get("trust_checkpoint")))
-        meta = dict(ckpt_dict.get("fast_lightning", {}), path=str(ckpt))
-        check_checkpoint_compatible(meta, cfg)
+        raw = read_checkpoint(ckpt, trust=bool(cfg.get("trust_checkpoint")))
+        meta = dict(raw.get("fast_lightning", {}), path=str(ckpt), global_step=int(raw.get("global_step", 0)))
+        check_checkpoint_compatible(meta, cfg)  # the synthesis rule, on the metadata alone (no weights loaded)
     except SynthesisError as exc:
         if cfg.synthesis.ckpt:
             raise
@@ -196,9 +196,9 @@ def run_study(cfg: DictConfig, synths: list[str], seeds: int, redo: bool, tag: s
     """One segmenter per synthesizer and seed under identical settings (compare, benchmark): rows of
     {synth, seed, test metrics, run_dir, metrics}."""
     from fast_lightning.evaluation.reports import read_metrics
-    from fast_lightning.synthesis import synth_parts
+    from fast_lightning.synthesis.registry import needs_diffusion
 
-    if any("fast" in synth_parts(s) for s in synths):
+    if any(needs_diffusion(s) for s in synths):
         cfg = apply_overrides(cfg, [f"synthesis.ckpt={ensure_diffusion(cfg, redo)}"])
     key = settings_key(cfg)
     rows = []

@@ -65,7 +65,7 @@ def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvte
 
     old = tmp_path / "runs" / "diffusion" / "widget" / "cpu-run" / "checkpoints"
     old.mkdir(parents=True)
-    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion", "class_name": "widget",
+    torch.save({"state_dict": {}, "global_step": 1, "fast_lightning": {"kind": "diffusion", "class_name": "widget",
                                                      "resolution": 64, "channels": 3}}, old / "last.ckpt")
     os.symlink("cpu-run", tmp_path / "runs" / "diffusion" / "widget" / "latest")
     calls = []
@@ -97,7 +97,7 @@ def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mv
     cfg = config_from_args(rest)
     run = tmp_path / "runs" / "diffusion" / "widget" / "earlier"
     (run / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion", "class_name": "widget", "channels": 3,
+    torch.save({"state_dict": {}, "global_step": 1, "fast_lightning": {"kind": "diffusion", "class_name": "widget", "channels": 3,
                                                      "resolution": int(cfg.diffusion.resolution)}},
                run / "checkpoints" / "last.ckpt")
     os.symlink("earlier", run.parent / "latest")

@@ -105,14 +105,12 @@ def _plot(results: dict, path: Path, title: str) -> None:
 def main(args: list[str]) -> int:
     from fast_lightning.data.datamodule import load_split
     from fast_lightning.diffusion.denoiser import parameter_count
-    from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.sampling import build_sampler
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
-        check_checkpoint_compatible,
-        resolve_diffusion_checkpoint,
     )
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
     from fast_lightning.synthesis.predictor import synthesis_batch
 
     opts, rest = pop_options(args, {"out": "reports/bench_sampling.json", "plot": "", "batch": 4,
@@ -129,10 +127,9 @@ def main(args: list[str]) -> int:
     accel = str(cfg.trainer.accelerator)
     device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
     try:
-        ckpt = resolve_diffusion_checkpoint(cfg)
-        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         _, split = load_split(cfg)
-        check_checkpoint_compatible(meta, cfg, split.types)
+        model, meta = load_synthesis_model(cfg, split.types)
+        ckpt = meta["path"]
         images, masks, cond, paths = synthesis_batch(cfg, split, meta.get("type_names", []), batch, int(opts["seed"]))
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc

@@ -49,7 +49,6 @@ def _tile(image: torch.Tensor, window, size: int) -> torch.Tensor:
 def main(args: list[str]) -> int:
     from fast_lightning.data.datamodule import load_split
     from fast_lightning.data.io import load_image, load_mask
-    from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.evaluation.plots import save_grid
     from fast_lightning.hardware import autocast_dtype
     from fast_lightning.sampling import build_sampler
@@ -57,9 +56,8 @@ def main(args: list[str]) -> int:
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
-        check_checkpoint_compatible,
-        resolve_diffusion_checkpoint,
     )
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
     from fast_lightning.synthesis.predictor import synthesis_batch
 
     opts, rest = pop_options(args, {"rows": DEFAULT_ROWS, "n": 8, "seed": 0, "tile": 96, "out": ""})
@@ -69,10 +67,9 @@ def main(args: list[str]) -> int:
     cfg = config_from_args(rest)
     out = Path(str(opts["out"]) or f"reports/{cfg.class_name}/sheet.png")
     try:
-        ckpt = resolve_diffusion_checkpoint(cfg)
-        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         _, split = load_split(cfg)
-        check_checkpoint_compatible(meta, cfg, split.types)
+        model, meta = load_synthesis_model(cfg, split.types)
+        ckpt = meta["path"]
         images, masks, cond, _ = synthesis_batch(cfg, split, meta.get("type_names", []), n, seed)
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc

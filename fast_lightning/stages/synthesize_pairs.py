@@ -130,13 +130,8 @@ def write_preview(run_dir: Path, rows: list[dict], channels: int, n: int = 8) ->
 
 def run(cfg) -> int:
     """Synthesize ``cfg.synthesis.n`` pairs for ``cfg`` (the study steps call this with a config)."""
-    from fast_lightning.diffusion.module import load_fast_diffusion
-    from fast_lightning.synthesis import (
-        SynthesisError,
-        build_mask_sampler,
-        check_checkpoint_compatible,
-        resolve_diffusion_checkpoint,
-    )
+    from fast_lightning.synthesis import SynthesisError, build_mask_sampler, resolve_diffusion_checkpoint
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
     from fast_lightning.synthesis.predictor import (
         ImagesProgress,
         PairWriter,
@@ -181,12 +176,8 @@ def run(cfg) -> int:
             if saved_info.get("checkpoint") and str(ckpt) != saved_info["checkpoint"]:
                 raise UserError(f"cannot resume {run_dir}: it used checkpoint {saved_info['checkpoint']}, "
                                 f"CKPT gives {ckpt}")
-        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
-        if int(meta.get("global_step", 0)) < 1:
-            raise UserError(f"diffusion checkpoint {ckpt} has not trained a single step (global_step 0): train one "
-                            f"with `make train-diffusion CLASS={cfg.class_name}` or pass CKPT=<a trained run>")
         _, split = load_split(cfg)
-        check_checkpoint_compatible(meta, cfg, split.types)
+        model, meta = load_synthesis_model(cfg, split.types, ckpt)
         out_res = cfg.synthesis.out_resolution
         mask_sampler = build_mask_sampler(cfg, split, size=None)  # masks at native size: synthesis runs there
     except SynthesisError as exc:
