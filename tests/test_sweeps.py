@@ -53,11 +53,11 @@ def test_sweep_file_parameters_are_config_keys(path):
 
 @pytest.mark.parametrize("name", ["seg", "synthesis"])
 def test_sweeps_optimise_a_validation_metric_train_seg_logs(name):
-    from fast_lightning.segmentation.module import METRIC_KEYS
+    from fast_lightning.evaluation.catalog import metric_names
 
     spec = load_sweep(PROJECT_ROOT / "experiments" / "sweeps" / f"{name}.yaml", ["class_name=widget"])
     section, key = spec.metric.split("/")
-    assert section == "val" and key in METRIC_KEYS and spec.goal == "maximize"
+    assert section == "val" and key in metric_names() and spec.goal == "maximize"
 
 
 def test_seg_sweep_covers_the_issue_parameters():

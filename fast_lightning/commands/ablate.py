@@ -18,6 +18,7 @@ from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.config import apply_overrides
 from fast_lightning.evaluation import wandb_logging
+from fast_lightning.evaluation.catalog import headline_names
 from fast_lightning.evaluation.reports import (
     aggregate,
     line_plot,
@@ -95,7 +96,7 @@ def main(args: list[str]) -> int:
     out = Path("reports") / cls
     out.mkdir(parents=True, exist_ok=True)
     write_csv(agg, "variant", out / "ablation.csv")
-    metrics = ("pixel_auroc", "pixel_ap", "iou")
+    metrics = headline_names()
     line_plot([lbl.split("-")[-1] if "AIAS" in lbl else "DDPM" for lbl in step_labels],
               {m: [agg[lbl][m][0] for lbl in step_labels] for m in metrics}, out / "ablation.png",
               f"{cls}: segmenter on FAST pairs vs sampler steps (real-test defects)", "AIAS steps")

@@ -13,9 +13,8 @@ from pathlib import Path
 from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.evaluation import wandb_logging
+from fast_lightning.evaluation.catalog import per_type_label, per_type_names
 from fast_lightning.evaluation.reports import (
-    PER_TYPE_METRICS,
-    REPORT_METRICS,
     aggregate,
     aggregate_per_type,
     per_type_columns,
@@ -44,7 +43,7 @@ def main(args: list[str]) -> int:
     start = time.time()
     rows = run_study(cfg, synths, seeds, redo, tag="compare")
     agg = aggregate(rows, "synth")
-    per_type = {m: aggregate_per_type(rows, "synth", m) for m in PER_TYPE_METRICS}
+    per_type = {m: aggregate_per_type(rows, "synth", m) for m in per_type_names()}
     out = Path(opts["out"] or Path("reports") / str(cfg.class_name))
     out.mkdir(parents=True, exist_ok=True)
     first = rows[0]["metrics"]
@@ -78,11 +77,12 @@ def main(args: list[str]) -> int:
     print()
     print(title)
     print(text_table(agg, "synthesizer"))
-    if any(per_type["pixel_ap"].values()):
-        print("\npixel AP per defect type (each type + all defect-free test images)")
-        print(text_table(per_type["pixel_ap"], "synthesizer", metrics=per_type_columns(per_type["pixel_ap"])))
+    for metric, agg_type in per_type.items():
+        if any(agg_type.values()):
+            print(f"\n{per_type_label(metric)} per defect type (each type + all defect-free test images)")
+            print(text_table(agg_type, "synthesizer", metrics=per_type_columns(agg_type)))
     print(f"\nreport: {out / 'comparison.md'} (+ .csv, .png, samples.png) in {time.time() - start:.0f} s")
     return 0
 
 
-__all__ = ["main", "run_study", "synthesizer_rows", "REPORT_METRICS"]
+__all__ = ["main", "run_study", "synthesizer_rows"]

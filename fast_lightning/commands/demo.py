@@ -13,6 +13,7 @@ from pathlib import Path
 from fast_lightning.commands.common import DEMO_SETTINGS, config_from_args, pop_options
 from fast_lightning.config import apply_overrides
 from fast_lightning.data.demo import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
+from fast_lightning.evaluation.catalog import headline_names
 from fast_lightning.evaluation.reports import (
     aggregate,
     bar_plot,
@@ -85,7 +86,7 @@ def main(args: list[str]) -> int:
     atomic_write_text(out / "demo.md", "\n".join(md) + "\n")
     print()
     print(title)
-    print(text_table(agg, "synthesizer", ("pixel_auroc", "pixel_ap", "iou", "image_auroc")))
+    print(text_table(agg, "synthesizer", headline_names()))
     print(f"\nreport: {out / 'demo.md'}  plots: {out / 'demo_results.png'}, {out / 'demo_samples.png'}")
     print(f"synthetic pairs: {syn_dir}/images  sample grids: {diff_dir}/samples")
     print("W&B offline runs: ./wandb/offline-run-*  (upload with `wandb sync wandb/offline-run-*`)")

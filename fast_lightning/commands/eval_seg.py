@@ -84,7 +84,8 @@ def main(args: list[str]) -> int:
     # the weights come from the checkpoint: never try to fetch pretrained encoder weights here
     cfg.segmentation.encoder_weights = None
 
-    from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
+    from fast_lightning.evaluation.catalog import metric_names
+    from fast_lightning.segmentation.module import SegmentationModule
 
     module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
                                 int(cfg.data.resolution), hp.get("class_name"), hp.get("synthesizer"))
@@ -149,7 +150,7 @@ def main(args: list[str]) -> int:
         "seconds": round(time.time() - start, 1),
     }
     atomic_write_json(run_dir / "eval_metrics.json", result)
-    print(metric_table({"test": module.test_metrics}, METRIC_KEYS))
+    print(metric_table({"test": module.test_metrics}, metric_names()))
     print(per_type_table(module.test_per_type))
     print(f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
           f"{counts['test_images']} real test images ({counts['test_defect_images']} with defects)")

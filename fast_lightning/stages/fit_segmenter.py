@@ -77,13 +77,16 @@ def report_defect_scale(dm: AnomalyDataModule) -> dict:
 
 
 def per_type_table(per_type: dict | None) -> str:
-    """Test pixel AP / IoU per defect type (each type + all defect-free test images)."""
+    """Test metrics per defect type (the catalog's per-type ones; each type + all defect-free test images)."""
+    from fast_lightning.evaluation.catalog import label, per_type_names
+
     if not per_type:
         return "per-type metrics: none (the test dataset carries no defect types)"
-    rows = [[name, str(v["images"]), str(v["defect_images"]), f"{v['pixel_ap']:.4f}", f"{v['iou']:.4f}"]
+    names = per_type_names()
+    rows = [[name, str(v["images"]), str(v["defect_images"]), *(f"{v[m]:.4f}" for m in names)]
             for name, v in per_type.items()]
-    return tables.text_table(["defect type", "images", "defects", "pixel AP", "IoU"], rows, align="<>",
-                             min_widths=[0, 6, 7, 9, 7], rule=None)
+    return tables.text_table(["defect type", "images", "defects", *(label(m) for m in names)], rows, align="<>",
+                             min_widths=[0, 6, 7] + [9] * len(names), rule=None)
 
 
 def synth_info(synth, cfg: DictConfig) -> dict:
@@ -161,7 +164,8 @@ def run(cfg: DictConfig) -> int:
     synth = TimedSynthesizer(build_seg_synthesizer(synth_name, cfg, dm), synth_name)
     dm.synthesizer = synth
 
-    from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
+    from fast_lightning.evaluation.catalog import metric_names
+    from fast_lightning.segmentation.module import SegmentationModule
 
     module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
                                 int(cfg.data.resolution), str(cfg.class_name), synth_name)
@@ -240,7 +244,7 @@ def run(cfg: DictConfig) -> int:
     }
     atomic_write_json(run_dir / "metrics.json", summary)
     update_latest(run_dir)
-    print(metric_table({"val (best)": val_metrics, "test": test_metrics}, METRIC_KEYS))
+    print(metric_table({"val (best)": val_metrics, "test": test_metrics}, metric_names()))
     print(per_type_table(module.test_per_type))
     print(f"threshold {summary['threshold']:.4f} (chosen on val); test: {counts['test_images']} real images "
           f"({counts['test_defect_images']} with defects); synthesis wait share {summary['synthesis_wait_share']}")
