@@ -233,21 +233,10 @@ def log_hyperparams(logger, cfg: DictConfig) -> None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
 
-def gradient_clip_val(value, key: str) -> float | None:
-    """Lightning's ``gradient_clip_val`` (L2 norm over all parameters) from a config value; 0 or null = off."""
-    from fast_lightning.errors import ConfigError
-
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{key} must be a number >= 0 (0 or null = no clipping), got {value!r}")
-    try:
-        clip = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a number >= 0 (0 or null = no clipping), got {value!r}") from None
-    if not clip >= 0 or clip == float("inf"):
-        raise ConfigError(f"{key} must be a finite number >= 0 (0 or null = no clipping), got {value!r}")
-    return clip if clip > 0 else None
+def gradient_clip_val(value: float | None) -> float | None:
+    """Lightning's ``gradient_clip_val`` (L2 norm over all parameters) from ``diffusion.optim.grad_clip``; 0 or
+    null = off. The value was checked (a finite number >= 0) by the schema when the config was built."""
+    return float(value) if value else None
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, callbacks: list,

@@ -65,7 +65,7 @@ def pick_log_batch(dm: AnomalyDataModule, n: int) -> tuple[torch.Tensor, torch.T
 def run(cfg: DictConfig) -> int:
     """Train one diffusion model for ``cfg`` (the study steps call this with a config)."""
     check_logger_ready(cfg)  # before any run directory exists
-    grad_clip = gradient_clip_val(cfg.diffusion.optim.grad_clip, "diffusion.optim.grad_clip")  # fail early
+    grad_clip = gradient_clip_val(cfg.diffusion.optim.grad_clip)
     ckpt_path = None
     if cfg.resume:
         ckpt_path, run_dir = accept_resume(cfg, "diffusion")  # checks first: a refused RESUME writes nothing
