@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from fast_lightning.errors import ConfigError
-from fast_lightning.schema import DiffusionConfig, RootConfig, SamplingConfig, validate
+from fast_lightning.schema import RENAMED, DiffusionConfig, RootConfig, SamplingConfig, validate
 
 _GROUP_CLASSES = {"diffusion": DiffusionConfig, "sampling": SamplingConfig}
 
@@ -132,6 +132,9 @@ def typed_merge(cfg: DictConfig, patch: DictConfig, source: str = "command line"
         key = str(exc.full_key or exc.key or "")
         where = f" ({source})" if source != "command line" else ""
         if isinstance(exc, ConfigKeyError):
+            renamed = RENAMED.get(key) or RENAMED.get(key.partition(".")[2])  # typed_group nests one level
+            if renamed:
+                raise ConfigError(f"config key '{key}'{where} was renamed: use {renamed}") from None
             parent, _ = _node(cfg, key)
             near = ", ".join(sorted(str(k) for k in parent.keys())) if isinstance(parent, DictConfig) else ""
             raise ConfigError(f"unknown config key '{key}'{where} (known keys here: {near})") from None

@@ -33,7 +33,7 @@ class DataConfig:
     foreground_dir: Optional[str] = None
     generator_fraction: float = 0.3333333333
     val_fraction: float = 0.3333333333
-    batch_size: int = 8
+    eval_batch_size: int = 8  # validation/test batches (training batches: diffusion.optim / segmentation)
     num_workers: int = 0
 
 
@@ -117,7 +117,7 @@ class SamplingConfig:
     t_end: int = 1
     renoise: str = "every"
     renoise_band: List[int] = _list(250, 750)
-    farm: bool = True
+    farm_inject: bool = True  # inject FARM while sampling (needs a model trained with diffusion.farm.enabled)
     farm_min_t: int = 2
     eta: float = 0.0
     guidance_scale: float = 1.0
@@ -254,7 +254,7 @@ MINIMUMS = {
     "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
     "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
     "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
-    "data.resolution": (8, None), "data.batch_size": (1, None), "data.num_workers": (0, None),
+    "data.resolution": (8, None), "data.eval_batch_size": (1, None), "data.num_workers": (0, None),
     "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
 }
 # numbers: key -> (low, high, low inclusive, high inclusive); None = unbounded on that side
@@ -268,6 +268,13 @@ RANGES = {
     "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
     "diffusion.mask_loss_weight": (0.0, None, True, False), "sampling.guidance_scale": (0.0, None, True, False),
     "segmentation.synth_loss_weight": (0.0, None, True, False),
+}
+# keys that were renamed: the old name is refused with the new one (no silent aliasing: a saved config or a
+# command line with the old key says what to write instead)
+RENAMED = {
+    "sampling.farm": "sampling.farm_inject (FARM at sampling time; diffusion.farm.enabled = the model has FARM)",
+    "data.batch_size": "data.eval_batch_size (it only ever set the validation/test batch; training batches are "
+                       "diffusion.optim.batch_size and segmentation.batch_size)",
 }
 CHOICES = {  # key -> (allowed values, make variable or None)
     "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),

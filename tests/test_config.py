@@ -98,7 +98,7 @@ def test_library_defaults_are_the_schema_defaults():
         ((AIASSampler.__init__, "steps"), sampling.steps),
         ((AIASSampler.__init__, "variant"), sampling.variant),
         ((AIASSampler.__init__, "t_end"), sampling.t_end),
-        ((AIASSampler.__init__, "farm"), sampling.farm),
+        ((AIASSampler.__init__, "farm"), sampling.farm_inject),
         ((AIASSampler.__init__, "farm_min_t"), sampling.farm_min_t),
         ((AIASSampler.__init__, "renoise"), sampling.renoise),
         ((AIASSampler.__init__, "renoise_band"), tuple(sampling.renoise_band)),
@@ -110,3 +110,25 @@ def test_library_defaults_are_the_schema_defaults():
     wrong = [(f"{fn.__qualname__}({name}=...)", _default(fn, name), want) for (fn, name), want in pairs
              if _default(fn, name) != want]
     assert not wrong, f"library defaults that disagree with fast_lightning/schema.py: {wrong}"
+
+
+@pytest.mark.parametrize("old,new", [("sampling.farm=false", "sampling.farm_inject"),
+                                     ("data.batch_size=4", "data.eval_batch_size")])
+def test_renamed_keys_are_refused_with_the_new_name(old, new):
+    """No silent aliasing: an old key (command line, saved config, or a group handed to a library) names its
+    replacement."""
+    from omegaconf import OmegaConf
+
+    from fast_lightning.config import typed_group
+
+    with pytest.raises(ConfigError, match=f"was renamed: use {new}"):
+        load_config(["profile=smoke", old])
+    cfg = load_config(["profile=smoke"])
+    saved = OmegaConf.to_container(cfg)
+    group, _, leaf = old.partition("=")[0].partition(".")
+    saved[group][leaf] = saved[group].pop(new.partition(".")[2])
+    with pytest.raises(ConfigError, match=f"was renamed: use {new}"):
+        apply_overrides(OmegaConf.create(saved), ["seed=1"])
+    if group == "sampling":
+        with pytest.raises(ConfigError, match=f"was renamed: use {new}"):
+            typed_group("sampling", {"farm": False})

@@ -70,7 +70,7 @@ def main(args: list[str]) -> int:
     if str(opts["farm_tail"]).lower() == "true":
         variants.append((FARM_TAIL_LABEL, sampling_args("10") + ["sampling.farm_min_t=0"], "farm"))
     if str(opts["farm"]).lower() == "true":
-        variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm=false"],
+        variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm_inject=false"],
                          "nofarm"))
 
     ckpts = {}

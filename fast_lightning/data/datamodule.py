@@ -214,10 +214,10 @@ class AnomalyDataModule(L.LightningDataModule):
         return self._loader(dataset, batch, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.labelled_dataset("val"), int(self.cfg.data.batch_size))
+        return self._loader(self.labelled_dataset("val"), int(self.cfg.data.eval_batch_size))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.labelled_dataset("test"), int(self.cfg.data.batch_size))
+        return self._loader(self.labelled_dataset("test"), int(self.cfg.data.eval_batch_size))
 
     # ---- synthesis on the training device ------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -43,7 +43,7 @@ def build_sampler(cfg: Mapping) -> Sampler:
 
     Keys (defaults in brackets): ``name`` in {aias, ddpm, ddim, dpmsolver} [aias], ``steps`` [10],
     ``variant`` exact|paper [exact] (aias), ``t_end`` [1] (aias), ``eta`` [0.0] (ddim),
-    ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm`` [true],
+    ``renoise`` every|band|none [every], ``renoise_band`` [[250, 750]], ``farm_inject`` [true],
     ``farm_min_t`` [2] (FARM only at timesteps t >= farm_min_t; 0 = every step, the old behaviour),
     ``guidance_scale`` [1.0] (classifier-free guidance on the type, 2 evaluations per step when != 1).
     ``ddpm`` always runs all T timesteps (``steps`` is validated but not used). Every known option is
@@ -51,7 +51,7 @@ def build_sampler(cfg: Mapping) -> Sampler:
     Errors are ConfigErrors (ValueErrors) that name the offending ``sampling.*`` key.
     """
     s = typed_group("sampling", cfg)  # types, ranges, allowed values, steps >= t_end + 2: the schema's rules
-    common = dict(farm=bool(s.farm), farm_min_t=int(s.farm_min_t), renoise=str(s.renoise),
+    common = dict(farm=bool(s.farm_inject), farm_min_t=int(s.farm_min_t), renoise=str(s.renoise),
                   renoise_band=tuple(s.renoise_band))
     guidance = float(s.guidance_scale)
     if s.name == "aias":
