@@ -15,8 +15,9 @@ PACKAGE = "fast_lightning"
 LAYERS = [
     ("foundation", ["fast_lightning", "fast_lightning.errors", "fast_lightning.compat", "fast_lightning.schema",
                     "fast_lightning.seeding", "fast_lightning.tables", "fast_lightning.progress",
-                    "fast_lightning.hardware", "fast_lightning.runs"]),
+                    "fast_lightning.hardware", "fast_lightning.speedups", "fast_lightning.locks"]),
     ("config", ["fast_lightning.config"]),
+    ("run folders", ["fast_lightning.runs"]),
     ("data", ["fast_lightning.data"]),
     ("evaluation", ["fast_lightning.evaluation"]),
     ("diffusion", ["fast_lightning.diffusion"]),
@@ -28,7 +29,7 @@ LAYERS = [
     ("stages", ["fast_lightning.stages"]),
     ("study", ["fast_lightning.study"]),
     ("command helpers", ["fast_lightning.commands", "fast_lightning.commands.common",
-                         "fast_lightning.commands.sweep_file"]),
+                         "fast_lightning.commands.sweep_file", "fast_lightning.commands.bench_compute"]),
     ("commands", ["fast_lightning.commands."]),  # every other module of commands/: none imports another
     ("cli", ["fast_lightning.cli", "fast_lightning.__main__"]),
 ]
@@ -168,7 +169,7 @@ def test_the_check_catches_a_cycle_an_upward_import_and_a_command_importing_a_co
     for rel, text in {
         "__init__.py": "",
         "errors.py": "",
-        "runs.py": "from fast_lightning.data.io import save_png\n",  # foundation -> data: upward + cycle
+        "runs.py": "from fast_lightning.data.io import save_png\n",  # run folders -> data: upward + cycle
         "data/__init__.py": "",
         "data/io.py": "from fast_lightning.runs import atomic_write_bytes\n",
         "commands/__init__.py": "",
@@ -181,7 +182,7 @@ def test_the_check_catches_a_cycle_an_upward_import_and_a_command_importing_a_co
     assert edges["fast_lightning.commands.train_seg"] == {"fast_lightning.errors"}  # relative import resolved
     assert cycles(edges) == [["fast_lightning.data.io", "fast_lightning.runs"]]
     bad = layer_violations(edges)
-    assert any("fast_lightning.runs (foundation) imports fast_lightning.data.io (data): upward" in b for b in bad)
+    assert any("fast_lightning.runs (run folders) imports fast_lightning.data.io (data): upward" in b for b in bad)
     assert any(b.startswith("fast_lightning.commands.eval_seg imports fast_lightning.commands.train_seg") for b in bad)
 
 

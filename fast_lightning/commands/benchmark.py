@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.common import DEFAULT_CLASSES, config_from_args, parse_classes, pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.catalog import headline_names, per_type_names
 from fast_lightning.evaluation.reports import (
@@ -37,22 +37,8 @@ from fast_lightning.runs import atomic_write_json, atomic_write_text
 from fast_lightning.synthesis.registry import parse_synths
 from fast_lightning.study import run_study, synthesizer_rows
 
-DEFAULT_CLASSES = "tire@../shared/data/mvtec3d_rgb,mt@../shared/data/magnetic_tile"
 DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third,real_third+fast"
 BASELINES = ("draem", "cutpaste")
-
-
-def parse_classes(text: str) -> list[tuple[str, str]]:
-    """``class@root,...`` -> [(class, root)]; a bare class keeps the data_root of the config."""
-    out = []
-    for item in [s.strip() for s in str(text).split(",") if s.strip()]:
-        name, _, root = item.partition("@")
-        if not name:
-            raise UserError(f"CLASSES={text!r}: empty class name in {item!r}; use class@data_root,...")
-        out.append((name, root))
-    if not out:
-        raise UserError(f"CLASSES={text!r} names no class; use e.g. {DEFAULT_CLASSES}")
-    return out
 
 
 def _mean_std(agg: dict, synth: str, metric: str) -> tuple[float, float] | None:

@@ -73,3 +73,20 @@ DEMO_SETTINGS = {
     ],
     "smoke": [],
 }
+
+
+# the benchmark's classes (benchmark, gpu-check)
+DEFAULT_CLASSES = "tire@../shared/data/mvtec3d_rgb,mt@../shared/data/magnetic_tile"
+
+
+def parse_classes(text: str) -> list[tuple[str, str]]:
+    """``class@root,...`` -> [(class, root)]; a bare class keeps the data_root of the config."""
+    out = []
+    for item in [s.strip() for s in str(text).split(",") if s.strip()]:
+        name, _, root = item.partition("@")
+        if not name:
+            raise UserError(f"CLASSES={text!r}: empty class name in {item!r}; use class@data_root,...")
+        out.append((name, root))
+    if not out:
+        raise UserError(f"CLASSES={text!r} names no class; use e.g. {DEFAULT_CLASSES}")
+    return out
