@@ -38,15 +38,14 @@ def load_synthesizer(ckpt: str | os.PathLike, device: str = "auto", **sampling):
     from fast_lightning.runs import CheckpointError
     from fast_lightning.sampling import build_sampler
     from fast_lightning.schema import SamplingConfig
+    from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible
     from fast_lightning.synthesis.windowed import AnomalySynthesizer
 
     try:
         model, meta = load_fast_diffusion(ckpt, map_location=pick_device(device))
     except CheckpointError as exc:
         raise UserError(str(exc)) from exc
-    if int(meta.get("global_step", 0)) < 1:
-        raise UserError(f"diffusion checkpoint {meta.get('path', ckpt)} has not trained a single step: train it "
-                        "first (make train-diffusion)")
+    check_checkpoint_compatible(meta, meta["config"])  # the one untrained-checkpoint rule of synthesis
     cfg = typed_merge(OmegaConf.structured(SamplingConfig), OmegaConf.create(dict(sampling)), source="sampling=")
     synth = AnomalySynthesizer(model, build_sampler(cfg), meta)
     synth.channels = int(meta["config"].data.channels)

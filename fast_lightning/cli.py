@@ -13,7 +13,7 @@ import os
 import sys
 
 from fast_lightning.commands import COMMANDS
-from fast_lightning.errors import UserError  # noqa: F401  (commands import it from here)
+from fast_lightning.errors import UserError
 
 
 HELP_FLAGS = ("-h", "--help", "help", "help=true", "help=1")

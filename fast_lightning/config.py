@@ -18,14 +18,15 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from fast_lightning.errors import ConfigError
-from fast_lightning.schema import REMOVED_KEYS, RootConfig
+from fast_lightning.schema import RENAMED, DiffusionConfig, RootConfig, SamplingConfig, validate
+
+_GROUP_CLASSES = {"diffusion": DiffusionConfig, "sampling": SamplingConfig}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # the source tree's experiments/ (make, pip install -e .), else the copy `pip install .` put in the package
 EXPERIMENTS_DIR = next((d for d in (PROJECT_ROOT / "experiments", Path(__file__).resolve().parent / "experiments")
                         if (d / "config.yaml").is_file()), PROJECT_ROOT / "experiments")
 PROFILES = ("smoke", "cpu", "gpu", "gpu-quick")
-LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "none")
 __all__ = ["ConfigError", "load_config", "apply_overrides", "base_config", "typed_merge"]
 
 
@@ -155,7 +156,9 @@ def _strict_scalars(reference: DictConfig, patch: DictConfig, prefix: str = "") 
         if isinstance(ref_node, BooleanNode) and type(value) is int and value in (0, 1):
             patch[key] = value = bool(value)  # key=1 / key=0 from the command line: the same as true / false
         wrong = (isinstance(ref_node, BooleanNode) and value is not None and not isinstance(value, bool)) or (
-            isinstance(ref_node, StringNode) and isinstance(value, bool))
+            isinstance(ref_node, StringNode) and isinstance(value, bool)) or (
+            isinstance(ref_node, ListConfig) and ref_node._metadata.element_type is bool
+            and isinstance(value, ListConfig) and not all(isinstance(v, bool) for v in value))
         if wrong:
             default = None if ref_node._is_none() else ref_node._value()
             raise ConfigError(f"config key '{prefix}{key}' expects {_expected(ref_node)} (default {default!r}), "
@@ -172,8 +175,9 @@ def typed_merge(cfg: DictConfig, patch: DictConfig, source: str = "command line"
         key = str(exc.full_key or exc.key or "")
         where = f" ({source})" if source != "command line" else ""
         if isinstance(exc, ConfigKeyError):
-            if key in REMOVED_KEYS:
-                raise ConfigError(f"config key '{key}'{where} no longer exists: use {REMOVED_KEYS[key]}") from None
+            renamed = RENAMED.get(key) or RENAMED.get(key.partition(".")[2])  # typed_group nests one level
+            if renamed:
+                raise ConfigError(f"config key '{key}'{where} no longer exists: use {renamed}") from None
             parent, _ = _node(cfg, key)
             near = ", ".join(sorted(str(k) for k in parent.keys())) if isinstance(parent, DictConfig) else ""
             raise ConfigError(f"unknown config key '{key}'{where} (known keys here: {near})") from None
@@ -253,34 +257,6 @@ def resolve_hardware(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-# Counts and sizes, checked once when the config is built so that no command starts (and no run directory
-# is made) with a value that would fail later or, worse, run and produce nothing (max_steps=0).
-# key -> (minimum, make variable or None); a null value is allowed where the default is null.
-MINIMUMS = {
-    "diffusion.resolution": (8, None), "diffusion.max_steps": (1, None), "diffusion.checkpoint_every": (0, None),
-    "diffusion.sample_every": (0, None), "diffusion.num_log_samples": (0, None),
-    "diffusion.optim.batch_size": (1, None), "diffusion.optim.warmup_steps": (0, None),
-    "diffusion.num_train_timesteps": (2, None), "diffusion.unet.layers_per_block": (1, None),
-    "diffusion.farm.base_channels": (1, None), "diffusion.farm.time_dim": (1, None),
-    "sampling.steps": (1, "STEPS"), "sampling.t_end": (-1, None),
-    "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
-    "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
-    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
-    "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
-    "data.seg_scale": (32, None), "data.batch_size": (1, None), "data.num_workers": (0, None),
-    "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
-}
-# shares: key -> (low, high, low inclusive, high inclusive)
-RANGES = {
-    "data.generator_fraction": (0.0, 1.0, False, False), "data.val_fraction": (0.0, 1.0, False, False),
-    "diffusion.normal_weight": (0.0, 1.0, True, True), "diffusion.crop.scale": (0.0, 1.0, False, True),
-    "diffusion.optim.ema_decay": (0.0, 1.0, True, False), "segmentation.synth_ratio": (0.0, 1.0, True, True),
-    "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
-    "diffusion.mask_loss_weight": (0.0, 1e9, True, True), "sampling.guidance_scale": (0.0, 1e9, True, True),
-    "segmentation.synth_loss_weight": (0.0, 1e9, True, True),
-}
-
-
 def check_path_part(value, key: str) -> None:
     """A class name or run id becomes one folder name inside ``run_root``: no separators, no ``..``."""
     if value is None or value == "":  # unset (the command asks for CLASS itself)
@@ -292,33 +268,26 @@ def check_path_part(value, key: str) -> None:
 
 
 def validate_values(cfg: DictConfig) -> None:
-    """ConfigError naming the key (and make variable) of the first count/size/share out of range."""
-    for key, (low, var) in MINIMUMS.items():
-        value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer >= {low}, got {value!r}")
-        if value < low:
-            name = f"{var} ({key})" if var else f"'{key}'"
-            raise ConfigError(f"{name} must be >= {low}, got {value}")
-    for key, (lo, hi, lo_in, hi_in) in RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
-        if not ok:
-            interval = f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
-            raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
+    """The schema's value rules (``schema.validate``) and the folder-name check, run once when a config is built."""
+    validate(cfg)
     check_path_part(cfg.class_name, "class_name (CLASS)")
     check_path_part(cfg.get("run_id"), "run_id")
-    if str(cfg.logger.get("backend", "wandb")) not in LOGGER_BACKENDS:
-        raise ConfigError(f"config key 'logger.backend' must be one of {', '.join(LOGGER_BACKENDS)}, "
-                          f"got {cfg.logger.backend!r}")
-    if int(cfg.data.seg_scale) % 32:
-        raise ConfigError(f"config key 'data.seg_scale' must be a multiple of 32 (e.g. 256), got {cfg.data.seg_scale}")
-    if int(cfg.data.channels) not in (1, 3):
-        raise ConfigError(f"config key 'data.channels' must be 1 or 3, got {cfg.data.channels}")
+
+
+def typed_group(group: str, raw) -> DictConfig:
+    """One config group (a plain mapping or a DictConfig, e.g. what a library function was handed) put onto its
+    schema dataclass and checked by the schema's rules for that group: typed attribute access, ConfigErrors
+    naming ``<group>.<key>``. Missing keys take the schema defaults."""
+    cls = _GROUP_CLASSES[group]
+    if OmegaConf.is_config(raw) and OmegaConf.get_type(raw) is cls:
+        typed = raw
+    else:
+        patch = OmegaConf.create(OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw)
+                                 else dict(raw or {}))
+        typed = typed_merge(OmegaConf.create({group: OmegaConf.structured(cls)}), OmegaConf.create({group: patch}))
+        typed = typed[group]
+    validate(typed, prefix=group)
+    return typed
 
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:

@@ -81,7 +81,7 @@ def resolve_precision(requested: str, accelerator: str = "auto") -> tuple[str, s
     requested = str(requested)
     if requested != AUTO:
         if requested not in PRECISIONS:
-            from fast_lightning.config import ConfigError
+            from fast_lightning.errors import ConfigError
 
             raise ConfigError(f"trainer.precision must be auto or one of {', '.join(PRECISIONS)}, got {requested!r}")
         return requested, "set explicitly"

@@ -4,14 +4,19 @@ Why: defaults used to live in the YAML files *and* in library signatures, and di
 single source of defaults and types; ``load_config`` builds ``OmegaConf.structured(RootConfig)`` and merges the
 group YAML files (documented copies of these defaults, kept equal by tests/test_config.py), the profile and the
 command-line overrides onto it, so unknown keys and wrong types are rejected by OmegaConf's typed merge.
-Pure python + omegaconf (no torch), so any layer may read a default from here.
+Pure python + omegaconf (no torch), so any layer may read a default from here. The value rules (minimums,
+ranges, allowed values, cross-field rules) live here too, in ``validate``, which ``config.load_config`` /
+``apply_overrides`` run once when a config is built and ``config.typed_group`` runs on a single group.
 What each key means is documented next to it in experiments/<group>/default.yaml.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from fast_lightning.errors import ConfigError
 
 
 def _list(*values):
@@ -27,7 +32,7 @@ class DataConfig:
     foreground_dir: Optional[str] = None
     generator_fraction: float = 0.3333333333
     val_fraction: float = 0.3333333333
-    batch_size: int = 8
+    eval_batch_size: int = 8  # validation/test batches (training batches: diffusion.optim / segmentation)
     num_workers: int = 0
 
 
@@ -111,7 +116,7 @@ class SamplingConfig:
     t_end: int = 1
     renoise: str = "every"
     renoise_band: List[int] = _list(250, 750)
-    farm: bool = True
+    farm_inject: bool = True  # inject FARM while sampling (needs a model trained with diffusion.farm.enabled)
     farm_min_t: int = 2
     eta: float = 0.0
     guidance_scale: float = 1.0
@@ -228,10 +233,130 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-# keys that no longer exist -> what replaces them; a config naming one is a ConfigError that says so (no alias)
-REMOVED_KEYS = {
+GROUPS = ("data", "diffusion", "sampling", "synthesis", "segmentation", "trainer", "logger")
+
+
+# ---- value rules: checked once when a config is built -------------------------------------------------------
+# allowed values (the libraries that implement them import these tuples: one source)
+SAMPLER_NAMES = ("aias", "ddim", "ddpm", "dpmsolver")
+AIAS_VARIANTS = ("exact", "paper")
+RENOISE_MODES = ("every", "band", "none")
+LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "none")
+
+# Counts and sizes: no command starts (and no run directory is made) with a value that would fail later or,
+# worse, run and produce nothing (max_steps=0). key -> (minimum, make variable or None); null is allowed
+# where the default is null.
+MINIMUMS = {
+    "diffusion.resolution": (8, None), "diffusion.max_steps": (1, None), "diffusion.checkpoint_every": (0, None),
+    "diffusion.sample_every": (0, None), "diffusion.num_log_samples": (0, None),
+    "diffusion.optim.batch_size": (1, None), "diffusion.optim.warmup_steps": (0, None),
+    "diffusion.num_train_timesteps": (2, None), "diffusion.unet.layers_per_block": (1, None),
+    "diffusion.farm.base_channels": (1, None), "diffusion.farm.time_dim": (2, None),
+    "sampling.steps": (1, "STEPS"), "sampling.t_end": (-1, None), "sampling.farm_min_t": (0, None),
+    "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
+    "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
+    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
+    "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
+    "data.seg_scale": (32, None), "data.eval_batch_size": (1, None), "data.num_workers": (0, None),
+    "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
+}
+# numbers: key -> (low, high, low inclusive, high inclusive); None = unbounded on that side
+RANGES = {
+    "data.generator_fraction": (0.0, 1.0, False, False), "data.val_fraction": (0.0, 1.0, False, False),
+    "diffusion.normal_weight": (0.0, 1.0, True, True), "diffusion.crop.scale": (0.0, 1.0, False, True),
+    "diffusion.optim.ema_decay": (0.0, 1.0, True, False), "segmentation.synth_ratio": (0.0, 1.0, True, True),
+    "diffusion.unet.dropout": (0.0, 1.0, True, False), "diffusion.lambda_eps": (0.0, None, True, False),
+    "diffusion.lambda_farm": (0.0, None, True, False), "diffusion.beta_start": (0.0, None, True, False),
+    "diffusion.beta_end": (0.0, None, True, False), "sampling.eta": (0.0, None, True, False),
+    "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
+    "diffusion.mask_loss_weight": (0.0, None, True, False), "sampling.guidance_scale": (0.0, None, True, False),
+    "segmentation.synth_loss_weight": (0.0, None, True, False),
+}
+# keys that were renamed or removed: the old name is refused with what replaces it (no silent aliasing: a saved
+# config or a command line with the old key says what to write instead)
+RENAMED = {
     "data.resolution": "data.seg_scale (the segmenter's one working-size key: longer side in px, a multiple of 32; "
                        "the aspect ratio is the median of the normal train images; square images give a square size)",
+    "sampling.farm": "sampling.farm_inject (FARM at sampling time; diffusion.farm.enabled = the model has FARM)",
+    "data.batch_size": "data.eval_batch_size (it only ever set the validation/test batch; training batches are "
+                       "diffusion.optim.batch_size and segmentation.batch_size)",
+}
+CHOICES = {  # key -> (allowed values, make variable or None)
+    "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),
+    "sampling.renoise": (RENOISE_MODES, None), "data.channels": ((1, 3), None),
+    "logger.backend": (LOGGER_BACKENDS, None),
 }
 
-GROUPS = ("data", "diffusion", "sampling", "synthesis", "segmentation", "trainer", "logger")
+
+def _name(key: str, var: str | None, value=None) -> str:
+    return (f"{var}={value} ({key})" if value is not None else f"{var} ({key})") if var else f"'{key}'"
+
+
+def _cross_field(cfg) -> list[str]:
+    """Rules that relate keys; each returns a problem naming the keys, or nothing when a key is absent."""
+    from omegaconf import OmegaConf
+
+    def get(key):
+        return OmegaConf.select(cfg, key, default=None)
+
+    out = []
+    name, steps, t_end, T = get("sampling.name"), get("sampling.steps"), get("sampling.t_end"), get(
+        "diffusion.num_train_timesteps")
+    if name == "aias" and steps is not None and t_end is not None and steps < t_end + 2:
+        out.append(f"STEPS (sampling.steps) must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
+    if t_end is not None and T is not None and t_end >= T - 1:
+        out.append(f"sampling.t_end={t_end} must be < diffusion.num_train_timesteps - 1 = {T - 1}")
+    clip = get("diffusion.optim.grad_clip")
+    if clip is not None and not (clip >= 0 and math.isfinite(clip)):
+        out.append(f"diffusion.optim.grad_clip must be a number >= 0 (0 or null = no clipping), got {clip!r}")
+    if get("diffusion.schedule") != "cosine" and get("diffusion.beta_start") is not None:
+        b0, b1 = get("diffusion.beta_start"), get("diffusion.beta_end")
+        if not 0.0 < b0 < b1 < 1.0:
+            out.append(f"diffusion.beta_start / diffusion.beta_end must satisfy 0 < beta_start < beta_end < 1, "
+                       f"got {b0}, {b1}")
+    blocks, attn = get("diffusion.unet.block_out_channels"), get("diffusion.unet.attention_levels")
+    if blocks is not None and attn is not None and len(attn) != len(blocks):
+        out.append(f"diffusion.unet.attention_levels has {len(attn)} entries but diffusion.unet.block_out_channels "
+                   f"has {len(blocks)}; give one true/false per block")
+    if blocks is not None and (len(blocks) == 0 or any(int(c) < 1 for c in blocks)):
+        out.append(f"diffusion.unet.block_out_channels must be a non-empty list of integers >= 1, got {list(blocks)}")
+    seg_scale = get("data.seg_scale")
+    if seg_scale is not None and int(seg_scale) % 32:
+        out.append(f"config key 'data.seg_scale' must be a multiple of 32 (e.g. 256), got {seg_scale}")
+    band = get("sampling.renoise_band")
+    if band is not None and (len(band) != 2 or not band[0] < band[1]):
+        out.append(f"sampling.renoise_band must be two numbers [low, high] with low < high, got {list(band)}")
+    return out
+
+
+def validate(cfg, prefix: str = "") -> None:
+    """ConfigError naming the key (and make variable) of the first value that breaks a rule above. ``cfg`` is a
+    whole config, or one group when ``prefix`` names it (``"sampling"``): then only that group's rules run."""
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create({prefix: cfg}) if prefix else cfg
+    mine = (lambda key: key.startswith(prefix + ".")) if prefix else (lambda key: True)
+    for key, (low, var) in MINIMUMS.items():
+        value = OmegaConf.select(root, key, default=None) if mine(key) else None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer >= {low}, got {value!r}")
+        if value < low:
+            raise ConfigError(f"{_name(key, var)} must be >= {low}, got {value}")
+    for key, (lo, hi, lo_in, hi_in) in RANGES.items():
+        value = OmegaConf.select(root, key, default=None) if mine(key) else None
+        if value is None:
+            continue
+        ok = (lo is None or (value >= lo if lo_in else value > lo)) and (
+            hi is None or (value <= hi if hi_in else value < hi))
+        if not ok or (isinstance(value, float) and math.isnan(value)):
+            interval = f"{'[' if lo_in else '('}{lo}, {'inf' if hi is None else hi}{']' if hi_in else ')'}"
+            raise ConfigError(f"config key '{key}' must lie in {interval}, got {value}")
+    for key, (allowed, var) in CHOICES.items():
+        value = OmegaConf.select(root, key, default=None) if mine(key) else None
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{_name(key, var, value)}: must be one of {list(allowed)}")
+    problems = _cross_field(root)
+    if problems:
+        raise ConfigError(problems[0])

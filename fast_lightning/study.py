@@ -6,7 +6,8 @@ Two keys name the runs. ``diffusion_key`` covers only what shapes the diffusion 
 diffusion.*, the dataset's real path, precision): changing a segmenter or sampler setting never retrains it,
 and a ``latest`` model trained with other model settings is never reused. ``settings_key`` covers the whole
 resolved config minus what a study varies (seed, run id, synthesizer) and names synthesis and segmenter runs.
-The steps take configs, not argument lists, and call the commands' config entry points (``run(cfg)``).
+The steps take configs, not argument lists, and call the stages' entry points (``fast_lightning.stages``,
+``run(cfg)``), which the commands call too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.config import apply_overrides
 from fast_lightning.locks import LOCK_FILE, is_rank_zero, lock_run_dir, release_run_dir
 from fast_lightning.runs import last_checkpoint, run_dir_for
@@ -127,29 +128,29 @@ def reuse_or_run(label: str, run_dir: Path, done_file: str, fn, cfg: DictConfig,
 
 def diffusion_model(cfg: DictConfig, run_id: str, redo: bool = False, label: str = "train-diffusion") -> Path:
     """The last checkpoint of diffusion run ``run_id`` for ``cfg``, trained now unless it finished before."""
-    from fast_lightning.commands import train_diffusion
+    from fast_lightning.stages import fit_diffusion
 
     run_dir = run_dir_for(cfg, "diffusion", run_id)
-    reuse_or_run(label, run_dir, "metrics.json", train_diffusion.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
+    reuse_or_run(label, run_dir, "metrics.json", fit_diffusion.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
     return last_checkpoint(run_dir)
 
 
 def synthetic_pairs(cfg: DictConfig, run_id: str, ckpt: Path, redo: bool = False, label: str = "synthesize") -> Path:
     """The folder of synthesis run ``run_id`` (pairs from diffusion checkpoint ``ckpt``), made now unless done."""
-    from fast_lightning.commands import synthesize
+    from fast_lightning.stages import synthesize_pairs
 
     run_dir = run_dir_for(cfg, "synthetic", run_id)
-    reuse_or_run(label, run_dir, "summary.json", synthesize.run,
+    reuse_or_run(label, run_dir, "summary.json", synthesize_pairs.run,
                  apply_overrides(cfg, [f"synthesis.ckpt={ckpt}", f"run_id={run_id}"]), redo, clean=False)
     return run_dir
 
 
 def segmenter(cfg: DictConfig, run_id: str, redo: bool = False, label: str = "train-seg") -> Path:
     """The folder of segmentation run ``run_id`` for ``cfg`` (its metrics.json), trained now unless done."""
-    from fast_lightning.commands import train_seg
+    from fast_lightning.stages import fit_segmenter
 
     run_dir = run_dir_for(cfg, "seg", run_id)
-    reuse_or_run(label, run_dir, "metrics.json", train_seg.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
+    reuse_or_run(label, run_dir, "metrics.json", fit_segmenter.run, apply_overrides(cfg, [f"run_id={run_id}"]), redo)
     return run_dir
 
 
@@ -162,9 +163,9 @@ def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
 
     try:
         ckpt = resolve_diffusion_checkpoint(cfg)
-        ckpt_dict = read_checkpoint(ckpt, trust=bool(cfg.get("trust_checkpoint")))
-        meta = dict(ckpt_dict.get("fast_lightning", {}), path=str(ckpt))
-        check_checkpoint_compatible(meta, cfg)
+        raw = read_checkpoint(ckpt, trust=bool(cfg.get("trust_checkpoint")))
+        meta = dict(raw.get("fast_lightning", {}), path=str(ckpt), global_step=int(raw.get("global_step", 0)))
+        check_checkpoint_compatible(meta, cfg)  # the synthesis rule, on the metadata alone (no weights loaded)
     except SynthesisError as exc:
         if cfg.synthesis.ckpt:
             raise
@@ -195,9 +196,9 @@ def run_study(cfg: DictConfig, synths: list[str], seeds: int, redo: bool, tag: s
     """One segmenter per synthesizer and seed under identical settings (compare, benchmark): rows of
     {synth, seed, test metrics, run_dir, metrics}."""
     from fast_lightning.evaluation.reports import read_metrics
-    from fast_lightning.synthesis import synth_parts
+    from fast_lightning.synthesis.registry import needs_diffusion
 
-    if any("fast" in synth_parts(s) for s in synths):
+    if any(needs_diffusion(s) for s in synths):
         cfg = apply_overrides(cfg, [f"synthesis.ckpt={ensure_diffusion(cfg, redo)}"])
     key = settings_key(cfg)
     rows = []

@@ -3,7 +3,8 @@ import inspect
 import pytest
 from omegaconf import OmegaConf
 
-from fast_lightning.config import ConfigError, apply_overrides, load_config
+from fast_lightning.config import apply_overrides, load_config
+from fast_lightning.errors import ConfigError
 
 
 def test_profiles_resolve_and_override():
@@ -105,7 +106,7 @@ def test_library_defaults_are_the_schema_defaults():
         ((AIASSampler.__init__, "steps"), sampling.steps),
         ((AIASSampler.__init__, "variant"), sampling.variant),
         ((AIASSampler.__init__, "t_end"), sampling.t_end),
-        ((AIASSampler.__init__, "farm"), sampling.farm),
+        ((AIASSampler.__init__, "farm"), sampling.farm_inject),
         ((AIASSampler.__init__, "farm_min_t"), sampling.farm_min_t),
         ((AIASSampler.__init__, "renoise"), sampling.renoise),
         ((AIASSampler.__init__, "renoise_band"), tuple(sampling.renoise_band)),
@@ -124,3 +125,25 @@ def test_every_profile_loads_with_the_one_working_size_key():
 
     for profile in PROFILES:  # a profile still naming data.resolution would be a ConfigError here
         assert load_config([f"profile={profile}"]).data.seg_scale % 32 == 0, profile
+
+
+@pytest.mark.parametrize("old,new", [("sampling.farm=false", "sampling.farm_inject"),
+                                     ("data.batch_size=4", "data.eval_batch_size")])
+def test_renamed_keys_are_refused_with_the_new_name(old, new):
+    """No silent aliasing: an old key (command line, saved config, or a group handed to a library) names its
+    replacement."""
+    from omegaconf import OmegaConf
+
+    from fast_lightning.config import typed_group
+
+    with pytest.raises(ConfigError, match=f"no longer exists: use {new}"):
+        load_config(["profile=smoke", old])
+    cfg = load_config(["profile=smoke"])
+    saved = OmegaConf.to_container(cfg)
+    group, _, leaf = old.partition("=")[0].partition(".")
+    saved[group][leaf] = saved[group].pop(new.partition(".")[2])
+    with pytest.raises(ConfigError, match=f"no longer exists: use {new}"):
+        apply_overrides(OmegaConf.create(saved), ["seed=1"])
+    if group == "sampling":
+        with pytest.raises(ConfigError, match=f"no longer exists: use {new}"):
+            typed_group("sampling", {"farm": False})

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from fast_lightning.config import load_config
-from fast_lightning.data import DataError, make_split, read_class
+from fast_lightning.data import make_split, read_class
+from fast_lightning.errors import DataError
 from fast_lightning.data.check import check_class
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.data.datasets import GeneratorTrainDataset, StepSampler
@@ -191,6 +192,7 @@ def test_datamodule_diffusion_and_segmentation(fake_mvtec, tmp_path):
         masks[..., 4:8, 4:8] = 1
         return images * (1 - masks), masks
 
+    fake_synth.native_input = False  # the SegSynthesizer protocol: works on the working-size batch
     seg.synthesizer = fake_synth
     out = seg.synthesize_batch(normal)
     n = int(round(cfg.segmentation.batch_size * cfg.segmentation.synth_ratio))

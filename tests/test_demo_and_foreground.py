@@ -244,7 +244,7 @@ def test_foreground_masks_from_a_folder(fake_mvtec, tmp_path):
 
 
 def test_foreground_dir_errors_name_folder_and_stem(fake_mvtec, tmp_path):
-    from fast_lightning.data.records import DataError
+    from fast_lightning.errors import DataError
 
     folder = tmp_path / "fg"
     folder.mkdir()

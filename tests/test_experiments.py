@@ -6,7 +6,8 @@ import csv
 import pytest
 
 from fast_lightning import study
-from fast_lightning.commands import ablate, compare, train_diffusion
+from fast_lightning.commands import ablate, compare
+from fast_lightning.stages import fit_diffusion
 
 
 def _common(tmp_path, data_root, class_name="widget"):
@@ -35,7 +36,7 @@ def test_compare_writes_report_and_reuses_runs(fake_mvtec, tmp_path, monkeypatch
 
 
 def test_compare_rejects_unknown_synthesizer(fake_mvtec, tmp_path):
-    from fast_lightning.cli import UserError
+    from fast_lightning.errors import UserError
 
     with pytest.raises(UserError, match="SYNTHS"):
         compare.main(_common(tmp_path, fake_mvtec) + ["synths=draem,gan"])
@@ -64,7 +65,7 @@ def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvte
 
     old = tmp_path / "runs" / "diffusion" / "widget" / "cpu-run" / "checkpoints"
     old.mkdir(parents=True)
-    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion", "class_name": "widget",
+    torch.save({"state_dict": {}, "global_step": 1, "fast_lightning": {"kind": "diffusion", "class_name": "widget",
                                                      "resolution": 64, "channels": 3}}, old / "last.ckpt")
     os.symlink("cpu-run", tmp_path / "runs" / "diffusion" / "widget" / "latest")
     calls = []
@@ -76,7 +77,7 @@ def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvte
         calls.append(cfg)
         return 0
 
-    monkeypatch.setattr(train_diffusion, "run", fake_train)
+    monkeypatch.setattr(fit_diffusion, "run", fake_train)
     rest = _common(tmp_path, fake_mvtec)
     ckpt = study.ensure_diffusion(config_from_args(rest), redo=False)
     assert len(calls) == 1 and ckpt.parent.parent.name.startswith("auto-")
@@ -96,7 +97,7 @@ def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mv
     cfg = config_from_args(rest)
     run = tmp_path / "runs" / "diffusion" / "widget" / "earlier"
     (run / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {}, "fast_lightning": {"kind": "diffusion", "class_name": "widget", "channels": 3,
+    torch.save({"state_dict": {}, "global_step": 1, "fast_lightning": {"kind": "diffusion", "class_name": "widget", "channels": 3,
                                                      "resolution": int(cfg.diffusion.resolution)}},
                run / "checkpoints" / "last.ckpt")
     os.symlink("earlier", run.parent / "latest")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fast_lightning import hardware
-from fast_lightning.config import ConfigError, load_config
+from fast_lightning.config import load_config
+from fast_lightning.errors import ConfigError
 from fast_lightning.progress import SparseProgress
 
 from conftest import run_cli

@@ -13,6 +13,7 @@ import torch
 
 import fast_lightning  # noqa: F401
 from fast_lightning.commands import train_diffusion
+from fast_lightning.stages import fit_diffusion
 from fast_lightning.config import load_config
 from fast_lightning.diffusion import build_fast_diffusion
 from fast_lightning.diffusion.latent import PretrainedFolderError, pretrained_fingerprint
@@ -152,7 +153,7 @@ def train(data, runs, ldm, *extra):
 def test_train_only_farm_adaptor_tokens_change(data, ldm, tmp_path, monkeypatch):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    monkeypatch.setattr(train_diffusion, "DiffusionModule", RecordingModule)
+    monkeypatch.setattr(fit_diffusion, "DiffusionModule", RecordingModule)
     RecordingModule.made.clear()
     run_dir = train(data, tmp_path, ldm, "diffusion.max_steps=3", "diffusion.num_log_samples=2",
                     "diffusion.sample_every=3")

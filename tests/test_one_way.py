@@ -7,7 +7,8 @@ from PIL import Image
 
 from fast_lightning import tables
 from fast_lightning.data.io import save_image, to_uint8
-from fast_lightning.data.records import DataError, Record
+from fast_lightning.data.records import Record
+from fast_lightning.errors import DataError
 from fast_lightning.data.split import Split
 
 

@@ -30,9 +30,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import make_fake_mvtec
-from fast_lightning.cli import UserError
-from fast_lightning.config import ConfigError, load_config
-from fast_lightning.data.records import DataError
+from fast_lightning.errors import UserError
+from fast_lightning.config import load_config
+from fast_lightning.errors import ConfigError
+from fast_lightning.errors import DataError
 
 
 def common(root: Path, run_root: Path, class_name: str = "widget") -> list[str]:
@@ -196,7 +197,7 @@ def test_case07_class_with_only_good_test_images_fails_check_data(tmp_path, caps
 
 
 def test_case08_an_option_invalid_for_any_sampler_is_an_error(tmp_path):
-    from fast_lightning.commands.synthesize import make_sampler
+    from fast_lightning.stages.synthesize_pairs import make_sampler
     from fast_lightning.sampling import build_sampler
 
     with pytest.raises(ValueError, match="sampling.variant"):

@@ -29,7 +29,8 @@ from PIL import Image
 
 from conftest import PROJECT_DIR, cli_env, make_fake_mvtec, run_cli
 from fast_lightning.cli import main as cli
-from fast_lightning.config import ConfigError, load_config
+from fast_lightning.config import load_config
+from fast_lightning.errors import ConfigError
 from fast_lightning.errors import DataError, UserError
 
 SMOKE = ["profile=smoke", "trainer.enable_progress_bar=false"]

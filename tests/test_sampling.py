@@ -339,7 +339,7 @@ def test_build_sampler():
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(dict(name="aias", steps=10, variant="paper", renoise="band",
-                                renoise_band=[250, 750], farm=True, t_end=1, eta=0.0))
+                                renoise_band=[250, 750], farm_inject=True, t_end=1, eta=0.0))
     s = build_sampler(cfg)
     assert isinstance(s, AIASSampler) and s.steps == 10 and s.variant == "paper" and s.renoise == "band"
     assert isinstance(build_sampler({"name": "ddim", "steps": 20, "eta": 0.5}), DDIMSampler)

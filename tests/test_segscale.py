@@ -11,7 +11,7 @@ from fast_lightning.data.datasets import working_size
 from fast_lightning.data.records import Record
 from fast_lightning.synthesis import CutPasteSynthesizer, DraemSynthesizer, MixedSynthesizer, RealThirdSynthesizer
 from fast_lightning.synthesis import SynthesisError, synth_parts
-from fast_lightning.commands.compare import parse_synths
+from fast_lightning.synthesis.registry import parse_synths
 from conftest import write_png
 import numpy as np
 

@@ -6,7 +6,7 @@ import pytest
 
 
 def test_parse_rows_reads_labels_and_typed_values():
-    from fast_lightning.cli import UserError
+    from fast_lightning.errors import UserError
     from fast_lightning.commands.sheet import DEFAULT_ROWS, parse_rows
 
     assert parse_rows("a:farm_min_t=0,steps=5;b: farm_min_t=2") == [("a", {"farm_min_t": 0, "steps": 5}),

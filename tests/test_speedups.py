@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from fast_lightning import speedups
-from fast_lightning.config import ConfigError, load_config
+from fast_lightning.config import load_config
+from fast_lightning.errors import ConfigError
 
 
 def test_auto_rules_and_explicit_values():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands import sweep_local
 from fast_lightning.commands.sweep_local import Trial, expand_command, load_sweep, sort_trials
 from fast_lightning.config import PROJECT_ROOT, load_config
@@ -53,11 +53,11 @@ def test_sweep_file_parameters_are_config_keys(path):
 
 @pytest.mark.parametrize("name", ["seg", "synthesis"])
 def test_sweeps_optimise_a_validation_metric_train_seg_logs(name):
-    from fast_lightning.segmentation.module import METRIC_KEYS
+    from fast_lightning.evaluation.catalog import metric_names
 
     spec = load_sweep(PROJECT_ROOT / "experiments" / "sweeps" / f"{name}.yaml", ["class_name=widget"])
     section, key = spec.metric.split("/")
-    assert section == "val" and key in METRIC_KEYS and spec.goal == "maximize"
+    assert section == "val" and key in metric_names() and spec.goal == "maximize"
 
 
 def test_seg_sweep_covers_the_issue_parameters():

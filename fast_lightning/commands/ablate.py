@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.config import apply_overrides
 from fast_lightning.evaluation import wandb_logging
+from fast_lightning.evaluation.catalog import headline_names
 from fast_lightning.evaluation.reports import (
     aggregate,
     line_plot,
@@ -71,7 +72,7 @@ def main(args: list[str]) -> int:
     if opts["farm_tail"]:
         variants.append((FARM_TAIL_LABEL, sampling_args("10") + ["sampling.farm_min_t=0"], "farm"))
     if opts["farm"]:
-        variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm=false"],
+        variants.append(("AIAS-10, FARM off", ["sampling.name=aias", "sampling.steps=10", "sampling.farm_inject=false"],
                          "nofarm"))
 
     ckpts = {}
@@ -97,7 +98,7 @@ def main(args: list[str]) -> int:
     out = Path("reports") / cls
     out.mkdir(parents=True, exist_ok=True)
     write_csv(agg, "variant", out / "ablation.csv")
-    metrics = ("pixel_auroc", "pixel_ap", "iou")
+    metrics = headline_names()
     line_plot([lbl.split("-")[-1] if "AIAS" in lbl else "DDPM" for lbl in step_labels],
               {m: [agg[lbl][m][0] for lbl in step_labels] for m in metrics}, out / "ablation.png",
               f"{cls}: segmenter on FAST pairs vs sampler steps (real-test defects)", "AIAS steps")

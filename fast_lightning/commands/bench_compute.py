@@ -19,6 +19,36 @@ import time
 
 import torch
 
+class CallTimer:
+    """Replaces ``model.<attr>`` (e.g. predict_eps) by a timed call (instance attribute; ``restore()`` undoes it)."""
+
+    def __init__(self, model, attr: str, device: torch.device) -> None:
+        self.model, self.attr, self.device = model, attr, device
+        self.original = getattr(model, attr)
+        self.seconds = 0.0
+        self.calls = 0
+        setattr(model, attr, self)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, *args, **kwargs):
+        self.sync()
+        start = time.perf_counter()
+        out = self.original(*args, **kwargs)
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+    def restore(self) -> None:
+        self.model.__dict__.pop(self.attr, None)
+
+
 GEMM_DTYPES = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -75,7 +105,6 @@ def sampling_split(model, cfg, device: torch.device, amp: torch.dtype | None, ba
                    repeats: int = 2) -> dict:
     """AIAS-10 vs DDPM-T on ``model`` (any weights: speed does not depend on them) for ``batch`` random
     normal images of ``image_side`` px with a rectangular mask each; best of ``repeats`` for AIAS, DDPM once."""
-    from fast_lightning.commands.bench_sampling import CallTimer
     from fast_lightning.sampling import build_sampler
     from fast_lightning.synthesis import AnomalySynthesizer
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.bench_compute import CallTimer
 from fast_lightning.hardware import autocast_dtype, cpu_model, cpu_native_bf16, describe_cpu_isa
 from fast_lightning.evaluation.plots import save_figure
 from fast_lightning.runs import atomic_write_json
@@ -30,36 +31,6 @@ log = logging.getLogger(__name__)
 
 SPEEDUP_TARGET = 80.0  # AIAS-10 vs DDPM-1000, per image
 OVERHEAD_TARGET = 0.15  # (total - denoiser) / denoiser for AIAS-10
-
-
-class CallTimer:
-    """Replaces ``model.<attr>`` (e.g. predict_eps) by a timed call (instance attribute; ``restore()`` undoes it)."""
-
-    def __init__(self, model, attr: str, device: torch.device) -> None:
-        self.model, self.attr, self.device = model, attr, device
-        self.original = getattr(model, attr)
-        self.seconds = 0.0
-        self.calls = 0
-        setattr(model, attr, self)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def __call__(self, *args, **kwargs):
-        self.sync()
-        start = time.perf_counter()
-        out = self.original(*args, **kwargs)
-        self.sync()
-        self.seconds += time.perf_counter() - start
-        self.calls += 1
-        return out
-
-    def reset(self) -> None:
-        self.seconds, self.calls = 0.0, 0
-
-    def restore(self) -> None:
-        self.model.__dict__.pop(self.attr, None)
 
 
 def bench_plan(cfg, T: int, batch: int, ddpm_images: int) -> list[tuple[str, dict, int]]:
@@ -109,14 +80,12 @@ OPTIONS = {"out": "reports/bench_sampling.json", "plot": "", "batch": 4, "bench.
 def main(args: list[str]) -> int:
     from fast_lightning.data.datamodule import load_split
     from fast_lightning.diffusion.denoiser import parameter_count
-    from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.sampling import build_sampler
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
-        check_checkpoint_compatible,
-        resolve_diffusion_checkpoint,
     )
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
     from fast_lightning.synthesis.predictor import synthesis_batch
 
     opts, rest = pop_options(args, OPTIONS)
@@ -132,10 +101,9 @@ def main(args: list[str]) -> int:
     accel = str(cfg.trainer.accelerator)
     device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
     try:
-        ckpt = resolve_diffusion_checkpoint(cfg)
-        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         _, split = load_split(cfg)
-        check_checkpoint_compatible(meta, cfg, split.types)
+        model, meta = load_synthesis_model(cfg, split.types)
+        ckpt = meta["path"]
         images, masks, cond, paths = synthesis_batch(cfg, split, meta.get("type_names", []), batch, int(opts["seed"]))
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc

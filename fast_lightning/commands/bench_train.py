@@ -154,7 +154,7 @@ def _workloads(profile: str, rest: list[str]):
     cfg = config_from_args(base, require_class=False)
     out = [(f"diffusion ({profile})", cfg, _diffusion_step)]
     if profile == "cpu":
-        from fast_lightning.commands.demo import DEMO_SETTINGS
+        from fast_lightning.commands.common import DEMO_SETTINGS
 
         out.append(("diffusion (demo)", config_from_args(base + DEMO_SETTINGS["cpu"], require_class=False),
                     _diffusion_step))

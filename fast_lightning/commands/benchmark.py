@@ -19,13 +19,12 @@ import math
 import time
 from pathlib import Path
 
-from fast_lightning.cli import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
-from fast_lightning.commands.compare import parse_synths
+from fast_lightning.errors import UserError
+from fast_lightning.commands.common import DEFAULT_CLASSES, config_from_args, parse_classes, pop_options
 from fast_lightning.evaluation import wandb_logging
+from fast_lightning.evaluation.catalog import headline_names, per_type_names
 from fast_lightning.evaluation.reports import (
     aggregate,
-    PER_TYPE_METRICS,
     aggregate_per_type,
     bar_plot,
     markdown_table,
@@ -35,25 +34,11 @@ from fast_lightning.evaluation.reports import (
     write_csv,
 )
 from fast_lightning.runs import atomic_write_json, atomic_write_text
+from fast_lightning.synthesis.registry import parse_synths
 from fast_lightning.study import run_study, synthesizer_rows
 
-DEFAULT_CLASSES = "tire@../shared/data/mvtec3d_rgb,mt@../shared/data/magnetic_tile"
 DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third,real_third+fast"
-BENCH_METRICS = ("pixel_ap", "iou", "aupro", "pixel_auroc", "image_auroc")
 BASELINES = ("draem", "cutpaste")
-
-
-def parse_classes(text: str) -> list[tuple[str, str]]:
-    """``class@root,...`` -> [(class, root)]; a bare class keeps the data_root of the config."""
-    out = []
-    for item in [s.strip() for s in str(text).split(",") if s.strip()]:
-        name, _, root = item.partition("@")
-        if not name:
-            raise UserError(f"CLASSES={text!r}: empty class name in {item!r}; use class@data_root,...")
-        out.append((name, root))
-    if not out:
-        raise UserError(f"CLASSES={text!r} names no class; use e.g. {DEFAULT_CLASSES}")
-    return out
 
 
 def _mean_std(agg: dict, synth: str, metric: str) -> tuple[float, float] | None:
@@ -115,8 +100,8 @@ def main(args: list[str]) -> int:
         class_args = rest + [f"class_name={name}"] + ([f"data_root={root}"] if root else [])
         cfg = config_from_args(class_args)
         rows = run_study(cfg, synths, seeds, redo, tag="bench")
-        agg = aggregate(rows, "synth", BENCH_METRICS)
-        per_type = {m: aggregate_per_type(rows, "synth", m) for m in PER_TYPE_METRICS}
+        agg = aggregate(rows, "synth", headline_names())
+        per_type = {m: aggregate_per_type(rows, "synth", m) for m in per_type_names()}
         targets = evaluate_targets(agg)
         sheet = sample_sheet(synthesizer_rows(cfg, synths), out / f"benchmark_{name}_samples.png")
         first = rows[0]["metrics"]
@@ -129,17 +114,17 @@ def main(args: list[str]) -> int:
                f"- segmenter {first['arch']}/{first['encoder']}, profile `{cfg.profile}`, working size {size} px, "
                f"crops {cfg.segmentation.crop or 'none'}, {cfg.segmentation.max_steps} steps, {seeds} seed(s); "
                f"cells: mean ± std over seeds",
-               "", markdown_table(agg, "synthesizer", BENCH_METRICS), "",
+               "", markdown_table(agg, "synthesizer", headline_names()), "",
                *per_type_sections(per_type, "synthesizer"), "targets:", "",
                *[f"- {key}: **{t['status']}** ({t['detail']})" for key, t in targets.items()], "",
                f"![samples {name}]({Path(sheet).name})", ""]
         print(f"\n{name}")
-        print(text_table(agg, "synthesizer", BENCH_METRICS))
+        print(text_table(agg, "synthesizer", headline_names()))
         for key, t in targets.items():
             print(f"  {key}: {t['status']} ({t['detail']})")
     seconds = time.time() - start
-    write_csv(combined, "class:synthesizer", out / "benchmark.csv", BENCH_METRICS)
-    bar_plot(combined, out / "benchmark.png", "benchmark: segmenters on real defects", BENCH_METRICS)
+    write_csv(combined, "class:synthesizer", out / "benchmark.csv", headline_names())
+    bar_plot(combined, out / "benchmark.png", "benchmark: segmenters on real defects", headline_names())
     head = ["# Benchmark: segmenters trained per synthesizer, tested on REAL defects", "",
             f"- synthesizers {', '.join(synths)}; wall time {seconds / 60:.1f} min (finished runs reused)",
             "- metric definitions: docs/METRICS.md; targets: FAST > max(DRAEM, CutPaste) + 1 std on pixel AP and "

@@ -8,7 +8,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.config import load_config
 
 
@@ -81,3 +81,38 @@ def pop_options(args: list[str], names: dict[str, object]) -> tuple[dict[str, ob
                             f"got {value!r}") from exc
     options = {key: typed[_field_name(key)] for key in names}
     return options, rest
+
+
+# The demo segments whole square images (no crops): its 128-px parts carry large defects.
+DEMO_SETTINGS = {
+    "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (docs/MEASURED.md)
+        "data.seg_scale=64", "segmentation.crop=null",
+        "diffusion.resolution=48", "diffusion.window=crop", "diffusion.crop.scale=0.375",
+        "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",
+        "diffusion.checkpoint_every=100", "diffusion.sample_every=250",
+        "synthesis.n=240", "synthesis.batch_size=16",
+        "segmentation.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
+    ],
+    "gpu": [
+        "data.seg_scale=128", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",
+        "diffusion.max_steps=4000", "synthesis.n=500", "segmentation.max_steps=2000",
+    ],
+    "smoke": [],
+}
+
+
+# the benchmark's classes (benchmark, gpu-check)
+DEFAULT_CLASSES = "tire@../shared/data/mvtec3d_rgb,mt@../shared/data/magnetic_tile"
+
+
+def parse_classes(text: str) -> list[tuple[str, str]]:
+    """``class@root,...`` -> [(class, root)]; a bare class keeps the data_root of the config."""
+    out = []
+    for item in [s.strip() for s in str(text).split(",") if s.strip()]:
+        name, _, root = item.partition("@")
+        if not name:
+            raise UserError(f"CLASSES={text!r}: empty class name in {item!r}; use class@data_root,...")
+        out.append((name, root))
+    if not out:
+        raise UserError(f"CLASSES={text!r} names no class; use e.g. {DEFAULT_CLASSES}")
+    return out

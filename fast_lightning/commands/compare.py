@@ -10,12 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 from fast_lightning.evaluation import wandb_logging
+from fast_lightning.evaluation.catalog import per_type_label, per_type_names
 from fast_lightning.evaluation.reports import (
-    PER_TYPE_METRICS,
-    REPORT_METRICS,
     aggregate,
     aggregate_per_type,
     per_type_columns,
@@ -28,25 +27,9 @@ from fast_lightning.evaluation.reports import (
 )
 from fast_lightning.runs import atomic_write_text
 from fast_lightning.study import run_study, synthesizer_rows
+from fast_lightning.synthesis.registry import parse_synths
 
 DEFAULT_SYNTHS = "fast,draem,cutpaste,real_third"
-
-
-def parse_synths(text: str) -> list[str]:
-    """Comma-separated segmentation.synth values; each is a synthesizer or two joined by '+'."""
-    from fast_lightning.synthesis import SEG_SYNTHESIZERS, SynthesisError, synth_parts
-
-    names = [s.strip() for s in str(text).split(",") if s.strip()]
-    bad = []
-    for name in names:
-        try:
-            synth_parts(name)
-        except SynthesisError:
-            bad.append(name)
-    if not names or bad:
-        raise UserError(f"SYNTHS={text!r}: unknown {bad or 'empty list'}; choose from {', '.join(SEG_SYNTHESIZERS)} "
-                        "or two of them joined by '+' (e.g. real_third+fast)")
-    return names
 
 
 OPTIONS = {"synths": DEFAULT_SYNTHS, "seeds": 3, "redo": False, "out": ""}
@@ -63,7 +46,7 @@ def main(args: list[str]) -> int:
     start = time.time()
     rows = run_study(cfg, synths, seeds, redo, tag="compare")
     agg = aggregate(rows, "synth")
-    per_type = {m: aggregate_per_type(rows, "synth", m) for m in PER_TYPE_METRICS}
+    per_type = {m: aggregate_per_type(rows, "synth", m) for m in per_type_names()}
     out = Path(opts["out"] or Path("reports") / str(cfg.class_name))
     out.mkdir(parents=True, exist_ok=True)
     first = rows[0]["metrics"]
@@ -97,11 +80,12 @@ def main(args: list[str]) -> int:
     print()
     print(title)
     print(text_table(agg, "synthesizer"))
-    if any(per_type["pixel_ap"].values()):
-        print("\npixel AP per defect type (each type + all defect-free test images)")
-        print(text_table(per_type["pixel_ap"], "synthesizer", metrics=per_type_columns(per_type["pixel_ap"])))
+    for metric, agg_type in per_type.items():
+        if any(agg_type.values()):
+            print(f"\n{per_type_label(metric)} per defect type (each type + all defect-free test images)")
+            print(text_table(agg_type, "synthesizer", metrics=per_type_columns(agg_type)))
     print(f"\nreport: {out / 'comparison.md'} (+ .csv, .png, samples.png) in {time.time() - start:.0f} s")
     return 0
 
 
-__all__ = ["main", "run_study", "synthesizer_rows", "REPORT_METRICS"]
+__all__ = ["main", "run_study", "synthesizer_rows"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.commands.common import config_from_args, pop_options
-from fast_lightning.commands.demo_data import DEMO_ROOT
+from fast_lightning.commands.common import DEMO_SETTINGS, config_from_args, pop_options
 from fast_lightning.config import apply_overrides
-from fast_lightning.data.demo import DEMO_CLASS, generate_demo_dataset
+from fast_lightning.data.demo import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
+from fast_lightning.evaluation.catalog import headline_names
 from fast_lightning.evaluation.reports import (
     aggregate,
     bar_plot,
@@ -32,22 +32,6 @@ from fast_lightning.study import (
     synthetic_pairs,
 )
 
-# The demo segments whole square images (no crops): its 128-px parts carry large defects.
-DEMO_SETTINGS = {
-    "cpu": [  # sized for <= 10 min on a 2-core AVX2 CPU in fp32 (docs/MEASURED.md)
-        "data.seg_scale=64", "segmentation.crop=null",
-        "diffusion.resolution=48", "diffusion.window=crop", "diffusion.crop.scale=0.375",
-        "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",
-        "diffusion.checkpoint_every=100", "diffusion.sample_every=250",
-        "synthesis.n=240", "synthesis.batch_size=16",
-        "segmentation.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
-    ],
-    "gpu": [
-        "data.seg_scale=128", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",
-        "diffusion.max_steps=4000", "synthesis.n=500", "segmentation.max_steps=2000",
-    ],
-    "smoke": [],
-}
 DEMO_SYNTHS = ("fast_cached", "draem", "cutpaste")
 
 
@@ -105,7 +89,7 @@ def main(args: list[str]) -> int:
     atomic_write_text(out / "demo.md", "\n".join(md) + "\n")
     print()
     print(title)
-    print(text_table(agg, "synthesizer", ("pixel_auroc", "pixel_ap", "iou", "image_auroc")))
+    print(text_table(agg, "synthesizer", headline_names()))
     print(f"\nreport: {out / 'demo.md'}  plots: {out / 'demo_results.png'}, {out / 'demo_samples.png'}")
     print(f"synthetic pairs: {syn_dir}/images  sample grids: {diff_dir}/samples")
     print("W&B offline runs: ./wandb/offline-run-*  (upload with `wandb sync wandb/offline-run-*`)")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from fast_lightning.commands.common import pop_options
-from fast_lightning.data.demo import DEMO_CLASS, generate_demo_dataset
-
-DEMO_ROOT = "data/demo"
-
+from fast_lightning.data.demo import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
 
 OPTIONS = {"root": DEMO_ROOT, "seed": 0, "overwrite": False}
 TAKES_CONFIG = False  # --help lists no config keys
@@ -15,7 +12,7 @@ TAKES_CONFIG = False  # --help lists no config keys
 def main(args: list[str]) -> int:
     opts, rest = pop_options(args, OPTIONS)
     if rest:
-        from fast_lightning.cli import UserError
+        from fast_lightning.errors import UserError
 
         raise UserError(f"demo-data takes root=, seed=, overwrite=true; got {' '.join(rest)}")
     path = generate_demo_dataset(opts["root"], seed=int(opts["seed"]), overwrite=bool(opts["overwrite"]))

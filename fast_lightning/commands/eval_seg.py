@@ -14,11 +14,11 @@ from pathlib import Path
 import lightning as L
 from omegaconf import OmegaConf
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.training import build_logger, check_logger_ready, finish_logger, log_hyperparams
-from fast_lightning.commands.train_seg import (
+from fast_lightning.stages.fit_segmenter import (
     EVALUATED_ON,
     check_model_config,
     metric_table,
@@ -81,7 +81,8 @@ def main(args: list[str]) -> int:
     # the weights come from the checkpoint: never try to fetch pretrained encoder weights here
     cfg.segmentation.encoder_weights = None
 
-    from fast_lightning.segmentation.module import METRIC_KEYS, SegmentationModule
+    from fast_lightning.evaluation.catalog import metric_names
+    from fast_lightning.segmentation.module import SegmentationModule
 
     dm = AnomalyDataModule(cfg, stage="segmentation")
     dm.setup()
@@ -153,7 +154,7 @@ def main(args: list[str]) -> int:
         "seconds": round(time.time() - start, 1),
     }
     atomic_write_json(run_dir / "eval_metrics.json", result)
-    print(metric_table({"test": module.test_metrics}, METRIC_KEYS))
+    print(metric_table({"test": module.test_metrics}, metric_names()))
     print(per_type_table(module.test_per_type))
     print(f"threshold {result['threshold']:.4f} ({result['threshold_source']}); "
           f"{counts['test_images']} real test images ({counts['test_defect_images']} with defects)")

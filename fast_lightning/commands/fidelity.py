@@ -39,7 +39,7 @@ def gather(synth, dataset, n: int, batch: int, seed: int, type_names: list[str])
         fg = torch.stack([it["foreground"] for it in items])
         gens = [generator_for("fidelity", seed, lo + k) for k in range(len(items))]
         kwargs = {}
-        if getattr(synth, "native_input", False):
+        if synth.native_input:  # the SegSynthesizer protocol
             kwargs = {"records": torch.tensor([int(it["record"]) for it in items]),
                       "hflip": torch.tensor([bool(it["hflip"]) for it in items])}
         img, m = synth(normals, fg, gens, **kwargs)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import config_from_args, pop_options
 
 DEFAULT_ROWS = "FARM every step (old):farm_min_t=0;FARM segments only:farm_min_t=2"
@@ -52,7 +52,6 @@ OPTIONS = {"rows": DEFAULT_ROWS, "n": 8, "seed": 0, "tile": 96, "out": ""}
 def main(args: list[str]) -> int:
     from fast_lightning.data.datamodule import load_split
     from fast_lightning.data.io import load_image, load_mask
-    from fast_lightning.diffusion.module import load_fast_diffusion
     from fast_lightning.evaluation.plots import save_grid
     from fast_lightning.hardware import autocast_dtype
     from fast_lightning.sampling import build_sampler
@@ -60,9 +59,8 @@ def main(args: list[str]) -> int:
     from fast_lightning.synthesis import (
         AnomalySynthesizer,
         SynthesisError,
-        check_checkpoint_compatible,
-        resolve_diffusion_checkpoint,
     )
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
     from fast_lightning.synthesis.predictor import synthesis_batch
 
     opts, rest = pop_options(args, OPTIONS)
@@ -72,10 +70,9 @@ def main(args: list[str]) -> int:
     cfg = config_from_args(rest)
     out = Path(str(opts["out"]) or f"reports/{cfg.class_name}/sheet.png")
     try:
-        ckpt = resolve_diffusion_checkpoint(cfg)
-        model, meta = load_fast_diffusion(ckpt, trust=bool(cfg.get("trust_checkpoint")))
         _, split = load_split(cfg)
-        check_checkpoint_compatible(meta, cfg, split.types)
+        model, meta = load_synthesis_model(cfg, split.types)
+        ckpt = meta["path"]
         images, masks, cond, _ = synthesis_batch(cfg, split, meta.get("type_names", []), n, seed)
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc

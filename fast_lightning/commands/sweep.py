@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import pop_options
-from fast_lightning.commands.sweep_file import load_sweep
-from fast_lightning.commands.sweep_local import trial_env
+from fast_lightning.commands.sweep_file import load_sweep, trial_env
 
 OPTIONS = {"sweep": "", "trials": 0, "project": "", "entity": "", "timeout": 20}
 NO_SERVER_MODES = ("offline", "disabled", "dryrun")

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fast_lightning.cli import UserError
-from fast_lightning.config import EXPERIMENTS_DIR, ConfigError, load_config
+from fast_lightning.config import EXPERIMENTS_DIR, PROJECT_ROOT, load_config
+from fast_lightning.errors import ConfigError, UserError
 
 ARGS_MACRO = "${args_no_hyphens}"
 KNOWN_MACROS = {"${env}", "${interpreter}", "${program}", ARGS_MACRO}
@@ -207,3 +208,13 @@ def validate_parameters(spec: SweepSpec):
                         "class_name=... data_root=..., or fix them in the YAML (class_name: {value: ...})")
     spec.base = cfg
     return cfg
+
+
+def trial_env() -> dict[str, str]:
+    """Offline W&B unless the user chose a mode; this venv and the project importable first."""
+    env = dict(os.environ)
+    env.setdefault("WANDB_MODE", "offline")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

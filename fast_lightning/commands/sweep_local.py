@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fast_lightning import tables
-from fast_lightning.cli import UserError
+from fast_lightning.errors import UserError
 from fast_lightning.commands.common import pop_options
 from fast_lightning.commands.sweep_file import (
     ARGS_MACRO,
@@ -37,8 +37,8 @@ from fast_lightning.commands.sweep_file import (
     import_sweeps,
     load_sweep,
     render_value,
+    trial_env,
 )
-from fast_lightning.config import PROJECT_ROOT
 from fast_lightning.runs import atomic_write_text
 
 OPTIONS = {"sweep": "", "trials": 0, "search_seed": 0, "report_root": "reports/sweeps", "seeds": 1}
@@ -60,16 +60,6 @@ def expand_command(config: dict, args: list[str], interpreter: str = sys.executa
         else:
             out.append(ENVVAR_MACRO.sub(lambda m: os.environ.get(m.group(1), m.group(1)), chunk))
     return out
-
-
-def trial_env() -> dict[str, str]:
-    """Offline W&B unless the user chose a mode; this venv and the project importable first."""
-    env = dict(os.environ)
-    env.setdefault("WANDB_MODE", "offline")
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run_streaming(cmd: list[str], env: dict, log_path: Path) -> int:

@@ -3,7 +3,7 @@
 Imports no model code: synthesizers are injected into the DataModule.
 """
 
-from fast_lightning.data.records import GOOD, ClassIndex, DataError, Record, read_class
+from fast_lightning.data.records import GOOD, ClassIndex, Record, read_class
 from fast_lightning.data.split import Split, make_split
 
-__all__ = ["GOOD", "ClassIndex", "DataError", "Record", "read_class", "Split", "make_split"]
+__all__ = ["GOOD", "ClassIndex", "Record", "read_class", "Split", "make_split"]

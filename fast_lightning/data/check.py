@@ -13,7 +13,8 @@ from fast_lightning import tables
 from fast_lightning.data.datasets import working_size
 from fast_lightning.data.defect_scale import defect_scale
 from fast_lightning.data.io import mask_pixels, mask_to_binary, missing_file_message, open_image
-from fast_lightning.data.records import ClassIndex, DataError, read_class
+from fast_lightning.data.records import ClassIndex, read_class
+from fast_lightning.errors import DataError
 from fast_lightning.data.split import make_split
 from fast_lightning.progress import progress as progress_bar
 

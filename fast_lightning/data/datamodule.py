@@ -7,8 +7,10 @@
   THEN cropped to ``segmentation.crop`` (a ``segmentation.crop_defect_share`` of the synthesized items
   centred on their defect), plus the REAL-test split for validation and test (disjoint, both unseen by any
   generator) as whole working-size images. Batches carry ``record`` (index into
-  ``split.normal_train``) and ``hflip``; a synthesizer with ``native_input = True`` receives them as
-  ``synth(images, foreground, generator, records=..., hflip=...)`` and works on the full-resolution image.
+  ``split.normal_train``) and ``hflip``. The synthesizer follows ``synthesis.common.SegSynthesizer`` (a
+  duck-typed protocol here, since data/ imports no synthesis code): with ``native_input = True`` it receives
+  them as ``synth(images, foreground, generator, records=..., hflip=...)`` and works on the full-resolution
+  image; otherwise ``synth(images, foreground, generator)`` on the working-size batch.
 """
 
 from __future__ import annotations
@@ -211,10 +213,10 @@ class AnomalyDataModule(L.LightningDataModule):
         return self._loader(dataset, batch, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.labelled_dataset("val"), int(self.cfg.data.batch_size))
+        return self._loader(self.labelled_dataset("val"), int(self.cfg.data.eval_batch_size))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.labelled_dataset("test"), int(self.cfg.data.batch_size))
+        return self._loader(self.labelled_dataset("test"), int(self.cfg.data.eval_batch_size))
 
     # ---- synthesis on the training device ------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -241,7 +243,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if n_syn == 0:
             return batch
         g = generator_for("seg_synthesis", int(self.cfg.seed), step, rank)
-        if getattr(self.synthesizer, "native_input", False) and "record" in batch:
+        if self.synthesizer.native_input and "record" in batch:
             # the synthesizer reads these normal-train records at full resolution (see FastSegSynthesizer)
             syn_img, syn_mask = self.synthesizer(images[:n_syn], foreground[:n_syn], g,
                                                  records=batch["record"][:n_syn].cpu(),

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 
 from fast_lightning.data.io import load_mask
-from fast_lightning.data.records import DataError, Record
+from fast_lightning.data.records import Record
+from fast_lightning.errors import DataError
 
 VANISHED_WARN_SHARE = 0.10  # warn when more than this share of real-test defect masks is empty after resizing
 

@@ -30,6 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 DEMO_CLASS = "demo_part"
+DEMO_ROOT = "data/demo"  # where `make demo-data` writes it (relative to the working directory)
 DEFECT_TYPES: tuple[str, ...] = ("hole", "scratch", "stain")  # sorted: condition k -> DEFECT_TYPES[k-1]
 GENERATOR_VERSION = 1  # bump when the rendered pixels change, so stale folders are detected
 PARAMS_FILE = "demo_params.json"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from fast_lightning.data.io import mask_pixels, mask_to_binary, open_image
-from fast_lightning.data.records import DataError
+from fast_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 _WARNED_CLASSES: set[str] = set()  # warn_foreground_fallback: once per class and process

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fast_lightning.data.masks import resize_mask
-from fast_lightning.data.records import DataError
+from fast_lightning.errors import DataError
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 _INTERPOLATION = {"bicubic": Image.BICUBIC, "area": Image.BOX, "bilinear": Image.BILINEAR}

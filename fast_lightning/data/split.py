@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fast_lightning.data.records import GOOD, ClassIndex, DataError, Record
+from fast_lightning.data.records import GOOD, ClassIndex, Record
+from fast_lightning.errors import DataError
 from fast_lightning.errors import ConfigError
 
 

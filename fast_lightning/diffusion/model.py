@@ -18,10 +18,8 @@ from fast_lightning.diffusion.denoiser import DENOISER_REGISTRY, Denoiser, build
 from fast_lightning.diffusion.farm import FARM
 from fast_lightning.diffusion.latent import latent_options  # also registers diffusion.backbone=latent
 from fast_lightning.diffusion.schedule import SCHEDULE_KINDS, NoiseSchedule
-from fast_lightning.schema import DiffusionConfig
 from fast_lightning.errors import ConfigError
-
-_DEFAULTS = DiffusionConfig()  # missing keys of a partial config fall back to the schema, the one source of defaults
+from fast_lightning.schema import DiffusionConfig
 
 
 class FASTDiffusion(nn.Module):
@@ -179,47 +177,21 @@ def drop_condition(cond: torch.Tensor, p: float, generator: torch.Generator | No
 
 
 # -------------------------------------------------------------------- factory
-def _get(cfg: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
+def _typed_diffusion(cfg: Mapping[str, Any] | None):
+    """The ``diffusion`` group on its schema (``config.typed_group``: types, ranges and cross-field rules checked
+    there, missing keys from the schema). A partial mapping that sets ``unet.block_out_channels`` but not
+    ``attention_levels`` gets attention on the two deepest blocks."""
+    from omegaconf import OmegaConf
 
+    from fast_lightning.config import typed_group
 
-def _as_int(value: Any, key: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def _as_float(value: Any, key: str, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    value = float(value)
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def _as_int_tuple(value: Any, key: str) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
-    return tuple(_as_int(v, key, minimum=1) for v in value)
-
-
-def _as_bool_tuple(value: Any, key: str) -> tuple[bool, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ConfigError(f"{key} must be a list of booleans, got {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
-            out.append(bool(v))
-        else:
-            raise ConfigError(f"{key} must be a list of booleans (true/false), got element {v!r}")
-    return tuple(out)
+    if cfg is not None and not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.create(dict(cfg))
+    unet = (cfg.get("unet") or {}) if cfg is not None else {}
+    if cfg is not None and "block_out_channels" in unet and "attention_levels" not in unet:
+        n = len(unet["block_out_channels"])
+        cfg = OmegaConf.merge(cfg, {"unet": {"attention_levels": [False] * max(n - 2, 0) + [True] * min(n, 2)}})
+    return typed_group("diffusion", cfg)
 
 
 def build_fast_diffusion(
@@ -228,45 +200,22 @@ def build_fast_diffusion(
     num_types: int,
     type_names: Sequence[str],
 ) -> FASTDiffusion:
-    """Build FASTDiffusion from the ``diffusion`` config group (plain Mapping or OmegaConf DictConfig).
-
-    Keys: backbone, resolution, [backbone=latent: pretrained, latent_encode, context_tokens, unfreeze_unet,
-    gradient_checkpointing], unet{block_out_channels, layers_per_block, attention_levels, mask_channel,
-    dropout[, norm_num_groups, attention_head_dim]}, farm{enabled, base_channels, time_dim}, adaptor, schedule,
-    num_train_timesteps, beta_start, beta_end, lambda_eps (2.0), lambda_farm (5.0).
-    Invalid values raise ValueError naming the offending ``diffusion.*`` key.
-    """
-    backbone = str(_get(cfg, "backbone", _DEFAULTS.backbone))
+    """Build FASTDiffusion from the ``diffusion`` config group (plain Mapping or OmegaConf DictConfig; the schema
+    checks every value, ``DiffusionConfig`` lists the keys). Checks that need the model's pieces (the known
+    backbones and schedules, sizes divisible by the UNet depth and by FARM's /4) stay here; they raise a
+    ConfigError naming the ``diffusion.*`` key."""
+    d = _typed_diffusion(cfg)
+    backbone = str(d.backbone)
     if backbone not in DENOISER_REGISTRY:
         raise ConfigError(
             f"diffusion.backbone={backbone!r} is not a known denoiser backbone; known: {sorted(DENOISER_REGISTRY)}"
         )
-    resolution = _as_int(_get(cfg, "resolution", _DEFAULTS.resolution), "diffusion.resolution", minimum=4)
-    image_channels = _as_int(image_channels, "data.channels", minimum=1)
-    num_types = _as_int(num_types, "num_types", minimum=0)
+    resolution, image_channels, num_types = int(d.resolution), int(image_channels), int(num_types)
     type_names = [str(n) for n in type_names]
     if len(type_names) != num_types:
         raise ValueError(f"type_names has {len(type_names)} entries but num_types={num_types}")
-
-    unet_cfg = _get(cfg, "unet", {}) or {}
-    blocks = _as_int_tuple(
-        _get(unet_cfg, "block_out_channels", _DEFAULTS.unet.block_out_channels), "diffusion.unet.block_out_channels"
-    )
-    attn = _as_bool_tuple(
-        _get(unet_cfg, "attention_levels", (False,) * max(len(blocks) - 2, 0) + (True,) * min(len(blocks), 2)),
-        "diffusion.unet.attention_levels",
-    )
-    if len(attn) != len(blocks):
-        raise ConfigError(
-            f"diffusion.unet.attention_levels has {len(attn)} entries but diffusion.unet.block_out_channels has "
-            f"{len(blocks)}; give one true/false per block"
-        )
-    layers = _as_int(_get(unet_cfg, "layers_per_block", _DEFAULTS.unet.layers_per_block),
-        "diffusion.unet.layers_per_block", minimum=1)
-    dropout = _as_float(_get(unet_cfg, "dropout", _DEFAULTS.unet.dropout), "diffusion.unet.dropout", minimum=0.0)
-    if dropout >= 1.0:
-        raise ConfigError(f"diffusion.unet.dropout must be in [0, 1), got {dropout}")
-    mask_channel = bool(_get(unet_cfg, "mask_channel", _DEFAULTS.unet.mask_channel))
+    blocks = tuple(int(c) for c in d.unet.block_out_channels)
+    attn = tuple(bool(a) for a in d.unet.attention_levels)
     factor = 2 ** (len(blocks) - 1)
     pixel = backbone == "pixel_unet"  # the latent backbone checks sizes against its own autoencoder
     if pixel and resolution % factor:
@@ -276,52 +225,28 @@ def build_fast_diffusion(
         )
     if pixel and resolution % 4:
         raise ConfigError(f"diffusion.resolution={resolution} must be divisible by 4 (FARM works at resolution/4)")
-    norm_groups = _get(unet_cfg, "norm_num_groups", None)
-    if norm_groups is not None:
-        norm_groups = _as_int(norm_groups, "diffusion.unet.norm_num_groups", minimum=1)
-        if any(c % norm_groups for c in blocks):
-            raise ConfigError(f"diffusion.unet.norm_num_groups={norm_groups} must divide every block width {blocks}")
-    head_dim = _get(unet_cfg, "attention_head_dim", None)
-    if head_dim is not None:
-        head_dim = _as_int(head_dim, "diffusion.unet.attention_head_dim", minimum=1)
-
-    farm_cfg = _get(cfg, "farm", {}) or {}
-    farm_enabled = bool(_get(farm_cfg, "enabled", _DEFAULTS.farm.enabled))
-    farm_w = _as_int(_get(farm_cfg, "base_channels", _DEFAULTS.farm.base_channels),
-        "diffusion.farm.base_channels", minimum=1)
-    farm_tdim = _as_int(_get(farm_cfg, "time_dim", _DEFAULTS.farm.time_dim), "diffusion.farm.time_dim", minimum=2)
-    use_adaptor = bool(_get(cfg, "adaptor", _DEFAULTS.adaptor))
-
-    kind = str(_get(cfg, "schedule", _DEFAULTS.schedule))
+    kind = str(d.schedule)
     if kind not in SCHEDULE_KINDS:
         raise ConfigError(
             f"diffusion.schedule={kind!r} is not a known noise schedule; allowed values: {sorted(SCHEDULE_KINDS)}"
         )
-    steps = _as_int(_get(cfg, "num_train_timesteps", _DEFAULTS.num_train_timesteps),
-        "diffusion.num_train_timesteps", minimum=2)
-    beta_start = _as_float(_get(cfg, "beta_start", _DEFAULTS.beta_start), "diffusion.beta_start", minimum=0.0)
-    beta_end = _as_float(_get(cfg, "beta_end", _DEFAULTS.beta_end), "diffusion.beta_end", minimum=0.0)
-    if kind != "cosine" and not (0.0 < beta_start < beta_end < 1.0):
-        raise ConfigError(
-            f"diffusion.beta_start / diffusion.beta_end must satisfy 0 < beta_start < beta_end < 1, "
-            f"got {beta_start}, {beta_end}"
-        )
-    lambda_eps = _as_float(_get(cfg, "lambda_eps", _DEFAULTS.lambda_eps), "diffusion.lambda_eps", minimum=0.0)
-    lambda_farm = _as_float(_get(cfg, "lambda_farm", _DEFAULTS.lambda_farm), "diffusion.lambda_farm", minimum=0.0)
-    mask_loss_weight = _as_float(_get(cfg, "mask_loss_weight", _DEFAULTS.mask_loss_weight),
-                                 "diffusion.mask_loss_weight", minimum=0.0)
+    farm_w, farm_tdim, steps = int(d.farm.base_channels), int(d.farm.time_dim), int(d.num_train_timesteps)
+    farm_enabled, use_adaptor = bool(d.farm.enabled), bool(d.adaptor)
+    beta_start, beta_end = float(d.beta_start), float(d.beta_end)
+    lambda_eps, lambda_farm = float(d.lambda_eps), float(d.lambda_farm)
+    mask_loss_weight = float(d.mask_loss_weight)
 
     resolved = {
         "backbone": backbone,
         "resolution": resolution,
         "unet": {
             "block_out_channels": list(blocks),
-            "layers_per_block": layers,
+            "layers_per_block": int(d.unet.layers_per_block),
             "attention_levels": list(attn),
-            "mask_channel": mask_channel,
-            "dropout": dropout,
-            "norm_num_groups": norm_groups,
-            "attention_head_dim": head_dim,
+            "mask_channel": bool(d.unet.mask_channel),
+            "dropout": float(d.unet.dropout),
+            "norm_num_groups": None,
+            "attention_head_dim": None,
         },
         "farm": {"enabled": farm_enabled, "base_channels": farm_w, "time_dim": farm_tdim},
         "adaptor": use_adaptor,
@@ -335,7 +260,7 @@ def build_fast_diffusion(
         "type_names": list(type_names),
     }
     if backbone == "latent":
-        resolved["latent"] = latent_options(cfg)
+        resolved["latent"] = latent_options(d)
     denoiser = build_denoiser(resolved.get(backbone, resolved["unet"]), backbone, image_channels, resolution,
                               num_types)
     if not pixel and denoiser.latent_size % 4:

@@ -30,6 +30,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve
 from torchmetrics.utilities.data import dim_zero_cat
 
+from fast_lightning.evaluation import catalog
 from fast_lightning.evaluation.aupro import aupro, pro_curve  # noqa: F401  (part of this module's API)
 
 __all__ = ["SegmentationMetrics", "aupro", "best_threshold", "per_type_metrics", "pro_curve", "validate_inputs"]
@@ -111,6 +112,8 @@ class SegmentationMetrics(Metric):
       (background excluded; NOT overall pixel accuracy, which would be dominated by background).
     - ``image_auroc``: AUROC of per-image scores (max pixel prob) against labels (mask has any positive pixel).
     - ``iou_threshold``: the threshold used for iou/miou/acc.
+    - ``aupro``: per-region overlap up to FPR 0.3 (``evaluation.aupro``), on the accumulated maps.
+    - every metric of ``evaluation.catalog.METRICS`` that brings its own ``compute`` function.
 
     Degenerate sets: no positive pixel -> pixel_auroc/ap/f1 and acc are nan (warning); no negative pixel ->
     pixel_auroc is nan; only one image label present -> image_auroc is nan; iou is nan only when there is
@@ -138,16 +141,28 @@ class SegmentationMetrics(Metric):
         validate_inputs(probs, target)
         p = probs.detach()
         t = target.detach()
-        self.preds.append(p.flatten().to(device="cpu", dtype=self.pred_dtype))
-        self.target.append(t.flatten().to(device="cpu", dtype=torch.uint8))
+        self.preds.append(p.to(device="cpu", dtype=self.pred_dtype))  # maps (B,1,H,W): AUPRO needs the regions
+        self.target.append(t.to(device="cpu", dtype=torch.uint8))
         self.image_scores.append(p.flatten(1).amax(dim=1).to(device="cpu", dtype=torch.float32))
         self.image_labels.append((t.flatten(1) > 0).any(dim=1).to(device="cpu", dtype=torch.uint8))
 
-    def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _maps(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(probs (N,1,H,W) float32, masks (N,1,H,W) uint8) of every update, None when sizes differ."""
         if isinstance(self.preds, list) and len(self.preds) == 0:
             raise RuntimeError("SegmentationMetrics.compute() called before any update()")
-        preds = dim_zero_cat(self.preds).float().cpu()
-        target = dim_zero_cat(self.target).to(torch.uint8).cpu()
+        if isinstance(self.preds, list) and len({tuple(p.shape[1:]) for p in self.preds}) > 1:
+            return None
+        return dim_zero_cat(self.preds).float().cpu(), dim_zero_cat(self.target).to(torch.uint8).cpu()
+
+    def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every pixel's probability (float32) and target (uint8), flat."""
+        if isinstance(self.preds, list) and len(self.preds) == 0:
+            raise RuntimeError("SegmentationMetrics.compute() called before any update()")
+        if isinstance(self.preds, list):
+            preds = torch.cat([p.flatten() for p in self.preds]).float().cpu()
+            target = torch.cat([t.flatten() for t in self.target]).to(torch.uint8).cpu()
+        else:  # synced across processes: already one tensor
+            preds, target = self.preds.flatten().float().cpu(), self.target.flatten().to(torch.uint8).cpu()
         return preds, target
 
     def best_threshold(self) -> float:
@@ -214,18 +229,32 @@ class SegmentationMetrics(Metric):
             out["image_auroc"] = nan
         else:
             out["image_auroc"] = float(binary_auroc(scores, labels, thresholds=None, validate_args=False))
+        out.update(self._map_metrics(thr))
         return {k: float(v) for k, v in out.items()}
+
+    def _map_metrics(self, thr: float) -> dict[str, float]:
+        """AUPRO and the catalog's metrics with their own ``compute``: they need the (N,1,H,W) maps."""
+        maps = self._maps()
+        extra = [m for m in catalog.METRICS if m.compute is not None]
+        if maps is None:
+            warnings.warn("SegmentationMetrics: images of different sizes; aupro and map metrics are nan",
+                          RuntimeWarning, stacklevel=3)
+            return {"aupro": float("nan"), **{m.name: float("nan") for m in extra}}
+        probs, masks = maps
+        return {"aupro": aupro(probs, masks), **{m.name: float(m.compute(probs, masks, thr)) for m in extra}}
 
 
 def per_type_metrics(probs: torch.Tensor, masks: torch.Tensor, types: Sequence[str], threshold: float,
                      good: str = "good") -> dict[str, dict[str, float]]:
-    """Pixel AP and IoU (at ``threshold``) for each defect type: that type's images plus ALL defect-free images.
+    """Pixel AP and IoU (at ``threshold``), and every per-type catalog metric with its own ``compute``, for each
+    defect type: that type's images plus ALL defect-free images.
 
     ``types[i]`` is image i's defect type (``good`` for defect-free images). The defect-free images are shared
     by every type so each type is judged against the same false alarms. Returns
     ``{type: {pixel_ap, iou, images, defect_images}}`` in sorted type order; AP is nan (no warning) when the
     type's masks all vanished at the working resolution.
     """
+    extra = [m for m in catalog.METRICS if m.per_type and m.compute is not None]
     validate_inputs(probs, masks)
     if len(types) != probs.shape[0]:
         raise ValueError(f"{len(types)} type labels for {probs.shape[0]} images")
@@ -248,6 +277,8 @@ def per_type_metrics(probs: torch.Tensor, masks: torch.Tensor, types: Sequence[s
             "images": int(idx.numel()),
             "defect_images": int((masks[idx].flatten(1) > 0).any(1).sum()),
         }
+        for m in extra:
+            out[name][m.name] = float(m.compute(probs[idx].float(), masks[idx], float(threshold)))
     return out
 
 

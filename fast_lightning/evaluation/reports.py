@@ -1,6 +1,7 @@
 """Comparison tables (mean and spread over seeds), bar plots and sample sheets for reports/.
 
-Everything is written atomically; numbers come from the runs' metrics.json files (real-test split).
+Everything is written atomically; numbers come from the runs' metrics.json files (real-test split). Which
+metrics, their labels and directions: ``evaluation.catalog`` (``metrics=None`` = its report columns).
 """
 
 from __future__ import annotations
@@ -15,15 +16,10 @@ from typing import Sequence
 import torch
 
 from fast_lightning import tables
+from fast_lightning.evaluation import catalog
 from fast_lightning.evaluation.plots import save_figure, save_grid
 from fast_lightning.runs import atomic_write_text
 
-REPORT_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max", "iou", "acc", "image_auroc")
-PER_TYPE_METRICS = ("pixel_ap", "iou")
-METRIC_LABELS = {
-    "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "best F1", "iou": "IoU@val-thr",
-    "miou": "mIoU (anomaly)", "acc": "Acc (anomaly)", "image_auroc": "image AUROC", "aupro": "AUPRO@0.3",
-}
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -39,8 +35,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, std, len(vals)
 
 
-def aggregate(rows: list[dict], group_key: str, metrics: Sequence[str] = REPORT_METRICS) -> dict[str, dict]:
+def aggregate(rows: list[dict], group_key: str, metrics: Sequence[str] | None = None) -> dict[str, dict]:
     """rows: {group_key: name, 'test': {metric: value}} -> name -> metric -> (mean, std, n)."""
+    metrics = catalog.report_names() if metrics is None else metrics
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(str(row[group_key]), []).append(row)
@@ -68,9 +65,18 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
-def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:
-    """Mean ± std per group and metric (``tables.markdown_table``); the best mean per column in bold."""
-    best = {m: max((v[m][0] for v in agg.values() if v[m][2]), default=None) for m in metrics}
+def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] | None = None,
+                   higher_is_better: bool | None = None) -> str:
+    """Mean ± std per group and metric (``tables.markdown_table``); the best mean per column in bold (best by the
+    catalog's direction of each metric, or ``higher_is_better`` for columns that are not metrics, e.g. types)."""
+    metrics = catalog.report_names() if metrics is None else metrics
+
+    def best_of(m):
+        up = catalog.higher_is_better(m) if higher_is_better is None else higher_is_better
+        means = [v[m][0] for v in agg.values() if v[m][2]]
+        return None if up is None or not means else (max(means) if up else min(means))
+
+    best = {m: best_of(m) for m in metrics}
     rows = []
     for name, vals in agg.items():
         cells = []
@@ -80,7 +86,7 @@ def markdown_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] 
                 cell = f"**{cell}**"
             cells.append(cell)
         rows.append([name, *cells])
-    return tables.markdown_table([first_col, *(METRIC_LABELS.get(m, m) for m in metrics)], rows)
+    return tables.markdown_table([first_col, *(catalog.label(m) for m in metrics)], rows)
 
 
 def per_type_columns(agg: dict[str, dict]) -> list[str]:
@@ -95,20 +101,22 @@ def per_type_sections(per_type: dict[str, dict[str, dict]], first_col: str) -> l
         columns = per_type_columns(agg)
         if not columns:
             continue
-        label = {"pixel_ap": "pixel AP", "iou": "IoU at the validation threshold"}.get(metric, metric)
-        out += [f"**{label} per defect type** (each type's test images + all defect-free test images; "
-                "mean ± std over seeds)", "", markdown_table(agg, first_col, metrics=columns), ""]
+        out += [f"**{catalog.per_type_label(metric)} per defect type** (each type's test images + all defect-free "
+                "test images; mean ± std over seeds)", "",
+                markdown_table(agg, first_col, metrics=columns, higher_is_better=catalog.higher_is_better(metric)), ""]
     return out
 
 
-def text_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] = REPORT_METRICS) -> str:
+def text_table(agg: dict[str, dict], first_col: str, metrics: Sequence[str] | None = None) -> str:
     """Mean ± std per group and metric for the console (``tables.text_table``)."""
+    metrics = catalog.report_names() if metrics is None else metrics
     rows = [[name, *(_fmt(*vals[m]) for m in metrics)] for name, vals in agg.items()]
-    return tables.text_table([first_col, *(METRIC_LABELS.get(m, m) for m in metrics)], rows, align="<>",
+    return tables.text_table([first_col, *(catalog.label(m) for m in metrics)], rows, align="<>",
                              min_widths=[0] + [15] * len(metrics), rule="full")
 
 
-def write_csv(agg: dict[str, dict], first_col: str, path: Path, metrics: Sequence[str] = REPORT_METRICS) -> Path:
+def write_csv(agg: dict[str, dict], first_col: str, path: Path, metrics: Sequence[str] | None = None) -> Path:
+    metrics = catalog.report_names() if metrics is None else metrics
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow([first_col] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n_runs"])
@@ -118,9 +126,10 @@ def write_csv(agg: dict[str, dict], first_col: str, path: Path, metrics: Sequenc
     return atomic_write_text(path, buf.getvalue())
 
 
-def bar_plot(agg: dict[str, dict], path: Path, title: str, metrics: Sequence[str] = REPORT_METRICS) -> Path:
+def bar_plot(agg: dict[str, dict], path: Path, title: str, metrics: Sequence[str] | None = None) -> Path:
     """Grouped bars (mean ± std over seeds) per metric. Keys ``group:label`` (benchmark: ``class:synth``) get one
     panel per group, and a label keeps its colour in every panel so synthesizers compare at a glance."""
+    metrics = catalog.report_names() if metrics is None else metrics
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +152,7 @@ def bar_plot(agg: dict[str, dict], path: Path, title: str, metrics: Sequence[str
             xs = [j + (i - (len(members) - 1) / 2) * width for j in range(len(metrics))]
             ax.bar(xs, [0 if math.isnan(v) else v for v in means], width, yerr=stds, capsize=3, label=label,
                    color=colors[label])
-        ax.set_xticks(range(len(metrics)), [METRIC_LABELS.get(m, m) for m in metrics], rotation=15)
+        ax.set_xticks(range(len(metrics)), [catalog.label(m) for m in metrics], rotation=15)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{title}: {group}" if group else title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)

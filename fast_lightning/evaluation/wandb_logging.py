@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
+from fast_lightning.evaluation import catalog
+
 MASK_LABELS = {"ground_truth": {1: "defect (ground truth)"}, "prediction": {1: "defect (predicted)"}}
-# segmentation metrics whose best value is the largest; the thresholds are settings, summarised as their last
-HIGHER_IS_BETTER = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "iou", "miou", "acc", "image_auroc", "aupro")
 
 
 # ---- runs ---------------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def define_seg_metrics(run, keys: Sequence[str]) -> None:
     ``log_seg_summary`` with the best checkpoint's values."""
     for k in keys:  # x axis: Lightning's trainer/global_step, as for every other metric of the run
         run.define_metric(f"val/{k}", step_metric="trainer/global_step",
-                          summary="max" if k in HIGHER_IS_BETTER else "last")
+                          summary={True: "max", False: "min"}.get(catalog.higher_is_better(k), "last"))
 
 
 def log_seg_panels(module, key: str, images, gts, probs, labels, indices, threshold: float) -> None:
@@ -180,8 +180,9 @@ def log_seg_test(module, index, probs, masks, types, dataset) -> None:
     log = {"test/worst_images": table(WORST_COLUMNS, rows), "test/threshold": thr,
            "trainer/global_step": int(module.global_step)}
     if module.test_per_type:
-        log["test/per_type"] = table(["defect type", "images", "defect_images", "pixel_ap", "iou"],
-                                     [[t, v["images"], v["defect_images"], _num(v["pixel_ap"]), _num(v["iou"])]
+        names = catalog.per_type_names()
+        log["test/per_type"] = table(["defect type", "images", "defect_images", *names],
+                                     [[t, v["images"], v["defect_images"], *(_num(v[k]) for k in names)]
                                       for t, v in module.test_per_type.items()])
     run.log(log)
 

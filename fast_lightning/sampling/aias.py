@@ -24,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from fast_lightning.errors import ConfigError
+from fast_lightning.schema import AIAS_VARIANTS
 from fast_lightning.sampling.base import (
     DEFAULT_FARM_MIN_T,
     DEFAULT_RENOISE_BAND,
@@ -32,7 +33,7 @@ from fast_lightning.sampling.base import (
     per_sample_randn,
 )
 
-VARIANTS = ("exact", "paper")
+VARIANTS = AIAS_VARIANTS  # the schema's allowed values: one source
 
 
 def _check_variant(variant: str) -> str:

@@ -31,9 +31,7 @@ import torch
 from torch import Tensor
 
 from fast_lightning.errors import ConfigError
-from fast_lightning.schema import SamplingConfig
-
-RENOISE_MODES = ("every", "band", "none")
+from fast_lightning.schema import RENOISE_MODES, SamplingConfig
 DEFAULT_RENOISE_BAND = tuple(SamplingConfig().renoise_band)  # the schema is the one source of defaults
 # FARM is injected only at timesteps t >= farm_min_t. 2 keeps it out of AIAS's refinement tail (t = 1, 0 for
 # the default t_end = 1), as in the authors' code, and applies the same threshold to the baselines; 0 = at

@@ -29,7 +29,8 @@ import torch
 from omegaconf import OmegaConf
 
 from fast_lightning.evaluation import wandb_logging
-from fast_lightning.evaluation.metrics import SegmentationMetrics, aupro, per_type_metrics
+from fast_lightning.evaluation.catalog import metric_names
+from fast_lightning.evaluation.metrics import SegmentationMetrics, per_type_metrics
 from fast_lightning.schema import DataConfig
 from fast_lightning.segmentation.losses import build_loss, split_weighted_loss
 from fast_lightning.segmentation.models import build_segmenter
@@ -37,8 +38,6 @@ from fast_lightning.segmentation.models import build_segmenter
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PANEL_ROWS = ("image", "ground truth", "predicted", "probability")
-METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_max_threshold", "iou", "miou", "acc",
-               "iou_threshold", "image_auroc", "aupro")
 
 
 def heatmap(prob: torch.Tensor) -> torch.Tensor:
@@ -119,7 +118,7 @@ class SegmentationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         run = wandb_logging.lightning_run(self)
         if run is not None:
-            wandb_logging.define_seg_metrics(run, METRIC_KEYS)
+            wandb_logging.define_seg_metrics(run, metric_names())
 
     def speedup_targets(self) -> dict:
         """Modules ``trainer.compile`` / ``trainer.channels_last`` act on (training.Speedups)."""
@@ -217,8 +216,7 @@ class SegmentationModule(L.LightningModule):
             else:
                 thr = float(self.threshold)
             out = metric.compute(threshold=thr)
-            out["aupro"] = aupro(probs, masks)
-        return {k: float(out[k]) for k in METRIC_KEYS}
+        return {k: float(out[k]) for k in metric_names()}
 
     def _test_dataset(self):
         loaders = self.trainer.test_dataloaders if self._trainer is not None else None
@@ -234,7 +232,7 @@ class SegmentationModule(L.LightningModule):
 
     def _log_metrics(self, prefix: str, metrics: dict[str, float]) -> None:
         # identical values on every rank (computed from the gathered set): no sync_dist needed
-        self.log_dict({f"{prefix}/{k}": float(metrics[k]) for k in METRIC_KEYS}, on_step=False, on_epoch=True,
+        self.log_dict({f"{prefix}/{k}": float(metrics[k]) for k in metric_names()}, on_step=False, on_epoch=True,
                       sync_dist=False, batch_size=1)
 
     # ---- validation ------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ One job per module: ``windowed`` (AnomalySynthesizer, paste-back), ``mask_source
 folder), ``masks`` (MaskSampler, TypedMaskSampler, build_mask_sampler), ``checkpoints`` (which diffusion
 checkpoint, and does it fit the config), ``fast_seg`` / ``cached`` (the two FAST segmentation synthesizers),
 ``baselines`` (DRAEM, CutPaste), ``real`` (real_third, real+synthesis mixes), ``registry``
-(build_seg_synthesizer), ``predictor`` /
-``writer`` (`make synthesize`).
+(name -> class + builder, build_seg_synthesizer), ``predictor`` / ``writer`` (`make synthesize`).
+``common.SegSynthesizer`` is the protocol every segmentation synthesizer follows (what it consumes, whether
+it needs a diffusion model).
 
 ``build_seg_synthesizer(name, cfg, datamodule)`` is the one entry point the segmentation stage uses:
 ``fast`` (online FAST, pooled), ``fast_cached`` (pairs from `make synthesize`), and the baselines
@@ -18,18 +19,21 @@ the FAST synthesizers.
 from __future__ import annotations
 
 from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer, color_jitter, procedural_texture
-from fast_lightning.synthesis.cached import CachedSegSynthesizer
-from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible, resolve_diffusion_checkpoint
-from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.cached import CachedSegSynthesizer, resolve_cached_dir
+from fast_lightning.synthesis.checkpoints import (
+    check_checkpoint_compatible,
+    load_synthesis_model,
+    resolve_diffusion_checkpoint,
+)
+from fast_lightning.synthesis.common import SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import FastSegSynthesizer, derive_generators
 from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler, build_mask_sampler
 from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
 from fast_lightning.synthesis.registry import (
-    SEG_SYNTHESIZERS,
     SYNTHESIZERS,
     build_seg_synthesizer,
     check_seg_synth,
-    resolve_cached_dir,
+    needs_diffusion,
     synth_parts,
 )
 from fast_lightning.synthesis.windowed import AnomalySynthesizer, Window
@@ -37,7 +41,7 @@ from fast_lightning.synthesis.writer import read_manifest
 
 __all__ = [
     "SYNTHESIZERS",
-    "SEG_SYNTHESIZERS",
+    "SegSynthesizer",
     "AnomalySynthesizer",
     "CachedSegSynthesizer",
     "CutPasteSynthesizer",
@@ -55,6 +59,8 @@ __all__ = [
     "check_seg_synth",
     "color_jitter",
     "derive_generators",
+    "load_synthesis_model",
+    "needs_diffusion",
     "procedural_texture",
     "read_manifest",
     "resolve_cached_dir",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.synthesis.common import GeneratorArg, batch_generators as _generators, randint as _ri, uniform as _u
+from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, batch_generators as _generators, randint as _ri, uniform as _u
 from fast_lightning.synthesis.mask_sources import PerlinMaskSource, perlin_noise
 from fast_lightning.synthesis.masks import MaskSampler
 
@@ -138,7 +138,7 @@ def procedural_texture(channels: int, size: tuple[int, int], g: torch.Generator,
 
 # ---- DRAEM ----------------------------------------------------------------------------------------------
 
-class DraemSynthesizer:
+class DraemSynthesizer(SegSynthesizer):
     """DRAEM-style: a Perlin (or any) mask M, a texture T and x' = (1-M) x + (1-beta) M T + beta M x.
 
     texture_source:
@@ -195,7 +195,7 @@ class DraemSynthesizer:
 
 # ---- CutPaste -------------------------------------------------------------------------------------------
 
-class CutPasteSynthesizer:
+class CutPasteSynthesizer(SegSynthesizer):
     """CutPaste: cut a region of the same image, colour-jitter it and paste it onto the foreground.
 
     - "patch": rectangle covering ``area_range`` of the image with aspect ratio (h/w) log-uniform in
@@ -289,3 +289,20 @@ class CutPasteSynthesizer:
             images.append(img)
             masks.append(m)
         return torch.stack(images), torch.stack(masks).to(normals.dtype)
+
+
+# ---- builders (synthesis.registry) ----------------------------------------------------------------------
+
+def build_draem(cfg, datamodule) -> DraemSynthesizer:
+    """``synth=draem``: masks from the configured sources (``synthesis.draem_masks=configured``) or Perlin only."""
+    from fast_lightning.synthesis.masks import build_mask_sampler
+
+    syn, split, size = cfg.synthesis, datamodule.split, datamodule.working_size
+    masks = (build_mask_sampler(cfg, split, size) if str(syn.draem_masks) == "configured"
+             else build_mask_sampler(cfg, split, size, sources=["perlin"]))
+    return DraemSynthesizer(mask_sampler=masks, texture_source=str(syn.draem_texture))
+
+
+def build_cutpaste(cfg, datamodule) -> CutPasteSynthesizer:
+    """``synth=cutpaste``."""
+    return CutPasteSynthesizer(variant=str(cfg.synthesis.cutpaste_variant))

@@ -9,15 +9,15 @@ from pathlib import Path
 import torch
 
 from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.common import GeneratorArg, SynthesisError
+from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import first_generator as _first_generator
 from fast_lightning.synthesis.windowed import resize_image
 from fast_lightning.synthesis.writer import read_manifest
 
-__all__ = ["CachedSegSynthesizer", "read_manifest"]
+__all__ = ["CachedSegSynthesizer", "read_manifest", "resolve_cached_dir", "build_cached"]
 
 
-class CachedSegSynthesizer:
+class CachedSegSynthesizer(SegSynthesizer):
     """Pairs written by `make synthesize` (``synth=fast_cached``), resized to the working resolution and
     returned as random draws. The normals passed in are ignored: the cached pairs replace them (their
     backgrounds are other normal train images). Loaded once on CPU, moved to the batch's device once.
@@ -64,3 +64,20 @@ class CachedSegSynthesizer:
         g = _first_generator(generator)
         idx = torch.randint(imgs.shape[0], (b,), generator=g, device=g.device).to(normals.device)
         return imgs[idx].to(normals.dtype), msks[idx].to(normals.dtype)
+
+
+def resolve_cached_dir(cfg) -> Path:
+    """``segmentation.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
+    given = cfg.segmentation.get("fast_cached_dir")
+    folder = Path(str(given)) if given else Path(str(cfg.run_root)) / "synthetic" / str(cfg.class_name) / "latest"
+    real = Path(os.path.realpath(folder))
+    if not (real / "manifest.jsonl").is_file():
+        hint = (f"segmentation.fast_cached_dir={given} holds no manifest.jsonl" if given else
+                f"{folder} does not exist or holds no manifest.jsonl")
+        raise SynthesisError(f"synth=fast_cached needs pairs from `make synthesize CLASS={cfg.class_name}`: {hint}")
+    return real
+
+
+def build_cached(cfg, datamodule) -> CachedSegSynthesizer:
+    """``synth=fast_cached``: the pairs of ``resolve_cached_dir(cfg)`` at the working size."""
+    return CachedSegSynthesizer(resolve_cached_dir(cfg), datamodule.working_size, int(cfg.data.channels))

@@ -1,5 +1,7 @@
-"""Which diffusion checkpoint synthesis uses (``synthesis.ckpt`` or the class's ``latest`` run) and whether it
-fits the current config (class, channels, resolution, anomaly types)."""
+"""THE way synthesis gets its diffusion model: which checkpoint (``synthesis.ckpt`` or the class's ``latest``
+run), whether it fits the current config (class, channels, resolution, anomaly types) and has trained at all,
+and loading it (``load_synthesis_model``, used by every synthesizer, `make synthesize`, sheet, bench-sampling;
+the study steps apply the same check to the metadata alone)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 from fast_lightning.runs import CheckpointError, last_checkpoint, resolve_checkpoint, resolve_run_path
 from fast_lightning.synthesis.common import SynthesisError
 
-__all__ = ["resolve_diffusion_checkpoint", "check_checkpoint_compatible"]
+__all__ = ["resolve_diffusion_checkpoint", "check_checkpoint_compatible", "load_synthesis_model"]
 
 
 def resolve_diffusion_checkpoint(cfg) -> Path:
@@ -30,8 +32,12 @@ def resolve_diffusion_checkpoint(cfg) -> Path:
 
 
 def check_checkpoint_compatible(meta: Mapping, cfg, type_names: Sequence[str] | None = None) -> None:
-    """Class, channels, model resolution and anomaly types of a diffusion checkpoint vs the current config."""
+    """Class, channels, model resolution and anomaly types of a diffusion checkpoint vs the current config, and
+    THE untrained rule: a checkpoint that has not trained a single step is never used for synthesis."""
     where = meta.get("path", "the checkpoint")
+    if int(meta.get("global_step") or 0) < 1:
+        raise SynthesisError(f"diffusion checkpoint {where} has not trained a single step (global_step 0): train one "
+                             f"with `make train-diffusion CLASS={cfg.class_name}` or pass CKPT=<a trained run>")
     problems = []
     if cfg.class_name is not None and meta.get("class_name") != cfg.class_name:
         problems.append(f"it was trained for class {meta.get('class_name')!r} but CLASS={cfg.class_name!r}")
@@ -46,3 +52,15 @@ def check_checkpoint_compatible(meta: Mapping, cfg, type_names: Sequence[str] | 
                         f"{list(type_names)}")
     if problems:
         raise SynthesisError(f"incompatible diffusion checkpoint {where}: " + "; ".join(problems))
+
+
+def load_synthesis_model(cfg, type_names: Sequence[str] | None, ckpt: str | Path | None = None,
+                         map_location="cpu"):
+    """(FASTDiffusion with EMA weights, meta) of ``ckpt`` (default: ``resolve_diffusion_checkpoint(cfg)``),
+    refused with a SynthesisError unless it fits ``cfg`` and the data's anomaly types and has trained."""
+    from fast_lightning.diffusion.module import load_fast_diffusion
+
+    model, meta = load_fast_diffusion(ckpt if ckpt is not None else resolve_diffusion_checkpoint(cfg), map_location,
+                                      trust=bool(cfg.get("trust_checkpoint")))
+    check_checkpoint_compatible(meta, cfg, type_names)
+    return model, meta

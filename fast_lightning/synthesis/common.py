@@ -9,13 +9,37 @@ import torch
 
 from fast_lightning.errors import UserError
 
-__all__ = ["SynthesisError", "GeneratorArg", "uniform", "randint", "coin", "batch_generators"]
+__all__ = ["SynthesisError", "SegSynthesizer", "GeneratorArg", "uniform", "randint", "coin", "batch_generators"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator]
 
 
 class SynthesisError(UserError, ValueError):
     """A synthesis problem the user can fix (missing checkpoint, mismatched class, bad option)."""
+
+
+class SegSynthesizer:
+    """THE segmentation-synthesizer protocol: the DataModule calls
+    ``synth(normals [0,1] (B,C,H,W), foreground (B,1,H,W), generator, records=None, hflip=None)
+    -> (images [0,1], masks {0,1})`` on each training batch (``records``/``hflip`` only when ``native_input``). Two class attributes say what it needs:
+
+    - ``native_input``: True -> it synthesizes on the FULL-RESOLUTION normal images the batch names
+      (``records`` indices into ``split.normal_train``, ``hflip`` flags) and returns pairs at the batch's
+      working size; False -> it works on the working-scale batch tensors it is given (records ignored).
+    - ``needs_diffusion``: True -> building it needs a trained diffusion checkpoint (``synthesis.ckpt`` or
+      the class's ``latest``); the study steps train one first when none fits.
+
+    A new synthesizer subclasses this, gets a builder ``build(cfg, datamodule)`` and one line in
+    ``synthesis.registry.SYNTHESIZERS``.
+    """
+
+    native_input: bool = False
+    needs_diffusion: bool = False
+
+    def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
+                 records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
 
 def uniform(generator: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:

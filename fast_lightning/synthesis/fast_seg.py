@@ -9,11 +9,11 @@ import torch
 
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.schema import DataConfig, SynthesisConfig
-from fast_lightning.synthesis.common import GeneratorArg
+from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer
 from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler
 from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
 
-__all__ = ["FastSegSynthesizer", "derive_generators", "first_generator"]
+__all__ = ["FastSegSynthesizer", "build_fast_seg", "derive_generators", "first_generator"]
 
 
 def derive_generators(generator: GeneratorArg, n: int) -> list[torch.Generator]:
@@ -31,7 +31,7 @@ def first_generator(generator: GeneratorArg) -> torch.Generator:
     return generator if isinstance(generator, torch.Generator) else list(generator)[0]
 
 
-class FastSegSynthesizer:
+class FastSegSynthesizer(SegSynthesizer):
     """Online FAST synthesizer for segmentation training (the DataModule contract
     ``synth(normals [0,1] (B,C,H,W), foreground (B,1,H,W), generator, records=None, hflip=None)
     -> (images, masks)``).
@@ -57,6 +57,7 @@ class FastSegSynthesizer:
     """
 
     native_input = True  # the DataModule passes ``records`` and ``hflip``
+    needs_diffusion = True
 
     def __init__(self, model, meta, mask_sampler: MaskSampler, sampler, *, autocast_dtype: torch.dtype | None = None,
                  channels: int = DataConfig.channels, foreground: str = DataConfig.foreground,
@@ -178,3 +179,20 @@ class FastSegSynthesizer:
         pick = torch.randperm(self._filled, generator=g, device=g.device)[:b].to(normals.device)
         self.last_types = self._pool_types[pick.cpu()].clone()
         return self._pool_images[pick].clone(), self._pool_masks[pick].clone()
+
+
+def build_fast_seg(cfg, datamodule) -> FastSegSynthesizer:
+    """``synth=fast``: the diffusion model of ``synthesis.ckpt`` / ``latest`` (``load_synthesis_model``),
+    full-resolution synthesis (masks at native size), then the working size."""
+    from fast_lightning.hardware import autocast_dtype
+    from fast_lightning.sampling import build_sampler
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
+    from fast_lightning.synthesis.masks import build_mask_sampler
+
+    split, syn = datamodule.split, cfg.synthesis
+    model, meta = load_synthesis_model(cfg, list(split.types))
+    return FastSegSynthesizer(model, meta, build_mask_sampler(cfg, split, None), build_sampler(cfg.sampling),
+                              autocast_dtype=autocast_dtype(str(cfg.trainer.precision)),
+                              channels=int(cfg.data.channels), foreground=str(cfg.data.foreground),
+                              foreground_dir=cfg.data.foreground_dir, buffer_size=int(syn.seg_buffer_size),
+                              refresh=syn.seg_refresh, normals=[r.image for r in split.normal_train])

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.common import GeneratorArg, batch_generators as _generators, randint as _ri, uniform as _u
+from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, batch_generators as _generators, randint as _ri, uniform as _u
 
 __all__ = ["RealThirdSynthesizer", "MixedSynthesizer"]
 
 
 # ---- real third -----------------------------------------------------------------------------------------
 
-class RealThirdSynthesizer:
+class RealThirdSynthesizer(SegSynthesizer):
     """Upper-bound reference: ignores the normals and returns random REAL generator-train (image, mask)
     pairs with random h/v flips. This uses real defect labels, which the synthetic methods do not see.
 
@@ -81,7 +81,7 @@ class RealThirdSynthesizer:
 
 # ---- real labels plus synthesis ----------------------------------------------------------------------------
 
-class MixedSynthesizer:
+class MixedSynthesizer(SegSynthesizer):
     """Two synthesizers in one batch (``segmentation.synth=a+b``, e.g. ``real_third+fast``): the first
     round(B * ``first_share``) items come from ``first``, the rest from ``second``; each member keeps its own
     behaviour (no logic duplicated). ``native_input`` members (online fast) receive their slice of
@@ -93,7 +93,8 @@ class MixedSynthesizer:
         self.parts = [first, second]
         self.first_share = float(first_share)
         self.names = list(names) if names else [type(first).__name__, type(second).__name__]
-        self.native_input = any(getattr(p, "native_input", False) for p in self.parts)
+        self.native_input = any(p.native_input for p in self.parts)
+        self.needs_diffusion = any(p.needs_diffusion for p in self.parts)
         self.last_from_second = torch.zeros(0, dtype=torch.bool)  # which items of the last call came from b
 
     def split(self, b: int) -> int:
@@ -113,10 +114,16 @@ class MixedSynthesizer:
             g = generator if gens is None else gens[sl]
             fg = None if foreground is None else foreground[sl]
             kwargs = {}
-            if getattr(part, "native_input", False) and records is not None:
+            if part.native_input and records is not None:
                 kwargs = {"records": records[sl], "hflip": None if hflip is None else hflip[sl]}
             img, m = part(normals[sl], fg, g, **kwargs)
             images.append(img.to(normals.dtype))
             masks.append(m.to(normals.dtype))
         self.last_from_second = torch.arange(b) >= k
         return torch.cat(images), torch.cat(masks)
+
+
+def build_real_third(cfg, datamodule) -> RealThirdSynthesizer:
+    """``synth=real_third``: the generator-train third's real pairs at the working size."""
+    images, masks = datamodule.labelled_dataset("generator_train").stacked()
+    return RealThirdSynthesizer(images, masks)
