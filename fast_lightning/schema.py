@@ -303,7 +303,8 @@ def _cross_field(cfg) -> list[str]:
     name, steps, t_end, T = get("sampling.name"), get("sampling.steps"), get("sampling.t_end"), get(
         "diffusion.num_train_timesteps")
     if name == "aias" and steps is not None and t_end is not None and steps < t_end + 2:
-        out.append(f"STEPS (sampling.steps) must be >= {t_end + 2} for aias (t_end={t_end}), got {steps}")
+        out.append(f"STEPS={steps} (sampling.steps) is too few for aias: it must be >= {t_end + 2} (sampling.t_end="
+                   f"{t_end} + 2)")
     if t_end is not None and T is not None and t_end >= T - 1:
         out.append(f"sampling.t_end={t_end} must be < diffusion.num_train_timesteps - 1 = {T - 1}")
     clip = get("diffusion.optim.grad_clip")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import install_package
+
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # import name -> distribution name, where they differ
@@ -111,30 +113,7 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_console_script(tmp_path):
     """`pip install --no-deps .` into a new venv that sees this venv's packages (pip, setuptools and the
     dependencies) through a .pth file: offline, seconds, no downloads; then `fast-lightning demo --help` and a
     config print run from outside the source tree. The source is copied first so the build writes nothing here."""
-    import shutil
-
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    for name in ("fast_lightning", "experiments"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-    py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    shared = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                            check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "shared_venv.pth").write_text(shared + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    done = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    work = tmp_path / "elsewhere"
-    work.mkdir()
-    exe = venv / "bin" / "fast-lightning"
+    exe, py, env, site, work = install_package(tmp_path)
     shown = subprocess.run([str(exe), "demo", "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0 and shown.stdout.startswith("usage: fast-lightning demo"), shown.stderr[-2000:]
     where = subprocess.run([str(py), "-c", "import fast_lightning, fast_lightning.config as c; "

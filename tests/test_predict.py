@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_fake_mvtec, write_png
+from conftest import install_package, make_fake_mvtec, write_png
 
 SIZE = (40, 96)
 
@@ -213,3 +213,29 @@ def test_eval_seg_reads_configs_saved_with_the_removed_key(seg_run, tmp_path):
     old.data.seg_scale = None
     with pytest.raises(UserError, match="removed square path"):
         older_config(old, "x.ckpt")
+
+
+@pytest.mark.slow
+def test_the_installed_console_script_predicts(seg_run, tmp_path):
+    """`pip install .` then `fast-lightning predict` from outside the source tree: the packaged configs and the
+    checkpoint's own metadata are all it needs; its masks are the ones the in-tree predictor writes."""
+    import subprocess
+
+    exe, _, env, _, work = install_package(tmp_path)
+    data = Path(json.loads((seg_run / "metrics.json").read_text())["data_root"]) / "widget" / "test"
+    out = tmp_path / "pred"
+    env = {**env, "WANDB_MODE": "disabled"}
+    done = subprocess.run([str(exe), "predict", f"ckpt={seg_run}", f"images={data}", f"out={out}"], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    n_images = len([p for p in data.rglob("*.png") if "ground_truth" not in p.parts])
+    assert len(rows) == n_images > 0
+    from fast_lightning.segmentation.predict import load_segmenter
+
+    seg = load_segmenter(seg_run)
+    first = next(p for p in sorted(data.rglob("*.png")) if "ground_truth" not in p.parts)
+    (pred,) = list(seg.predict([first]))
+    row = next(r for r in rows if Path(r["path"]).resolve() == first.resolve())
+    assert float(row["score"]) == pytest.approx(float(pred.score), abs=1e-5)
+    assert int(row["defect_area_px"]) == pred.area_px
