@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> int:
         finish_logger(trainer)
     # collective (barrier inside) under DDP: every rank calls it, only rank 0 writes
     with explained_stops(run_dir, resume_command(cfg, "train-diffusion", run_dir)):
-        trainer.save_checkpoint(last_checkpoint(run_dir), weights_only=False)  # full state: RESUME
+        trainer.save_checkpoint(last_checkpoint(run_dir))
     if trainer.is_global_zero:
         elapsed = time.time() - start
         steps = int(trainer.global_step) - start_step

@@ -193,7 +193,7 @@ def run(cfg: DictConfig) -> int:
         fit_seconds = time.time() - start
         last = last_checkpoint(run_dir)
         if not last.exists():  # no validation ran (e.g. fast_dev_run): still leave a checkpoint behind
-            trainer.save_checkpoint(last, weights_only=False)  # full state: what RESUME reads
+            trainer.save_checkpoint(last)
         best = ckpt_cb.best_model_path if ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).is_file() else None
         # the ONE test pass: best checkpoint (weights + its validation threshold), real-test images
         trainer.test(module, datamodule=dm, ckpt_path=best)
