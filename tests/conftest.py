@@ -199,3 +199,10 @@ def install_package(tmp_path: Path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     return venv / "bin" / "fast-lightning", py, env, site, work
+
+
+def smoke_compare_args(data_root, run_root, out, synths: str) -> list[str]:
+    """`compare` on the fake 'widget' class at the smoke profile, one seed, a 2-step segmenter."""
+    return ["profile=smoke", "class_name=widget", "trainer.enable_progress_bar=false", f"data_root={data_root}",
+            f"run_root={run_root}", f"synths={synths}", "seeds=1", f"out={out}",
+            "segmentation.max_steps=2", "segmentation.val_every=2"]

@@ -5,6 +5,8 @@ import csv
 import math
 
 import pytest
+
+from conftest import smoke_compare_args
 import torch
 
 from fast_lightning.evaluation import catalog
@@ -69,10 +71,7 @@ def test_a_toy_metric_appears_in_a_smoke_compare_report(toy_metric, data_root, t
     from fast_lightning.evaluation.reports import read_metrics
 
     out = tmp_path / "reports"
-    args = ["profile=smoke", "class_name=widget", "trainer.enable_progress_bar=false", f"data_root={data_root}",
-            f"run_root={tmp_path / 'runs'}", "synths=cutpaste", "seeds=1", f"out={out}",
-            "segmentation.max_steps=2", "segmentation.val_every=2"]
-    assert compare.main(args) == 0
+    assert compare.main(smoke_compare_args(data_root, tmp_path / "runs", out, "cutpaste")) == 0
     with open(out / "comparison.csv") as f:
         (row,) = list(csv.DictReader(f))
     (run_dir,) = [p for p in (tmp_path / "runs" / "seg" / "widget").iterdir() if not p.is_symlink()]

@@ -6,6 +6,8 @@ import csv
 
 import pytest
 
+from conftest import smoke_compare_args
+
 from fast_lightning.synthesis import registry
 from fast_lightning.synthesis.registry import Registered
 from toy_synthesizer import ToyDiffusionSynthesizer, ToySquareSynthesizer, build_toy
@@ -51,10 +53,7 @@ def test_a_toy_synthesizer_added_by_one_registry_line_works_in_compare(toy_regis
     monkeypatch.setattr("fast_lightning.study.ensure_diffusion", lambda *a, **k: pytest.fail("toy needs no model"))
     ToySquareSynthesizer.calls = 0
     out = tmp_path / "reports"
-    args = ["profile=smoke", "class_name=widget", "trainer.enable_progress_bar=false", f"data_root={data_root}",
-            f"run_root={tmp_path / 'runs'}", "synths=toy", "seeds=1", f"out={out}",
-            "segmentation.max_steps=2", "segmentation.val_every=2"]
-    assert compare.main(args) == 0
+    assert compare.main(smoke_compare_args(data_root, tmp_path / "runs", out, "toy")) == 0
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["synthesizer"] for r in rows] == ["toy"]
