@@ -152,3 +152,16 @@ def test_fidelity_rank_command_matches_runs_and_reports(tmp_path):
     assert c2st["per_type_pairs"]["n"] == 12 and set(c2st["per_synthesizer"]) == {"fast", "draem", "cutpaste"}
     assert res["w1_norm_mean"]["per_class"]["tire"]["rho"] == pytest.approx(0.5)
     assert "rank correlation" in (tmp_path / "fidelity_rank.md").read_text()
+
+
+def test_ap_from_csv_reads_comparison_and_benchmark_formats(tmp_path):
+    """A committed benchmark.csv (``class:synthesizer`` rows) stands in for its run folders."""
+    from fast_lightning.evaluation.rank_correlation import ap_from_csv
+
+    (tmp_path / "tire").mkdir()
+    comp = tmp_path / "tire" / "comparison.csv"
+    comp.write_text("synthesizer,pixel_ap_mean,pixel_ap_std\nfast,0.25,0.01\ndraem,nan,nan\n")
+    assert ap_from_csv(comp) == {("tire", "fast"): 0.25}
+    bench = tmp_path / "benchmark.csv"
+    bench.write_text("class:synthesizer,pixel_ap_mean,pixel_ap_std\ntire:fast,0.021,0.01\nmt:draem,0.103,0.02\n")
+    assert ap_from_csv(bench) == {("tire", "fast"): 0.021, ("mt", "draem"): 0.103}

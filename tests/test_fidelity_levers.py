@@ -194,3 +194,23 @@ def test_paper_preset_is_one_flag_away_and_overrides_still_win():
     assert load_config(["profile=smoke", "preset=paper", "sampling.variant=exact"]).sampling.variant == "exact"
     with pytest.raises(ConfigError, match="unknown preset 'papr'.*paper"):
         load_config(["profile=smoke", "preset=papr"])
+
+
+def test_guided_sampling_needs_a_model_trained_with_type_dropout(smoke_cfg):
+    """Guidance on a model whose null condition never trained apart from "normal" is refused, naming the fix."""
+    from omegaconf import OmegaConf
+
+    from fast_lightning.synthesis import SynthesisError
+    from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible
+
+    def meta(dropout):
+        return {"path": "m.ckpt", "global_step": 5, "config": {"diffusion": {"cond_dropout": dropout}}}
+
+    guided = OmegaConf.merge(smoke_cfg, {"sampling": {"guidance_scale": 2.0}})
+    plain = OmegaConf.merge(smoke_cfg, {"sampling": {"guidance_scale": 1.0}})
+    with pytest.raises(SynthesisError, match=r"cond_dropout=0.*sampling.guidance_scale=1"):
+        check_checkpoint_compatible(meta(0.0), guided)
+    with pytest.raises(SynthesisError, match="without classifier-free guidance"):
+        check_checkpoint_compatible({"path": "old.ckpt", "global_step": 5}, guided)  # no config stored: unguided
+    check_checkpoint_compatible(meta(0.1), guided)
+    check_checkpoint_compatible(meta(0.0), plain)

@@ -67,12 +67,20 @@ def ap_from_runs(run_dirs: Iterable[str | Path]) -> dict[tuple, float]:
 
 
 def ap_from_csv(path: str | Path, class_name: str | None = None) -> dict[tuple, float]:
-    """(class, synth) -> pixel_ap_mean of a comparison.csv; the class is its folder name unless given."""
+    """(class, synth) -> pixel_ap_mean of a comparison.csv (class = its folder name unless given) or of a
+    benchmark.csv (rows keyed ``class:synthesizer``), so a committed report can stand in for its run folders."""
     path = Path(path)
-    cls = class_name or path.parent.name
+    out = {}
     with path.open(newline="") as fh:
-        return {(cls, row["synthesizer"]): float(row["pixel_ap_mean"]) for row in csv.DictReader(fh)
-                if row.get("pixel_ap_mean") not in (None, "", "nan")}
+        for row in csv.DictReader(fh):
+            if row.get("pixel_ap_mean") in (None, "", "nan"):
+                continue
+            if "class:synthesizer" in row:
+                cls, _, synth = row["class:synthesizer"].partition(":")
+            else:
+                cls, synth = class_name or path.parent.name, row["synthesizer"]
+            out[(cls, synth)] = float(row["pixel_ap_mean"])
+    return out
 
 
 def fidelity_scores(reports: Iterable[Mapping]) -> dict[str, dict[tuple, float]]:

@@ -32,8 +32,8 @@ def resolve_diffusion_checkpoint(cfg) -> Path:
 
 
 def check_checkpoint_compatible(meta: Mapping, cfg, type_names: Sequence[str] | None = None) -> None:
-    """Class, channels, model resolution and anomaly types of a diffusion checkpoint vs the current config, and
-    THE untrained rule: a checkpoint that has not trained a single step is never used for synthesis."""
+    """Class, channels, model resolution, anomaly types and guidance (a guided sampler needs a model trained with
+    type dropout) of a diffusion checkpoint vs the current config, and THE untrained rule: a checkpoint that has not trained a single step is never used for synthesis."""
     where = meta.get("path", "the checkpoint")
     if int(meta.get("global_step") or 0) < 1:
         raise SynthesisError(f"diffusion checkpoint {where} has not trained a single step (global_step 0): train one "
@@ -50,6 +50,13 @@ def check_checkpoint_compatible(meta: Mapping, cfg, type_names: Sequence[str] | 
     if type_names is not None and list(meta.get("type_names", [])) != list(type_names):
         problems.append(f"its anomaly types {list(meta.get('type_names', []))} differ from the data's "
                         f"{list(type_names)}")
+    guidance = float((cfg.get("sampling") or {}).get("guidance_scale", 1.0))
+    trained = dict((meta.get("config") or {}).get("diffusion") or {})
+    if guidance != 1.0 and not float(trained.get("cond_dropout") or 0.0) > 0.0:
+        # its null condition was never trained apart from "normal": guidance would extrapolate noise
+        problems.append(f"it was trained without classifier-free guidance (diffusion.cond_dropout=0) but "
+                        f"sampling.guidance_scale={guidance:g}: sample it with sampling.guidance_scale=1 "
+                        f"(make ... ARGS=\"sampling.guidance_scale=1\") or retrain with diffusion.cond_dropout > 0")
     if problems:
         raise SynthesisError(f"incompatible diffusion checkpoint {where}: " + "; ".join(problems))
 
