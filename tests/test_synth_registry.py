@@ -59,3 +59,44 @@ def test_a_toy_synthesizer_added_by_one_registry_line_works_in_compare(toy_regis
     assert [r["synthesizer"] for r in rows] == ["toy"]
     assert ToySquareSynthesizer.calls >= 2  # it made the training pairs (and the sample sheet row)
     assert "toy" in (out / "comparison.md").read_text()
+
+
+def test_study_synthesizes_one_pool_for_every_seed_of_a_pair_reading_synthesizer(fake_mvtec, tmp_path, monkeypatch):
+    """fast_cached (``needs_pairs``): one diffusion model, ONE pool, every seed trains on it; a given
+    segmentation.fast_cached_dir is used as is (no model, no pool)."""
+    from pathlib import Path
+
+    from fast_lightning import study
+    from fast_lightning.commands.common import config_from_args
+
+    assert registry.needs_pairs("fast_cached") and registry.needs_pairs("real_third+fast_cached")
+    assert not registry.needs_pairs("fast") and not registry.needs_pairs("draem")
+    calls = {"diffusion": 0, "pool": [], "seg": []}
+
+    def ensure(cfg, redo=False):
+        calls["diffusion"] += 1
+        return tmp_path / "model.ckpt"
+
+    def pairs(cfg, run_id, ckpt, redo=False, label=""):
+        calls["pool"].append((run_id, Path(ckpt)))
+        return tmp_path / "synthetic" / run_id
+
+    def seg(cfg, run_id, redo=False, label=""):
+        calls["seg"].append((cfg.segmentation.synth, int(cfg.seed), cfg.segmentation.fast_cached_dir))
+        return tmp_path / run_id
+
+    monkeypatch.setattr(study, "ensure_diffusion", ensure)
+    monkeypatch.setattr(study, "synthetic_pairs", pairs)
+    monkeypatch.setattr(study, "segmenter", seg)
+    monkeypatch.setattr("fast_lightning.evaluation.reports.read_metrics", lambda run: {"test": {}})
+    cfg = config_from_args(["profile=smoke", f"data_root={fake_mvtec}", "class_name=widget", f"run_root={tmp_path}"])
+    study.run_study(cfg, ["fast_cached", "real_third+fast_cached"], 2, False, tag="t")
+    assert calls["diffusion"] == 1 and len(calls["pool"]) == 1 and calls["pool"][0][1] == tmp_path / "model.ckpt"
+    pool = str(tmp_path / "synthetic" / calls["pool"][0][0])
+    assert calls["seg"] == [("fast_cached", 0, pool), ("fast_cached", 1, pool),
+                            ("real_third+fast_cached", 0, pool), ("real_third+fast_cached", 1, pool)]
+    given = config_from_args(["profile=smoke", f"data_root={fake_mvtec}", "class_name=widget", f"run_root={tmp_path}",
+                              f"segmentation.fast_cached_dir={tmp_path}/mine"])
+    calls.update(diffusion=0, pool=[], seg=[])
+    study.run_study(given, ["fast_cached"], 4, False, tag="t")
+    assert calls["diffusion"] == 0 and calls["pool"] == [] and {c[2] for c in calls["seg"]} == {f"{tmp_path}/mine"}

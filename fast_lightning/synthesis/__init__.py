@@ -34,6 +34,7 @@ from fast_lightning.synthesis.registry import (
     build_seg_synthesizer,
     check_seg_synth,
     needs_diffusion,
+    needs_pairs,
     synth_parts,
 )
 from fast_lightning.synthesis.windowed import AnomalySynthesizer, Window
@@ -61,6 +62,7 @@ __all__ = [
     "derive_generators",
     "load_synthesis_model",
     "needs_diffusion",
+    "needs_pairs",
     "procedural_texture",
     "read_manifest",
     "resolve_cached_dir",

@@ -23,6 +23,8 @@ class CachedSegSynthesizer(SegSynthesizer):
     backgrounds are other normal train images). Loaded once on CPU, moved to the batch's device once.
     """
 
+    needs_pairs = True
+
     def __init__(self, folder: str | Path, resolution: int | tuple[int, int], channels: int = 3) -> None:
         from fast_lightning.data.io import load_image, load_mask
 

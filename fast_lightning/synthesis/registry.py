@@ -20,7 +20,7 @@ from fast_lightning.synthesis.common import SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import FastSegSynthesizer, build_fast_seg
 from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer, build_real_third
 
-__all__ = ["Registered", "SYNTHESIZERS", "synth_parts", "needs_diffusion", "check_seg_synth",
+__all__ = ["Registered", "SYNTHESIZERS", "synth_parts", "needs_diffusion", "needs_pairs", "check_seg_synth",
            "build_seg_synthesizer", "parse_synths"]
 
 
@@ -56,6 +56,11 @@ def synth_parts(name: str) -> list[str]:
 def needs_diffusion(name: str) -> bool:
     """Whether ``segmentation.synth=name`` needs a trained diffusion model (asked of the classes, not the name)."""
     return any(SYNTHESIZERS[p].cls.needs_diffusion for p in synth_parts(name))
+
+
+def needs_pairs(name: str) -> bool:
+    """Whether ``segmentation.synth=name`` reads synthesized pairs from disk (a pool of `make synthesize`)."""
+    return any(SYNTHESIZERS[p].cls.needs_pairs for p in synth_parts(name))
 
 
 def check_seg_synth(name: str, cfg) -> None:
