@@ -288,3 +288,29 @@ def test_synthesize_and_bench_end_to_end(tmp_path, capsys):
     assert report["samplers"]["ddpm-1000"]["nfe"] == 1000 and report["samplers"]["aias-10-exact"]["nfe"] == 10
     assert "speedup_aias10_vs_ddpm1000" in report and len(report["checks"]) == 2
     assert out.with_suffix(".png").is_file()
+
+
+def test_cached_pairs_report_the_type_of_each_draw(tmp_path):
+    """fast_cached draws carry their manifest type ids (``last_types``), so `make fidelity` scores it per type."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from fast_lightning.synthesis.cached import CachedSegSynthesizer
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = []
+    for i, tid in enumerate([1, 2, 2]):
+        Image.fromarray(np.full((16, 16, 3), 40 * (i + 1), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        m = np.zeros((16, 16), np.uint8)
+        m[4:10, 4:10] = 255
+        Image.fromarray(m).save(tmp_path / "masks" / f"{i}.png")
+        rows.append({"index": i, "image": f"images/{i}.png", "mask": f"masks/{i}.png", "type_id": tid})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    synth = CachedSegSynthesizer(tmp_path, 16)
+    imgs, _ = synth(torch.zeros(64, 3, 16, 16), None, torch.Generator().manual_seed(0))
+    level = (imgs[:, 0, 0, 0] * 255).round().long() // 40 - 1  # which pair each draw is
+    assert synth.last_types.tolist() == [[1, 2, 2][int(k)] for k in level]
+    assert set(synth.last_types.tolist()) == {1, 2}

@@ -32,7 +32,7 @@ class CachedSegSynthesizer(SegSynthesizer):
 
         folder = Path(os.path.realpath(folder))
         rows = read_manifest(folder)
-        images, masks = [], []
+        images, masks, types = [], [], []
         for row in rows:
             img_p, mask_p = folder / row["image"], folder / row["mask"]
             if not (img_p.is_file() and mask_p.is_file()):
@@ -42,11 +42,14 @@ class CachedSegSynthesizer(SegSynthesizer):
                 continue
             images.append(load_image(img_p, hw, channels))
             masks.append(m)
+            types.append(int(row.get("type_id") or 0))
         if not images:
             raise SynthesisError(f"{folder} holds no complete (image, mask) pairs; run `make synthesize` first")
         self.folder = folder
         self.images = torch.stack(images)
         self.masks = torch.stack(masks)
+        self.types = torch.tensor(types, dtype=torch.long)  # 1-based type ids of the manifest (0 = unknown)
+        self.last_types = torch.zeros(0, dtype=torch.long)  # type ids of the last draw (fidelity per type)
         self._device_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -65,6 +68,7 @@ class CachedSegSynthesizer(SegSynthesizer):
         _, imgs, msks = self._device_cache
         g = _first_generator(generator)
         idx = torch.randint(imgs.shape[0], (b,), generator=g, device=g.device).to(normals.device)
+        self.last_types = self.types[idx.cpu()]
         return imgs[idx].to(normals.dtype), msks[idx].to(normals.dtype)
 
 
