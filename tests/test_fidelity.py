@@ -10,18 +10,19 @@ import pytest
 import torch
 
 
-def fabricated(n: int, seed: int, fill: str = "dark", size: int = 48):
-    """n textured parts with one elliptic defect each: 'dark' (darker, textured like the real ones) or
-    'white' (a flat white blob: a deliberately wrong synthesizer)."""
+def fabricated(n: int, seed: int, fill: str = "dark", size: int = 48, base_level: float = 0.5):
+    """n textured parts with one elliptic defect each: 'dark' (0.35 darker than the part, textured like the
+    real ones) or 'white' (a flat white blob: a deliberately wrong synthesizer)."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     images, masks = [], []
     for _ in range(n):
-        base = 0.5 + 0.08 * torch.randn(3, size, size, generator=g)
+        base = base_level + 0.08 * torch.randn(3, size, size, generator=g)
         cy, cx = (torch.randint(14, size - 14, (2,), generator=g)).tolist()
         ry, rx = (torch.randint(3, 8, (2,), generator=g)).tolist()
         m = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).float()[None]
-        defect = 0.15 + 0.08 * torch.randn(3, size, size, generator=g) if fill == "dark" else torch.ones(3, size, size)
+        dark = base_level - 0.35 + 0.08 * torch.randn(3, size, size, generator=g)
+        defect = dark if fill == "dark" else torch.ones(3, size, size)
         images.append(torch.where(m > 0, defect, base).clamp(0, 1))
         masks.append(m)
     return images, masks
@@ -68,6 +69,23 @@ def test_control_is_indistinguishable_and_wrong_synthesizer_is_separated():
     assert control["per_type"]["a"]["n_synth"] == 20 and "c2st_auroc" not in control["per_type"]["a"]
     again = compare_sets(real, synths, seed=0, c2st_steps=60, per_type_c2st=False)
     assert again["control"]["score"] == control["score"]  # seeded
+
+
+def test_defect_patch_test_sees_the_defect_not_the_background():
+    """The same defects (0.35 darker than their part) on a brighter part: the window critic tells them apart by
+    the background, the defect-patch critic (patches minus the ring mean) does not; a wrong defect fails both."""
+    from fast_lightning.evaluation.fidelity import compare_sets, defect_patches
+
+    real = as_set(*fabricated(40, 0), ["a"] * 40)
+    synths = {"bright_part": as_set(*fabricated(40, 1, base_level=0.8), None),
+              "wrong": as_set(*fabricated(40, 2, "white"), None)}
+    out = compare_sets(real, synths, seed=0, c2st_steps=60, per_type_c2st=False)
+    shifted, wrong = out["bright_part"]["per_type"]["all"], out["wrong"]["per_type"]["all"]
+    assert shifted["c2st_auroc"] > 0.9, shifted
+    assert abs(shifted["c2st_defect_auroc"] - 0.5) < 0.2, shifted
+    assert wrong["c2st_defect_auroc"] > 0.9, wrong
+    patches, owner = defect_patches(real["windows"], torch.ones_like(real["masks"]) * real["masks"], per_window=3)
+    assert patches.shape == (3 * len(real["windows"]), 3, 8, 8) and owner.tolist()[:6] == [0, 0, 0, 1, 1, 1]
 
 
 @pytest.mark.slow

@@ -62,16 +62,19 @@ def markdown(report: dict) -> str:
     lines = [f"# Fidelity: {report['class_name']}", "",
              f"Synthesized defects vs the real generator-train defects, {report['window_px']}-px windows at the "
              f"working size {report['working_size']}; classifier two-sample AUROC (0.5 = indistinguishable, "
-             "lower = more realistic) and W1 / std(real) per contrast statistic (0 = same distribution). "
+             "lower = more realistic) on the windows and on defect patches (minus the ring's mean: the painted "
+             "defect, not its background or outline), and W1 / std(real) per contrast statistic (0 = same "
+             "distribution). "
              f"`{CONTROL}` is the real-vs-real control.", ""]
     for name, res in report["synthesizers"].items():
         rows = []
         for t, e in res["per_type"].items():
-            rows.append([t, str(e["n_real"]), str(e["n_synth"]), f(e.get("c2st_auroc")), f(e["w1_norm_mean"]),
+            rows.append([t, str(e["n_real"]), str(e["n_synth"]), f(e.get("c2st_auroc")), f(e.get("c2st_defect_auroc")),
+                         f(e["w1_norm_mean"]),
                          *(f(e["stats"][k]["w1_norm"]) for k in report["stats"])])
         extra = f", {res['nfe_per_image']} network evaluations per image" if res.get("nfe_per_image") else ""
         lines += [f"## {name} (score {f(res['score'])}; {res['seconds']:.0f} s to synthesize{extra})", "",
-                  markdown_table(["type", "real", "synth", "C2ST AUROC", "W1/std mean",
+                  markdown_table(["type", "real", "synth", "C2ST AUROC", "C2ST defect AUROC", "W1/std mean",
                                   *(f"W1/std {k}" for k in report["stats"])], rows), ""]
     lines += ["![fidelity](fidelity.png)", ""]
     return "\n".join(lines)
@@ -179,6 +182,8 @@ def main(args: list[str]) -> int:
     atomic_write_json(out / "fidelity.json", report)
     atomic_write_text(out / "fidelity.md", markdown(report))
     for name, res in results.items():
-        print(f"  {name:<12} C2ST AUROC {res['score']:.3f}  W1/std {res['per_type']['all']['w1_norm_mean']:.3f}")
+        whole = res["per_type"]["all"]
+        print(f"  {name:<12} C2ST AUROC {res['score']:.3f}  defect {whole.get('c2st_defect_auroc', float('nan')):.3f}  "
+              f"W1/std {whole['w1_norm_mean']:.3f}")
     print(f"fidelity: {out / 'fidelity.md'} (+ .json, .png) in {report['seconds']:.0f} s")
     return 0
