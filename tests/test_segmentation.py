@@ -33,7 +33,7 @@ def smoke_cfg(*overrides: str):
 
 
 def make_module(*overrides: str):
-    from fast_lightning.segmentation.module import SegmentationModule
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     cfg = smoke_cfg(*overrides)
     side = int(cfg.data.seg_scale)
@@ -83,7 +83,7 @@ def test_training_step_loss_decreases(tmp_path):
     from lightning.pytorch.callbacks import Callback
 
     torch.manual_seed(0)
-    module = make_module("segmentation.lr=0.002", "segmentation.max_steps=20")
+    module = make_module("segmentation.optim.lr=0.002", "segmentation.max_steps=20")
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 32, 32, generator=g) * 0.3 + 0.5
     masks = torch.zeros(4, 1, 32, 32)
@@ -197,7 +197,7 @@ def test_eval_state_is_deduplicated_by_index():
 
 
 def test_panel_indices_fixed_and_bounded():
-    from fast_lightning.segmentation.module import pick_panel_indices
+    from fast_lightning.segmentation.lightning_segmenter import pick_panel_indices
 
     labels = ["crack", "crack", "dent", "good", "good", "dent"]
     assert pick_panel_indices(labels, 3) == [0, 2, 3]

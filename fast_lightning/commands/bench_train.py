@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 from fast_lightning import speedups
 from fast_lightning.commands.bench_compute import GEMM_DTYPES, gemm_peak, op_profile, sampling_split, step_flops
 from fast_lightning.hardware import (
@@ -91,7 +91,7 @@ def _segmenter_step(cfg, device: torch.device, compile: bool = False, channels_l
     loss_fn = build_loss(dict(s.loss))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     # the training step runs on crops when segmentation.crop is set, else on a square of the working scale
-    b, r = int(s.batch_size), int(s.crop or cfg.data.seg_scale)
+    b, r = int(s.optim.batch_size), int(s.crop or cfg.data.seg_scale)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(b, int(cfg.data.channels), r, r, generator=g).to(device)
     if channels_last:
@@ -154,7 +154,7 @@ def _workloads(profile: str, rest: list[str]):
     cfg = config_from_args(base, require_class=False)
     out = [(f"diffusion ({profile})", cfg, _diffusion_step)]
     if profile == "cpu":
-        from fast_lightning.commands.common import DEMO_SETTINGS
+        from fast_lightning.commands.arguments import DEMO_SETTINGS
 
         out.append(("diffusion (demo)", config_from_args(base + DEMO_SETTINGS["cpu"], require_class=False),
                     _diffusion_step))

@@ -7,7 +7,7 @@
   THEN cropped to ``segmentation.crop`` (a ``segmentation.crop_defect_share`` of the synthesized items
   centred on their defect), plus the REAL-test split for validation and test (disjoint, both unseen by any
   generator) as whole working-size images. Batches carry ``record`` (index into
-  ``split.normal_train``) and ``hflip``. The synthesizer follows ``synthesis.common.SegSynthesizer`` (a
+  ``split.normal_train``) and ``hflip``. The synthesizer follows ``synthesis.base_synthesizer.SegSynthesizer`` (a
   duck-typed protocol here, since data/ imports no synthesis code): with ``native_input = True`` it receives
   them as ``synth(images, foreground, generator, records=..., hflip=...)`` and works on the full-resolution
   image; otherwise ``synth(images, foreground, generator)`` on the working-size batch.
@@ -207,7 +207,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.stage == "diffusion":
             batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset(world)
         else:
-            batch, max_steps, dataset = int(self.cfg.segmentation.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
+            batch, max_steps, dataset = int(self.cfg.segmentation.optim.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
         # one global stream of sample indices; a resumed run starts where the interrupted one stopped
         sampler = StepSampler(lambda: self._world_and_step()[1], batch, max_steps + 1, num_replicas=world, rank=rank)
         return self._loader(dataset, batch, sampler=sampler)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, SynthesisError
+from fast_lightning.data.mask_resize import resize_mask
+from fast_lightning.synthesis.base_synthesizer import GeneratorArg, SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import first_generator as _first_generator
-from fast_lightning.synthesis.windowed import resize_image
+from fast_lightning.data.io import resize_tensor_image
 from fast_lightning.synthesis.writer import read_manifest
 
 __all__ = ["CachedSegSynthesizer", "read_manifest", "resolve_cached_dir", "build_cached"]
@@ -62,7 +62,7 @@ class CachedSegSynthesizer(SegSynthesizer):
             raise ValueError(f"cached images have {self.images.shape[1]} channels, the batch has {c}")
         key = (str(normals.device), h, w)
         if self._device_cache is None or self._device_cache[0] != key:
-            imgs = resize_image(self.images, (h, w))
+            imgs = resize_tensor_image(self.images, (h, w))
             msks = resize_mask(self.masks, (h, w))
             self._device_cache = (key, imgs.to(normals.device), msks.to(normals.device))
         _, imgs, msks = self._device_cache
@@ -73,12 +73,12 @@ class CachedSegSynthesizer(SegSynthesizer):
 
 
 def resolve_cached_dir(cfg) -> Path:
-    """``segmentation.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
-    given = cfg.segmentation.get("fast_cached_dir")
+    """``synthesis.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
+    given = cfg.synthesis.get("fast_cached_dir")
     folder = Path(str(given)) if given else Path(str(cfg.run_root)) / "synthetic" / str(cfg.class_name) / "latest"
     real = Path(os.path.realpath(folder))
     if not (real / "manifest.jsonl").is_file():
-        hint = (f"segmentation.fast_cached_dir={given} holds no manifest.jsonl" if given else
+        hint = (f"synthesis.fast_cached_dir={given} holds no manifest.jsonl" if given else
                 f"{folder} does not exist or holds no manifest.jsonl")
         raise SynthesisError(f"synth=fast_cached needs pairs from `make synthesize CLASS={cfg.class_name}`: {hint}")
     return real
