@@ -198,13 +198,13 @@ def run_study(cfg: DictConfig, synths: list[str], seeds: int, redo: bool, tag: s
     from fast_lightning.evaluation.reports import read_metrics
     from fast_lightning.synthesis.registry import needs_diffusion, needs_pairs
 
-    pool = any(needs_pairs(s) for s in synths) and not cfg.segmentation.get("fast_cached_dir")
+    pool = any(needs_pairs(s) for s in synths) and not cfg.synthesis.get("fast_cached_dir")
     if pool or any(needs_diffusion(s) for s in synths):
         cfg = apply_overrides(cfg, [f"synthesis.ckpt={ensure_diffusion(cfg, redo)}"])
     if pool:  # one pool of synthesized pairs for every seed: the model and sampler are the same
         pairs = synthetic_pairs(cfg, f"pool-{settings_key(cfg)}", Path(cfg.synthesis.ckpt), redo,
                                 label=f"synthesize pool of {cfg.synthesis.n}")
-        cfg = apply_overrides(cfg, [f"segmentation.fast_cached_dir={pairs}"])
+        cfg = apply_overrides(cfg, [f"synthesis.fast_cached_dir={pairs}"])
     key = settings_key(cfg)
     rows = []
     for synth in synths:

@@ -63,11 +63,11 @@ def test_a_toy_synthesizer_added_by_one_registry_line_works_in_compare(toy_regis
 
 def test_study_synthesizes_one_pool_for_every_seed_of_a_pair_reading_synthesizer(fake_mvtec, tmp_path, monkeypatch):
     """fast_cached (``needs_pairs``): one diffusion model, ONE pool, every seed trains on it; a given
-    segmentation.fast_cached_dir is used as is (no model, no pool)."""
+    synthesis.fast_cached_dir is used as is (no model, no pool)."""
     from pathlib import Path
 
     from fast_lightning import study
-    from fast_lightning.commands.common import config_from_args
+    from fast_lightning.commands.arguments import config_from_args
 
     assert registry.needs_pairs("fast_cached") and registry.needs_pairs("real_third+fast_cached")
     assert not registry.needs_pairs("fast") and not registry.needs_pairs("draem")
@@ -82,7 +82,7 @@ def test_study_synthesizes_one_pool_for_every_seed_of_a_pair_reading_synthesizer
         return tmp_path / "synthetic" / run_id
 
     def seg(cfg, run_id, redo=False, label=""):
-        calls["seg"].append((cfg.segmentation.synth, int(cfg.seed), cfg.segmentation.fast_cached_dir))
+        calls["seg"].append((cfg.segmentation.synth, int(cfg.seed), cfg.synthesis.fast_cached_dir))
         return tmp_path / run_id
 
     monkeypatch.setattr(study, "ensure_diffusion", ensure)
@@ -96,7 +96,7 @@ def test_study_synthesizes_one_pool_for_every_seed_of_a_pair_reading_synthesizer
     assert calls["seg"] == [("fast_cached", 0, pool), ("fast_cached", 1, pool),
                             ("real_third+fast_cached", 0, pool), ("real_third+fast_cached", 1, pool)]
     given = config_from_args(["profile=smoke", f"data_root={fake_mvtec}", "class_name=widget", f"run_root={tmp_path}",
-                              f"segmentation.fast_cached_dir={tmp_path}/mine"])
+                              f"synthesis.fast_cached_dir={tmp_path}/mine"])
     calls.update(diffusion=0, pool=[], seg=[])
     study.run_study(given, ["fast_cached"], 4, False, tag="t")
     assert calls["diffusion"] == 0 and calls["pool"] == [] and {c[2] for c in calls["seg"]} == {f"{tmp_path}/mine"}

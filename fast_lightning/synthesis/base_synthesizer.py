@@ -31,7 +31,7 @@ class SegSynthesizer:
       working size; False -> it works on the working-scale batch tensors it is given (records ignored).
     - ``needs_diffusion``: True -> building it needs a trained diffusion checkpoint (``synthesis.ckpt`` or
       the class's ``latest``); the study steps train one first when none fits.
-    - ``needs_pairs``: True -> it reads pairs written by `make synthesize` (``segmentation.fast_cached_dir`` or
+    - ``needs_pairs``: True -> it reads pairs written by `make synthesize` (``synthesis.fast_cached_dir`` or
       the class's ``latest``); unless a folder is given, the study steps synthesize one pool first (from the
       diffusion model above) and every seed of the study trains on that same pool.
 
