@@ -1,5 +1,7 @@
 """The one-way-per-job helpers (issue 12): table renderer, uint8 quantisation, split disjointness check."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -45,3 +47,28 @@ def test_split_counts_refuses_an_evaluation_image_in_training(tmp_path):
         split.counts("/d")
     ok = Split("widget", str(tmp_path), ["crack"], generator_train=[], val=[good], test=[bad], normal_train=[])
     assert ok.counts()["test_defect_images"] == 1 and ok.counts()["val_images"] == 1
+
+
+def test_one_tensor_image_resize_in_the_data_layer():
+    """Every image-tensor resize goes through data.io.resize_tensor_image: no other module interpolates images."""
+    root = Path(__file__).resolve().parents[1] / "fast_lightning"
+    others = [str(p.relative_to(root)) for p in root.rglob("*.py")
+              if p.name != "io.py" and 'mode="bicubic"' in p.read_text(encoding="utf-8")]
+    assert others == [], f"bicubic image resize outside data/io.py: {others}"
+
+
+def test_resize_tensor_image_shapes_antialias_and_identity():
+    import torch.nn.functional as F
+
+    from fast_lightning.data.io import resize_tensor_image
+
+    x = torch.rand(2, 3, 12, 20, generator=torch.Generator().manual_seed(0))
+    assert resize_tensor_image(x, (12, 20)) is x  # already the size: untouched
+    small = resize_tensor_image(x, (6, 10))
+    assert torch.equal(small, F.interpolate(x, size=(6, 10), mode="bicubic", antialias=True).clamp(0, 1))
+    big = resize_tensor_image(x, (24, 40))  # enlarging: plain bicubic unless antialias=True is asked for
+    assert torch.equal(big, F.interpolate(x, size=(24, 40), mode="bicubic").clamp(0, 1))
+    assert not torch.equal(big, resize_tensor_image(x, (24, 40), antialias=True))
+    one = resize_tensor_image(x[0], (6, 10))  # (C,H,W) in, (C,H,W) out, same pixels as the batched call
+    assert one.shape == (3, 6, 10) and torch.equal(one, small[0])
+    assert float(big.min()) >= 0.0 and float(big.max()) <= 1.0

@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
-from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor, to_uint8
+from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor, resize_tensor_image, to_uint8
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.records import Record
 from fast_lightning.errors import DataError
@@ -82,13 +81,6 @@ class NativeCache:
                 m = resize_mask(m.float(), like).to(torch.uint8)
             self._masks[path] = m
         return self._masks[path]
-
-
-def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bicubic (antialiased) image; the mask with ``resize_mask``, the rule synthesis uses too (a thin
-    scratch the bicubic image still shows stays in the mask)."""
-    img = F.interpolate(image[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
-    return img.clamp_(0, 1), resize_mask(mask, size)
 
 
 def augment_pair(image, mask, generator, hflip=True, vflip=True, rot90=True):
@@ -173,7 +165,10 @@ class GeneratorTrainDataset(Dataset):
             side = window_side(h, w, self.crop_scale, bbox, min_side=self.resolution, defect_share=self.defect_share)
             y, x = place_window(h, w, side, bbox, generator=g)
             image, mask = image[:, y:y + side, x:x + side], mask[:, y:y + side, x:x + side]
-        image, mask = resize_pair(image.float() / 255.0, mask.float(), self.resolution)
+        # bicubic antialiased image (always, even when enlarging); the mask with resize_mask, the rule synthesis
+        # uses too (a thin scratch the bicubic image still shows stays in the mask)
+        size = (self.resolution, self.resolution)
+        image, mask = resize_tensor_image(image.float() / 255.0, size, antialias=True), resize_mask(mask.float(), size)
         image, mask = augment_pair(image, mask, g, **self.augment)
         return {"image": image, "mask": mask, "cond": torch.tensor(self.type_ids.get(rec.label, 0)), "index": index}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from fast_lightning.data.masks import resize_mask
@@ -56,7 +57,9 @@ def _pil_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (size[1], size[0])  # (H, W) -> PIL (W, H)
 
 
-def resize_image(img: Image.Image, size: int | tuple[int, int] | None, interpolation: str = "bicubic") -> Image.Image:
+def resize_pil_image(img: Image.Image, size: int | tuple[int, int] | None,
+                     interpolation: str = "bicubic") -> Image.Image:
+    """Resize a file as it is read (Pillow's filters, so a stored image always decodes to the same pixels)."""
     if size is None:
         return img
     wh = _pil_size(size)
@@ -67,13 +70,27 @@ def resize_image(img: Image.Image, size: int | tuple[int, int] | None, interpola
     return img.resize(wh, _INTERPOLATION[interpolation])
 
 
+def resize_tensor_image(x: torch.Tensor, hw: tuple[int, int], antialias: bool | None = None) -> torch.Tensor:
+    """THE resize for image tensors already in memory: (B,C,h,w) or (C,h,w) in [0,1] -> float (..,C,H,W),
+    bicubic, clamped to [0,1]; returned unchanged when already (H,W). ``antialias`` None = only when
+    shrinking (synthesis windows and batches); True = always (the diffusion training dataset, which has
+    always done so; antialiased bicubic upscaling uses a different kernel, so the two are kept apart)."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    if antialias is None:
+        antialias = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
+    batched = x if x.dim() == 4 else x[None]
+    out = F.interpolate(batched.float(), size=tuple(hw), mode="bicubic", align_corners=False, antialias=antialias)
+    return out.clamp_(0.0, 1.0) if x.dim() == 4 else out[0].clamp_(0.0, 1.0)
+
+
 def image_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None, channels: int = 3,
                     interpolation: str = "bicubic") -> torch.Tensor:
     """THE image rule of the data path (modes, 16 bit, resize, channels), shared by training and predict:
     palette/RGBA/CMYK images become RGB (alpha dropped), grey and 16-bit keep their precision."""
     if img.mode not in ("L", "RGB", *SIXTEEN_BIT):
         img = img.convert("RGB")
-    return pil_to_tensor(resize_image(img, size, interpolation), channels).clamp_(0.0, 1.0)
+    return pil_to_tensor(resize_pil_image(img, size, interpolation), channels).clamp_(0.0, 1.0)
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3,

@@ -11,7 +11,7 @@ import torch
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import first_generator as _first_generator
-from fast_lightning.synthesis.windowed import resize_image
+from fast_lightning.data.io import resize_tensor_image
 from fast_lightning.synthesis.writer import read_manifest
 
 __all__ = ["CachedSegSynthesizer", "read_manifest", "resolve_cached_dir", "build_cached"]
@@ -57,7 +57,7 @@ class CachedSegSynthesizer(SegSynthesizer):
             raise ValueError(f"cached images have {self.images.shape[1]} channels, the batch has {c}")
         key = (str(normals.device), h, w)
         if self._device_cache is None or self._device_cache[0] != key:
-            imgs = resize_image(self.images, (h, w))
+            imgs = resize_tensor_image(self.images, (h, w))
             msks = resize_mask(self.masks, (h, w))
             self._device_cache = (key, imgs.to(normals.device), msks.to(normals.device))
         _, imgs, msks = self._device_cache

@@ -11,7 +11,8 @@ from fast_lightning.data.masks import resize_mask
 from fast_lightning.schema import DataConfig, SynthesisConfig
 from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer
 from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler
-from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
+from fast_lightning.data.io import resize_tensor_image
+from fast_lightning.synthesis.windowed import AnomalySynthesizer
 
 __all__ = ["FastSegSynthesizer", "build_fast_seg", "derive_generators", "first_generator"]
 
@@ -137,7 +138,7 @@ class FastSegSynthesizer(SegSynthesizer):
             cond.append(tid)
         cond = torch.tensor(cond, dtype=torch.long)
         out_images, out_masks = self.synth.synthesize(images, masks, cond, gens)
-        out_images = torch.stack([resize_image(x[None], hw)[0] for x in out_images])
+        out_images = torch.stack([resize_tensor_image(x[None], hw)[0] for x in out_images])
         out_masks = torch.stack([resize_mask(m, hw) for m in out_masks])
         return out_images.to(normals.dtype), out_masks.to(normals.dtype), cond
 

@@ -22,7 +22,8 @@ from fast_lightning.data.io import bit_depth, load_image
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.seeding import generator_for
 from fast_lightning.synthesis.common import SynthesisError
-from fast_lightning.synthesis.windowed import AnomalySynthesizer, resize_image
+from fast_lightning.data.io import resize_tensor_image
+from fast_lightning.synthesis.windowed import AnomalySynthesizer
 from fast_lightning.synthesis.writer import SynthesisWriter
 
 
@@ -124,7 +125,7 @@ class SynthesisPredictor(L.LightningModule):
             tid = int(it["cond"])
             if it.get("out_resolution"):  # resize the finished pair (image bicubic, mask: the one rule)
                 r = int(it["out_resolution"])
-                img, m = resize_image(img[None].float(), (r, r))[0], resize_mask(m, r)
+                img, m = resize_tensor_image(img[None].float(), (r, r))[0], resize_mask(m, r)
             h, w = img.shape[-2:]
             out.append({
                 "row": {

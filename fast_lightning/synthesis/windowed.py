@@ -1,4 +1,4 @@
-"""Windowed FAST synthesis with exact paste-back (``AnomalySynthesizer``) and its image resize helper.
+"""Windowed FAST synthesis with exact paste-back (``AnomalySynthesizer``).
 Pure torch: no Lightning.
 
 Why windows: a ``crop`` model was trained on square windows (``diffusion.crop.scale`` of the shorter image
@@ -15,25 +15,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from fast_lightning.data.io import resize_tensor_image
 from fast_lightning.data.masks import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 from fast_lightning.schema import CropConfig
 from fast_lightning.synthesis.common import SynthesisError
 
-__all__ = ["Window", "AnomalySynthesizer", "resize_image"]
-
-
-# ---- resizing helpers ---------------------------------------------------------------------------------
-
-def resize_image(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B,C,h,w) [0,1] -> (B,C,H,W): bicubic, antialiased when shrinking, clamped to [0,1]."""
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    shrink = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
-    out = F.interpolate(x.float(), size=tuple(hw), mode="bicubic", align_corners=False, antialias=shrink)
-    return out.clamp_(0.0, 1.0)
+__all__ = ["Window", "AnomalySynthesizer"]
 
 
 # ---- windows ----------------------------------------------------------------------------------------
@@ -152,13 +141,13 @@ class AnomalySynthesizer:
                               f"(reported once per run)", RuntimeWarning, stacklevel=2)
             ys, xs = win.slices()
             plans.append(win)
-            wins.append(resize_image(img[None, :, ys, xs].float(), (R, R))[0].to(self.device))
+            wins.append(resize_tensor_image(img[None, :, ys, xs].float(), (R, R))[0].to(self.device))
             wmasks.append(resize_mask((m[None, :, ys, xs] > 0.5).float(), (R, R))[0].to(self.device))
         generated = self.run_windows(torch.stack(wins), torch.stack(wmasks), cond, generators)
         out_images, out_masks = [], []
         for i, (img, m, win) in enumerate(zip(images, masks, plans)):
             ys, xs = win.slices()
-            back = resize_image(generated[i:i + 1], (win.h, win.w))[0].to(img.device, img.dtype)
+            back = resize_tensor_image(generated[i:i + 1], (win.h, win.w))[0].to(img.device, img.dtype)
             canvas = img.clone()
             canvas[:, ys, xs] = back
             inside = torch.zeros_like(m, dtype=torch.bool)
@@ -184,9 +173,9 @@ class AnomalySynthesizer:
             return torch.stack(imgs), torch.stack(msks)
         b, _, h, w = normals.shape
         R = self.resolution
-        wins = resize_image(normals.float(), (R, R))
+        wins = resize_tensor_image(normals.float(), (R, R))
         wm = resize_mask((masks > 0.5).float(), (R, R))
         generated = self.run_windows(wins, wm, cond, generators)
-        back = resize_image(generated, (h, w)).to(normals.device, normals.dtype)
+        back = resize_tensor_image(generated, (h, w)).to(normals.device, normals.dtype)
         inside = masks > 0.5
         return torch.where(inside, back, normals), inside.to(masks.dtype)
