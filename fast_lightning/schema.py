@@ -32,7 +32,7 @@ class DataConfig:
     foreground_dir: Optional[str] = None
     generator_fraction: float = 0.3333333333
     val_fraction: float = 0.3333333333
-    eval_batch_size: int = 8  # validation/test batches (training batches: diffusion.optim / segmentation)
+    eval_batch_size: int = 8  # validation/test batches (training batches: diffusion.optim / segmentation.optim)
     num_workers: int = 0
 
 
@@ -159,6 +159,15 @@ class LossConfig:
 
 
 @dataclass
+class SegmentationOptimConfig:
+    """The segmenter's AdamW and batch, nested like ``diffusion.optim``."""
+
+    lr: float = 5.0e-4
+    weight_decay: float = 1.0e-4
+    batch_size: int = 16
+
+
+@dataclass
 class SegmentationConfig:
     synth: str = "draem"
     synth_ratio: float = 0.5
@@ -172,11 +181,9 @@ class SegmentationConfig:
     encoder_weights: Optional[str] = None
     allow_download: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
-    lr: float = 5.0e-4
-    weight_decay: float = 1.0e-4
+    optim: SegmentationOptimConfig = field(default_factory=SegmentationOptimConfig)
     max_steps: int = 1500
     val_every: int = 250
-    batch_size: int = 16
     num_log_images: int = 6
 
 
@@ -255,7 +262,7 @@ MINIMUMS = {
     "sampling.steps": (1, "STEPS"), "sampling.t_end": (-1, None), "sampling.farm_min_t": (0, None),
     "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
     "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
-    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.batch_size": (1, None),
+    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.optim.batch_size": (1, None),
     "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
     "data.seg_scale": (32, None), "data.eval_batch_size": (1, None), "data.num_workers": (0, None),
     "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
@@ -279,7 +286,11 @@ RENAMED = {
                        "the aspect ratio is the median of the normal train images; square images give a square size)",
     "sampling.farm": "sampling.farm_inject (FARM at sampling time; diffusion.farm.enabled = the model has FARM)",
     "data.batch_size": "data.eval_batch_size (it only ever set the validation/test batch; training batches are "
-                       "diffusion.optim.batch_size and segmentation.batch_size)",
+                       "diffusion.optim.batch_size and segmentation.optim.batch_size)",
+    # optimiser settings nest under <group>.optim in both trainers
+    "segmentation.lr": "segmentation.optim.lr",
+    "segmentation.weight_decay": "segmentation.optim.weight_decay",
+    "segmentation.batch_size": "segmentation.optim.batch_size",
 }
 CHOICES = {  # key -> (allowed values, make variable or None)
     "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),

@@ -147,3 +147,22 @@ def test_renamed_keys_are_refused_with_the_new_name(old, new):
     if group == "sampling":
         with pytest.raises(ConfigError, match=f"no longer exists: use {new}"):
             typed_group("sampling", {"farm": False})
+
+
+MOVED_KEYS = [("segmentation.lr", "segmentation.optim.lr", 0.001),
+              ("segmentation.weight_decay", "segmentation.optim.weight_decay", 0.0),
+              ("segmentation.batch_size", "segmentation.optim.batch_size", 4)]
+
+
+@pytest.mark.parametrize("old,new,value", MOVED_KEYS)
+def test_moved_keys_are_refused_with_the_new_place(old, new, value):
+    """Keys moved into a nested group (optimiser settings under <group>.optim, synthesizer options under
+    synthesis.*): the old place, on the command line or in a saved config, names the new one; the new one works."""
+    with pytest.raises(ConfigError, match=f"config key '{old}' no longer exists: use {new}"):
+        load_config(["profile=smoke", f"{old}={value}"])
+    cfg = load_config(["profile=smoke", f"{new}={value}"])
+    assert OmegaConf.select(cfg, new) == value
+    saved = OmegaConf.create(OmegaConf.to_container(cfg))  # a run's config.yaml written before the move
+    OmegaConf.update(saved, old, value, force_add=True)
+    with pytest.raises(ConfigError, match=f"no longer exists: use {new}"):
+        apply_overrides(saved, ["seed=1"])

@@ -185,7 +185,7 @@ def test_datamodule_diffusion_and_segmentation(fake_mvtec, tmp_path):
     gen_paths = {r.image for r in seg.split.generator_train}
     assert not test_paths & gen_paths
     normal = next(iter(seg.train_dataloader()))
-    assert normal["foreground"].shape == (cfg.segmentation.batch_size, 1, 64, 64)  # cropped after synthesis
+    assert normal["foreground"].shape == (cfg.segmentation.optim.batch_size, 1, 64, 64)  # cropped after synthesis
 
     def fake_synth(images, foreground, generator):
         masks = torch.zeros_like(foreground)
@@ -195,7 +195,7 @@ def test_datamodule_diffusion_and_segmentation(fake_mvtec, tmp_path):
     fake_synth.native_input = False  # the SegSynthesizer protocol: works on the working-size batch
     seg.synthesizer = fake_synth
     out = seg.synthesize_batch(normal)
-    n = int(round(cfg.segmentation.batch_size * cfg.segmentation.synth_ratio))
+    n = int(round(cfg.segmentation.optim.batch_size * cfg.segmentation.synth_ratio))
     assert out["mask"][:n].sum() > 0 and out["mask"][n:].sum() == 0
 
 

@@ -108,7 +108,7 @@ def test_case03_step_counts_are_validated_before_any_run_directory(fake_mvtec, t
     with pytest.raises(ConfigError, match="'diffusion.max_steps' must be >= 1"):
         train_diffusion.main(common(fake_mvtec, runs) + [f"diffusion.max_steps={steps}"])
     assert not runs.exists()
-    for key, var in (("synthesis.n", "N"), ("sampling.steps", "STEPS"), ("segmentation.batch_size", None)):
+    for key, var in (("synthesis.n", "N"), ("sampling.steps", "STEPS"), ("segmentation.optim.batch_size", None)):
         with pytest.raises(ConfigError, match=f"{var or key}.*must be >= 1"):
             load_config(["profile=smoke", f"{key}=0"])
     with pytest.raises(ConfigError, match="data.val_fraction"):

@@ -83,7 +83,7 @@ def test_training_step_loss_decreases(tmp_path):
     from lightning.pytorch.callbacks import Callback
 
     torch.manual_seed(0)
-    module = make_module("segmentation.lr=0.002", "segmentation.max_steps=20")
+    module = make_module("segmentation.optim.lr=0.002", "segmentation.max_steps=20")
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 32, 32, generator=g) * 0.3 + 0.5
     masks = torch.zeros(4, 1, 32, 32)

@@ -62,7 +62,7 @@ def test_sweeps_optimise_a_validation_metric_train_seg_logs(name):
 
 def test_seg_sweep_covers_the_issue_parameters():
     spec = load_sweep(PROJECT_ROOT / "experiments" / "sweeps" / "seg.yaml", ["class_name=widget"])
-    assert set(spec.swept) == {"segmentation.synth", "segmentation.arch", "segmentation.encoder", "segmentation.lr",
+    assert set(spec.swept) == {"segmentation.synth", "segmentation.arch", "segmentation.encoder", "segmentation.optim.lr",
                                "segmentation.synth_ratio"}
     assert "fast" in spec.config["parameters"]["segmentation.synth"]["values"]
     assert spec.config["early_terminate"]["type"] == "hyperband"
@@ -76,7 +76,7 @@ def test_args_match_what_the_wandb_agent_passes():
     """Our ${args_no_hyphens} must be byte-identical to the W&B agent's, so both drivers run the same trial."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    params = {"segmentation.arch": "FPN", "segmentation.lr": 0.0003, "sampling.steps": 5, "data.channels": 3,
+    params = {"segmentation.arch": "FPN", "segmentation.optim.lr": 0.0003, "sampling.steps": 5, "data.channels": 3,
               "segmentation.encoder_weights": "imagenet", "diffusion.farm.enabled": False}
     theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args_no_hyphens"]
     ours = [f"{k}={sweep_local.render_value(v)}" for k, v in params.items()]
@@ -97,7 +97,7 @@ def test_args_match_what_the_wandb_agent_passes():
     ("command: [python, '${args_no_hyphens}']\nmethod: grid\nmetric: {name: a}\n"
      "parameters: {segmentation.lrr: {values: [0.1]}}\n", "unknown config key 'segmentation.lrr'"),
     ("command: [python, '${args_no_hyphens}']\nmethod: grid\nmetric: {name: a}\n"
-     "parameters: {segmentation.lr: {values: [0.1, fast]}}\n", "segmentation.lr = 'fast'"),
+     "parameters: {segmentation.optim.lr: {values: [0.1, fast]}}\n", "segmentation.optim.lr = 'fast'"),
     ("command: [python, '${args_no_hyphens}']\nmethod: annealing\nmetric: {name: a}\n"
      "parameters: {seed: {values: [1, 2]}}\n", "method must be one of"),
     ("command: [python, '${args_no_hyphens}']\nmethod: grid\nmetric: {name: a, goal: up}\n"
@@ -174,7 +174,7 @@ def test_sweep_trial_cache_key():
 
     base = ["class_name=widget", "profile=smoke"]
     key = diffusion_key(load_config(base))
-    for same in (["sampling.steps=5"], ["sampling.variant=paper"], ["segmentation.lr=0.01"], ["run_id=x"]):
+    for same in (["sampling.steps=5"], ["sampling.variant=paper"], ["segmentation.optim.lr=0.01"], ["run_id=x"]):
         assert diffusion_key(load_config(base + same)) == key, same
     for other in (["diffusion.lambda_farm=1.0"], ["seed=3"], ["data.seg_scale=96"]):
         assert diffusion_key(load_config(base + other)) != key, other
@@ -209,7 +209,7 @@ def test_bayes_proposals_after_failures_are_plain_values():
         config, _ = propose(spec, history)
         history.append(_sweep_run(spec, Trial(number, f"r{number}", {}, status, metric), config))
     config, _ = propose(spec, history)
-    lr = config["segmentation.lr"]["value"]
+    lr = config["segmentation.optim.lr"]["value"]
     assert type(lr) is float and 1e-4 <= lr <= 3e-3
     assert config["segmentation.arch"]["value"] in ("Unet", "FPN", "UnetPlusPlus")
     load_config([f"{k}={sweep_local.render_value(v['value'])}" for k, v in config.items()])
@@ -239,7 +239,7 @@ def test_synthesis_sweep_trains_one_model_for_sampler_settings(fake_mvtec, tmp_p
 FAKE_TRIAL = """
 import json, pathlib, sys
 args = dict(a.split("=", 1) for a in sys.argv[1:])
-lr, seed = float(args["segmentation.lr"]), int(args.get("seed", 0))
+lr, seed = float(args["segmentation.optim.lr"]), int(args.get("seed", 0))
 out = pathlib.Path(args["run_root"]) / "seg" / "widget" / args["run_id"]
 out.mkdir(parents=True)
 # lr 0.001 is best on average, although lr 0.002 wins on seed 0
@@ -257,7 +257,7 @@ command: ["${{interpreter}}", "{script}", "${{args_no_hyphens}}"]
 method: grid
 metric: {{name: val/pixel_ap, goal: maximize}}
 parameters:
-  segmentation.lr: {{values: [0.001, 0.002, 0.003]}}
+  segmentation.optim.lr: {{values: [0.001, 0.002, 0.003]}}
 """)
     reports = tmp_path / "reports"
     proc = run_cli("sweep-local", f"sweep={path}", "seeds=2", f"report_root={reports}", "class_name=widget",
@@ -265,7 +265,7 @@ parameters:
     assert "x 2 seeds (mean ranked" in proc.stdout
     (report,) = reports.iterdir()
     rows = list(csv.DictReader(open(report / "summary.csv")))
-    assert [r["segmentation.lr"] for r in rows] == ["0.001", "0.002", "0.003"]
+    assert [r["segmentation.optim.lr"] for r in rows] == ["0.001", "0.002", "0.003"]
     assert [float(r["val/pixel_ap (mean)"]) for r in rows] == pytest.approx([0.6, 0.45, 0.2])
     assert rows[0]["per seed"] == "0.5 0.7"
     assert len(list((tmp_path / "runs" / "seg" / "widget").iterdir())) == 6  # 3 trials x 2 seeds
@@ -274,7 +274,7 @@ parameters:
     proc = run_cli("sweep-local", f"sweep={path}", f"report_root={tmp_path / 'one'}", "class_name=widget",
                    f"run_root={tmp_path / 'runs1'}")
     (report,) = (tmp_path / "one").iterdir()
-    assert next(csv.DictReader(open(report / "summary.csv")))["segmentation.lr"] == "0.002"
+    assert next(csv.DictReader(open(report / "summary.csv")))["segmentation.optim.lr"] == "0.002"
 
 
 def test_sweep_local_seeds_refuses_a_swept_seed(tmp_path):

@@ -91,7 +91,7 @@ def _segmenter_step(cfg, device: torch.device, compile: bool = False, channels_l
     loss_fn = build_loss(dict(s.loss))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     # the training step runs on crops when segmentation.crop is set, else on a square of the working scale
-    b, r = int(s.batch_size), int(s.crop or cfg.data.seg_scale)
+    b, r = int(s.optim.batch_size), int(s.crop or cfg.data.seg_scale)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(b, int(cfg.data.channels), r, r, generator=g).to(device)
     if channels_last:

@@ -91,7 +91,7 @@ DEMO_SETTINGS = {
         "diffusion.unet.block_out_channels=[16,32,64,64]", "diffusion.max_steps=500",
         "diffusion.checkpoint_every=100", "diffusion.sample_every=250",
         "synthesis.n=240", "synthesis.batch_size=16",
-        "segmentation.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
+        "segmentation.optim.batch_size=8", "segmentation.max_steps=300", "segmentation.val_every=100",
     ],
     "gpu": [
         "data.seg_scale=128", "segmentation.crop=null", "diffusion.resolution=128", "diffusion.window=full",

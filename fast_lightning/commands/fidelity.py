@@ -159,7 +159,7 @@ def main(args: list[str]) -> int:
             synth = build_seg_synthesizer(name, cfg, dm)
         except SynthesisError as exc:
             raise UserError(f"fidelity, synthesizer {name!r}: {exc}") from exc
-        got = gather(synth, normals, n, int(cfg.segmentation.batch_size), int(opts["seed"]), type_names)
+        got = gather(synth, normals, n, int(cfg.segmentation.optim.batch_size), int(opts["seed"]), type_names)
         w, m, k = defect_windows(got["images"], got["masks"], size=size)
         sets[name] = {"windows": w, "masks": m, "types": None if got["types"] is None else [got["types"][i] for i in k]}
         timing[name] = {"seconds": round(got["seconds"], 1), "nfe_per_image": got["nfe_per_image"]}

@@ -207,7 +207,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.stage == "diffusion":
             batch, max_steps, dataset = int(self.cfg.diffusion.optim.batch_size), int(self.cfg.diffusion.max_steps), self.diffusion_dataset(world)
         else:
-            batch, max_steps, dataset = int(self.cfg.segmentation.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
+            batch, max_steps, dataset = int(self.cfg.segmentation.optim.batch_size), int(self.cfg.segmentation.max_steps), self.normal_dataset()
         # one global stream of sample indices; a resumed run starts where the interrupted one stopped
         sampler = StepSampler(lambda: self._world_and_step()[1], batch, max_steps + 1, num_replicas=world, rank=rank)
         return self._loader(dataset, batch, sampler=sampler)

@@ -131,7 +131,8 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         s = self.seg_cfg
-        opt = torch.optim.AdamW(self.model.parameters(), lr=float(s.lr), weight_decay=float(s.weight_decay))
+        o = s.optim
+        opt = torch.optim.AdamW(self.model.parameters(), lr=float(o.lr), weight_decay=float(o.weight_decay))
         total = max(1, int(s.max_steps))
         warmup = max(1, min(50, total // 20))
 
@@ -155,7 +156,7 @@ class SegmentationModule(L.LightningModule):
             loss = self.loss_fn(logits, masks)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite segmentation loss at step {self.global_step}; "
-                                     "try a lower segmentation.lr or trainer.precision=32-true")
+                                     "try a lower segmentation.optim.lr or trainer.precision=32-true")
         n = images.shape[0]
         synthetic = batch.get("synthetic")
         share = synthetic.float().mean() if synthetic is not None else images.new_zeros(())
