@@ -149,6 +149,7 @@ class SynthesisConfig:
     draem_masks: str = "perlin"
     draem_texture: str = "dataset"
     cutpaste_variant: str = "patch"
+    fast_cached_dir: Optional[str] = None
 
 
 @dataclass
@@ -175,7 +176,6 @@ class SegmentationConfig:
     synth_loss_weight: float = 1.0
     crop: Optional[int] = None
     crop_defect_share: float = 0.5
-    fast_cached_dir: Optional[str] = None
     arch: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: Optional[str] = None
@@ -262,8 +262,8 @@ MINIMUMS = {
     "sampling.steps": (1, "STEPS"), "sampling.t_end": (-1, None), "sampling.farm_min_t": (0, None),
     "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
     "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
-    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None), "segmentation.optim.batch_size": (1, None),
-    "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
+    "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None),
+    "segmentation.optim.batch_size": (1, None), "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
     "data.seg_scale": (32, None), "data.eval_batch_size": (1, None), "data.num_workers": (0, None),
     "trainer.num_nodes": (1, None), "trainer.log_every_n_steps": (1, None),
 }
@@ -291,6 +291,8 @@ RENAMED = {
     "segmentation.lr": "segmentation.optim.lr",
     "segmentation.weight_decay": "segmentation.optim.weight_decay",
     "segmentation.batch_size": "segmentation.optim.batch_size",
+    # synthesizer options live in synthesis.* (segmentation.* keeps the training mix: synth, ratios, loss weight)
+    "segmentation.fast_cached_dir": "synthesis.fast_cached_dir",
 }
 CHOICES = {  # key -> (allowed values, make variable or None)
     "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),

@@ -151,7 +151,8 @@ def test_renamed_keys_are_refused_with_the_new_name(old, new):
 
 MOVED_KEYS = [("segmentation.lr", "segmentation.optim.lr", 0.001),
               ("segmentation.weight_decay", "segmentation.optim.weight_decay", 0.0),
-              ("segmentation.batch_size", "segmentation.optim.batch_size", 4)]
+              ("segmentation.batch_size", "segmentation.optim.batch_size", 4),
+              ("segmentation.fast_cached_dir", "synthesis.fast_cached_dir", "runs/synthetic/x")]
 
 
 @pytest.mark.parametrize("old,new,value", MOVED_KEYS)

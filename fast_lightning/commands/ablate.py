@@ -89,7 +89,7 @@ def main(args: list[str]) -> int:
         syn_dir = synthetic_pairs(variant_cfg, syn_id, ckpts[model], redo, label=f"synthesize {label}")
         for seed in range(seeds):
             seg_dir = segmenter(apply_overrides(variant_cfg, ["segmentation.synth=fast_cached",
-                                                              f"segmentation.fast_cached_dir={syn_dir}", f"seed={seed}"]),
+                                                              f"synthesis.fast_cached_dir={syn_dir}", f"seed={seed}"]),
                                 f"{syn_id}-s{seed}", redo, label=f"train-seg on {label} seed {seed}")
             m = read_metrics(seg_dir)
             rows.append({"variant": label, "test": m["test"], "run_dir": str(seg_dir), "metrics": m})

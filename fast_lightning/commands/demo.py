@@ -63,7 +63,7 @@ def main(args: list[str]) -> int:
           f" on {', '.join(DEMO_SYNTHS)}")
     rows = []
     for synth in DEMO_SYNTHS:
-        run_dir = segmenter(apply_overrides(cfg, [f"segmentation.synth={synth}", f"segmentation.fast_cached_dir={syn_dir}"]),
+        run_dir = segmenter(apply_overrides(cfg, [f"segmentation.synth={synth}", f"synthesis.fast_cached_dir={syn_dir}"]),
                             f"demo-{key}-{synth}", redo, label=f"train-seg synth={synth}")
         m = read_metrics(run_dir)
         label = "fast (AIAS-10)" if synth == "fast_cached" else synth
@@ -73,7 +73,7 @@ def main(args: list[str]) -> int:
     agg = aggregate(rows, "synth")
     out = Path("reports") / DEMO_CLASS
     out.mkdir(parents=True, exist_ok=True)
-    cfg_sheet = apply_overrides(cfg, [f"segmentation.fast_cached_dir={syn_dir}"])
+    cfg_sheet = apply_overrides(cfg, [f"synthesis.fast_cached_dir={syn_dir}"])
     sample_sheet(synthesizer_rows(cfg_sheet, list(DEMO_SYNTHS)), out / "demo_samples.png")
     title = "demo_part (SYNTHETIC demo data): segmenter trained per synthesizer, tested on held-out demo defects"
     bar_plot(agg, out / "demo_results.png", title)

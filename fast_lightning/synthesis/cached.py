@@ -67,12 +67,12 @@ class CachedSegSynthesizer(SegSynthesizer):
 
 
 def resolve_cached_dir(cfg) -> Path:
-    """``segmentation.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
-    given = cfg.segmentation.get("fast_cached_dir")
+    """``synthesis.fast_cached_dir`` or runs/synthetic/<class>/latest (must hold a manifest.jsonl)."""
+    given = cfg.synthesis.get("fast_cached_dir")
     folder = Path(str(given)) if given else Path(str(cfg.run_root)) / "synthetic" / str(cfg.class_name) / "latest"
     real = Path(os.path.realpath(folder))
     if not (real / "manifest.jsonl").is_file():
-        hint = (f"segmentation.fast_cached_dir={given} holds no manifest.jsonl" if given else
+        hint = (f"synthesis.fast_cached_dir={given} holds no manifest.jsonl" if given else
                 f"{folder} does not exist or holds no manifest.jsonl")
         raise SynthesisError(f"synth=fast_cached needs pairs from `make synthesize CLASS={cfg.class_name}`: {hint}")
     return real
