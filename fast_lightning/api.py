@@ -28,18 +28,18 @@ __all__ = ["AIASScheduler", "Prediction", "Segmenter", "load_segmenter", "load_s
 
 
 def load_synthesizer(ckpt: str | os.PathLike, device: str = "auto", **sampling):
-    """An ``AnomalySynthesizer`` (windowed FAST synthesis + paste-back) from a train-diffusion checkpoint or run
+    """An ``WindowedFastSynthesizer`` (windowed FAST synthesis + paste-back) from a train-diffusion checkpoint or run
     folder; ``sampling`` overrides the ``sampling`` config group (e.g. ``steps=10, name="ddim"``). An
     untrained checkpoint (global step 0) is refused, as `make synthesize` does."""
     from omegaconf import OmegaConf
 
     from fast_lightning.config import typed_merge
-    from fast_lightning.diffusion.module import load_fast_diffusion
+    from fast_lightning.diffusion.lightning_diffusion import load_fast_diffusion
     from fast_lightning.runs import CheckpointError
     from fast_lightning.sampling import build_sampler
     from fast_lightning.schema import SamplingConfig
     from fast_lightning.synthesis.checkpoints import check_checkpoint_compatible
-    from fast_lightning.synthesis.windowed import AnomalySynthesizer
+    from fast_lightning.synthesis.windowed import WindowedFastSynthesizer
 
     try:
         model, meta = load_fast_diffusion(ckpt, map_location=pick_device(device))
@@ -47,7 +47,7 @@ def load_synthesizer(ckpt: str | os.PathLike, device: str = "auto", **sampling):
         raise UserError(str(exc)) from exc
     check_checkpoint_compatible(meta, meta["config"])  # the one untrained-checkpoint rule of synthesis
     cfg = typed_merge(OmegaConf.structured(SamplingConfig), OmegaConf.create(dict(sampling)), source="sampling=")
-    synth = AnomalySynthesizer(model, build_sampler(cfg), meta)
+    synth = WindowedFastSynthesizer(model, build_sampler(cfg), meta)
     synth.channels = int(meta["config"].data.channels)
     return synth
 

@@ -29,7 +29,7 @@ def usage() -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import OmegaConfBaseException
 
-    from fast_lightning.data.demo import DemoDatasetError
+    from fast_lightning.data.demo_dataset import DemoDatasetError
 
     # ConfigError, DataError, CheckpointError and PretrainedFolderError are UserErrors
     return (UserError, DemoDatasetError, OmegaConfBaseException, FileNotFoundError)

@@ -61,7 +61,8 @@ def stream_seed(stream: str, seed: int, *keys: int) -> int:
 
 def generator_for(stream: str, seed: int, *keys: int) -> torch.Generator:
     """A fresh CPU generator for ``stream`` (e.g. ``generator_for("item", seed, i)``); CPU streams drive GPU
-    batches too (``synthesis.common`` draws on the generator's device), so results do not depend on the device."""
+    batches too (``synthesis.base_synthesizer`` draws on the generator's device), so results do not depend on the
+    device."""
     return torch.Generator().manual_seed(stream_seed(stream, seed, *keys))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fast_lightning.data.demo import (
+from fast_lightning.data.demo_dataset import (
     COMPLETE_MARKER,
     DEFECT_TYPES,
     DEMO_CLASS,

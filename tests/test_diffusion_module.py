@@ -10,7 +10,7 @@ import torch
 from fast_lightning.errors import UserError
 from fast_lightning.commands import train_diffusion
 from fast_lightning.stages import fit_diffusion
-from fast_lightning.diffusion.module import load_fast_diffusion
+from fast_lightning.diffusion.lightning_diffusion import load_fast_diffusion
 from fast_lightning.runs import CheckpointError
 from fast_lightning.training import AtomicCheckpointIO
 

@@ -69,7 +69,7 @@ def model_args(data_root, diffusion_run, run_root) -> list[str]:
 
 
 def test_train_diffusion(diffusion_run):
-    from fast_lightning.diffusion.module import load_fast_diffusion
+    from fast_lightning.diffusion.lightning_diffusion import load_fast_diffusion
 
     run_dir, printed = diffusion_run
     assert printed["global_step"] == 2

@@ -61,7 +61,7 @@ def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvte
 
     import torch
 
-    from fast_lightning.commands.common import config_from_args
+    from fast_lightning.commands.arguments import config_from_args
 
     old = tmp_path / "runs" / "diffusion" / "widget" / "cpu-run" / "checkpoints"
     old.mkdir(parents=True)
@@ -91,7 +91,7 @@ def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mv
     import torch
     from omegaconf import OmegaConf
 
-    from fast_lightning.commands.common import config_from_args
+    from fast_lightning.commands.arguments import config_from_args
 
     rest = _common(tmp_path, fake_mvtec)
     cfg = config_from_args(rest)

@@ -124,7 +124,7 @@ def _train_set(root, **kw):
 
 
 def test_defect_share_reaches_training_and_synthesis_windows(tmp_path, smoke_model):
-    from fast_lightning.synthesis.windowed import AnomalySynthesizer
+    from fast_lightning.synthesis.windowed import WindowedFastSynthesizer
 
     make_fake_mvtec(tmp_path, size=(160, 160), n_defect=6)
     plain = _train_set(tmp_path, normal_weight=0.0)
@@ -134,9 +134,9 @@ def test_defect_share_reaches_training_and_synthesis_windows(tmp_path, smoke_mod
     mask = torch.zeros(1, 160, 160)
     mask[:, 70:76, 70:78] = 1
     meta = {"window": "crop", "resolution": 32, "config": {"diffusion": {"resolution": 32, "crop": {"scale": 0.35}}}}
-    assert AnomalySynthesizer(smoke_model, None, meta).window_for(mask).h == 56
+    assert WindowedFastSynthesizer(smoke_model, None, meta).window_for(mask).h == 56
     meta["config"]["diffusion"]["crop"]["defect_share"] = 0.5
-    assert AnomalySynthesizer(smoke_model, None, meta).window_for(mask).h == 32  # 16 px, raised to the model's 32
+    assert WindowedFastSynthesizer(smoke_model, None, meta).window_for(mask).h == 32  # 16 px, raised to the model's 32
 
 
 def test_normal_pretrain_items_are_normal_and_the_rest_unchanged(tmp_path):
@@ -169,7 +169,7 @@ def test_split_weighted_loss_weights_only_the_synthesized_items():
 
 def test_mixed_synthesizer_marks_the_items_from_b_for_the_loss(smoke_cfg):
     from fast_lightning.data.datamodule import AnomalyDataModule
-    from fast_lightning.synthesis.baselines import CutPasteSynthesizer
+    from fast_lightning.synthesis.baseline_synthesizers import CutPasteSynthesizer
     from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
 
     real = RealThirdSynthesizer(torch.rand(3, 3, 32, 32), (torch.rand(3, 1, 32, 32) > 0.7).float())

@@ -22,14 +22,14 @@ LAYERS = [
     ("evaluation", ["fast_lightning.evaluation"]),
     ("diffusion", ["fast_lightning.diffusion"]),
     ("sampling", ["fast_lightning.sampling"]),
-    ("diffusion module", ["fast_lightning.diffusion.module"]),
+    ("diffusion module", ["fast_lightning.diffusion.lightning_diffusion"]),
     ("synthesis", ["fast_lightning.synthesis"]),
     ("segmentation", ["fast_lightning.segmentation"]),
     ("run control", ["fast_lightning.resume", "fast_lightning.training"]),
     ("stages", ["fast_lightning.stages"]),
     ("study", ["fast_lightning.study"]),
     ("python api", ["fast_lightning.api"]),
-    ("command helpers", ["fast_lightning.commands", "fast_lightning.commands.common",
+    ("command helpers", ["fast_lightning.commands", "fast_lightning.commands.arguments",
                          "fast_lightning.commands.sweep_file", "fast_lightning.commands.bench_compute"]),
     ("commands", ["fast_lightning.commands."]),  # every other module of commands/: none imports another
     ("cli", ["fast_lightning.cli", "fast_lightning.__main__"]),
@@ -37,8 +37,8 @@ LAYERS = [
 INDEPENDENT = {"commands"}  # layers whose modules may not import each other
 
 # the LightningModules / DataModule / Trainer glue; everything else below stages/ stays pure torch
-LIGHTNING_ALLOWED = {"fast_lightning.data.datamodule", "fast_lightning.diffusion.module",
-                     "fast_lightning.synthesis.predictor", "fast_lightning.segmentation.module",
+LIGHTNING_ALLOWED = {"fast_lightning.data.datamodule", "fast_lightning.diffusion.lightning_diffusion",
+                     "fast_lightning.synthesis.predictor", "fast_lightning.segmentation.lightning_segmenter",
                      "fast_lightning.segmentation.callbacks", "fast_lightning.training", "fast_lightning.cli",
                      "fast_lightning.config"}  # config: reads lightning.Trainer's signature (lazily) to check trainer.extra
 

@@ -84,7 +84,7 @@ def test_print_config_prints_the_resolved_config_and_exits(capsys, tmp_path):
 
 
 def test_boolean_options_and_keys_take_true_false_1_0_and_nothing_else():
-    from fast_lightning.commands.common import pop_options
+    from fast_lightning.commands.arguments import pop_options
     from fast_lightning.config import load_config
     from fast_lightning.errors import ConfigError, UserError
 

@@ -17,7 +17,7 @@ from fast_lightning.stages import fit_diffusion
 from fast_lightning.config import load_config
 from fast_lightning.diffusion import build_fast_diffusion
 from fast_lightning.diffusion.latent import PretrainedFolderError, pretrained_fingerprint
-from fast_lightning.diffusion.module import DiffusionModule, load_fast_diffusion
+from fast_lightning.diffusion.lightning_diffusion import DiffusionModule, load_fast_diffusion
 from fast_lightning.runs import CheckpointError
 
 from conftest import make_fake_mvtec

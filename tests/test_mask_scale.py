@@ -16,12 +16,17 @@ from fast_lightning.config import load_config
 from fast_lightning.data import make_split, read_class
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.data.datasets import GeneratorTrainDataset, LabelledDataset
-from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.masks import MaskSampler
+from fast_lightning.data.mask_resize import resize_mask
+from fast_lightning.synthesis.mask_sampler import MaskSampler
 from fast_lightning.data.records import Record
 from fast_lightning.data.split import Split
 from fast_lightning.sampling import build_sampler
-from fast_lightning.synthesis import AnomalySynthesizer, FastSegSynthesizer, RealThirdSynthesizer, build_mask_sampler
+from fast_lightning.synthesis import (
+    FastSegSynthesizer,
+    RealThirdSynthesizer,
+    WindowedFastSynthesizer,
+    build_mask_sampler,
+)
 from fast_lightning.synthesis.predictor import SynthesisIndexDataset, SynthesisPredictor
 
 from conftest import SMOKE_TYPES, make_fake_mvtec, write_png
@@ -151,7 +156,8 @@ def test_synthesizer_masks(files, smoke_cfg, smoke_model, size):
 
 @pytest.mark.parametrize("window", ["full", "crop"])
 def test_model_input_mask_keeps_a_scratch(files, smoke_cfg, smoke_model, window):
-    synth = AnomalySynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), make_meta(smoke_cfg, window))
+    sampler = build_sampler({"name": "aias", "steps": 3})
+    synth = WindowedFastSynthesizer(smoke_model, sampler, make_meta(smoke_cfg, window))
     seen = []
     run = synth.run_windows
     synth.run_windows = lambda w, m, c, g: (seen.append(m), run(w, m, c, g))[1]
@@ -189,8 +195,8 @@ def training_scale(cfg, monkeypatch) -> float:
 
 def record_windows(monkeypatch) -> list:
     seen = []
-    real = AnomalySynthesizer.window_for
-    monkeypatch.setattr(AnomalySynthesizer, "window_for", lambda self, m: seen.append(real(self, m)) or seen[-1])
+    real = WindowedFastSynthesizer.window_for
+    monkeypatch.setattr(WindowedFastSynthesizer, "window_for", lambda self, m: seen.append(real(self, m)) or seen[-1])
     return seen
 
 
@@ -228,7 +234,7 @@ def test_make_synthesize_path_uses_the_training_pixel_scale(scale_data, smoke_mo
 
 
 def test_small_sources_are_reported_once(smoke_cfg, smoke_model):
-    synth = AnomalySynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), make_meta(smoke_cfg))
+    synth = WindowedFastSynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), make_meta(smoke_cfg))
     small = [torch.rand(3, 20, 24), torch.rand(3, 20, 24)]
     masks = [torch.zeros(1, 20, 24), torch.zeros(1, 20, 24)]
     for m in masks:

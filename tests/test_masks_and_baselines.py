@@ -14,7 +14,7 @@ from fast_lightning.synthesis.mask_sources import (
     RealMaskBank,
     perlin_mask,
 )
-from fast_lightning.synthesis.masks import MaskSampler
+from fast_lightning.synthesis.mask_sampler import MaskSampler
 from fast_lightning.synthesis import (
     CutPasteSynthesizer,
     DraemSynthesizer,

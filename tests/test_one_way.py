@@ -72,3 +72,20 @@ def test_resize_tensor_image_shapes_antialias_and_identity():
     one = resize_tensor_image(x[0], (6, 10))  # (C,H,W) in, (C,H,W) out, same pixels as the batched call
     assert one.shape == (3, 6, 10) and torch.equal(one, small[0])
     assert float(big.min()) >= 0.0 and float(big.max()) <= 1.0
+
+
+def test_module_file_names_are_unique_across_packages():
+    """A file name says its job once: no two library modules share one. The only repeats allowed are a command
+    module named after its command (commands/predict.py drives segmentation/predict.py)."""
+    from fast_lightning.commands import COMMANDS
+
+    root = Path(__file__).resolve().parents[1] / "fast_lightning"
+    seen: dict[str, list[str]] = {}
+    for p in root.rglob("*.py"):
+        if p.name not in ("__init__.py", "__main__.py"):
+            seen.setdefault(p.stem, []).append(str(p.parent.relative_to(root)))
+    commands = {module.rsplit(".", 1)[1] for module, _ in COMMANDS.values()}
+    repeats = {stem: dirs for stem, dirs in seen.items() if len(dirs) > 1}
+    bad = {stem: dirs for stem, dirs in repeats.items()
+           if not (stem in commands and dirs.count("commands") == 1 and len(dirs) == 2)}
+    assert bad == {}, f"module file names repeated across packages: {bad}"

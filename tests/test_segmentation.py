@@ -33,7 +33,7 @@ def smoke_cfg(*overrides: str):
 
 
 def make_module(*overrides: str):
-    from fast_lightning.segmentation.module import SegmentationModule
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     cfg = smoke_cfg(*overrides)
     side = int(cfg.data.seg_scale)
@@ -197,7 +197,7 @@ def test_eval_state_is_deduplicated_by_index():
 
 
 def test_panel_indices_fixed_and_bounded():
-    from fast_lightning.segmentation.module import pick_panel_indices
+    from fast_lightning.segmentation.lightning_segmenter import pick_panel_indices
 
     labels = ["crack", "crack", "dent", "good", "good", "dent"]
     assert pick_panel_indices(labels, 3) == [0, 2, 3]

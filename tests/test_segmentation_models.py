@@ -50,7 +50,7 @@ def test_missing_pretrained_weights_fail_fast_and_clearly(monkeypatch, tmp_path)
     assert constants.HF_HUB_OFFLINE == offline_before  # the forced offline mode is restored afterwards
     # the config keys reach the model: encoder_weights from the local cache only unless allow_download=true
     from fast_lightning.config import load_config
-    from fast_lightning.segmentation.module import SegmentationModule
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     cfg = load_config(["profile=smoke", "segmentation.encoder_weights=imagenet"])
     assert cfg.segmentation.allow_download is False

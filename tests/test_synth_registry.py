@@ -29,7 +29,7 @@ def test_needs_diffusion_is_asked_of_the_protocol(toy_registered):
 def test_study_provides_a_diffusion_model_only_when_a_synthesizer_needs_one(toy_registered, fake_mvtec, tmp_path,
                                                                            monkeypatch):
     from fast_lightning import study
-    from fast_lightning.commands.common import config_from_args
+    from fast_lightning.commands.arguments import config_from_args
 
     class Provided(Exception):
         pass

@@ -13,7 +13,7 @@ from fast_lightning.config import load_config
 from fast_lightning.data import make_split, read_class
 from fast_lightning.sampling import build_sampler
 from fast_lightning.synthesis import (
-    AnomalySynthesizer,
+    WindowedFastSynthesizer,
     CachedSegSynthesizer,
     FastSegSynthesizer,
     SynthesisError,
@@ -28,9 +28,9 @@ from conftest import SMOKE_TYPES, make_fake_mvtec, run_cli
 TYPES = SMOKE_TYPES  # the smoke_model fixture's types
 
 
-def make_synth(model, cfg, window: str, steps: int = 3) -> AnomalySynthesizer:
+def make_synth(model, cfg, window: str, steps: int = 3) -> WindowedFastSynthesizer:
     meta = {"window": window, "resolution": int(cfg.diffusion.resolution), "config": cfg, "type_names": TYPES}
-    return AnomalySynthesizer(model, build_sampler({"name": "aias", "steps": steps}), meta)
+    return WindowedFastSynthesizer(model, build_sampler({"name": "aias", "steps": steps}), meta)
 
 
 def items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fast_lightning.synthesis.common import SegSynthesizer
+from fast_lightning.synthesis.base_synthesizer import SegSynthesizer
 
 
 class ToySquareSynthesizer(SegSynthesizer):

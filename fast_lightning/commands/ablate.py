@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 from fast_lightning.config import apply_overrides
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.catalog import headline_names

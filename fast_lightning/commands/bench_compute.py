@@ -106,7 +106,7 @@ def sampling_split(model, cfg, device: torch.device, amp: torch.dtype | None, ba
     """AIAS-10 vs DDPM-T on ``model`` (any weights: speed does not depend on them) for ``batch`` random
     normal images of ``image_side`` px with a rectangular mask each; best of ``repeats`` for AIAS, DDPM once."""
     from fast_lightning.sampling import build_sampler
-    from fast_lightning.synthesis import AnomalySynthesizer
+    from fast_lightning.synthesis import WindowedFastSynthesizer
 
     d = cfg.diffusion
     meta = {"window": str(d.window), "resolution": int(d.resolution), "type_names": list(model.type_names),
@@ -130,7 +130,7 @@ def sampling_split(model, cfg, device: torch.device, amp: torch.dtype | None, ba
         for name, over, reps in (("aias-10", dict(name="aias", steps=10), repeats),
                                  (f"ddpm-{T}", dict(name="ddpm", steps=T), 1)):
             sampler = build_sampler(dict(base, **over))
-            synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
+            synth = WindowedFastSynthesizer(model, sampler, meta, autocast_dtype=amp)
             if reps > 1:  # warm-up (DDPM reuses the kernels AIAS warmed)
                 synth.synthesize(images, masks, cond, [torch.Generator().manual_seed(i) for i in range(batch)])
             best = None

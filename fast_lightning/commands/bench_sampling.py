@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 from fast_lightning.commands.bench_compute import CallTimer
 from fast_lightning.hardware import autocast_dtype, cpu_model, cpu_native_bf16, describe_cpu_isa
 from fast_lightning.evaluation.plots import save_figure
@@ -82,7 +82,7 @@ def main(args: list[str]) -> int:
     from fast_lightning.diffusion.denoiser import parameter_count
     from fast_lightning.sampling import build_sampler
     from fast_lightning.synthesis import (
-        AnomalySynthesizer,
+        WindowedFastSynthesizer,
         SynthesisError,
     )
     from fast_lightning.synthesis.checkpoints import load_synthesis_model
@@ -116,16 +116,16 @@ def main(args: list[str]) -> int:
     base = {k: v for k, v in dict(cfg.sampling).items()}
     try:
         # global warm-up: thread pools, allocator and kernels before anything is timed
-        warm_synth = AnomalySynthesizer(model, build_sampler(dict(base, name="aias", steps=10)), meta,
+        warm_synth = WindowedFastSynthesizer(model, build_sampler(dict(base, name="aias", steps=10)), meta,
                                         autocast_dtype=amp)
         for _ in range(2):
             warm_synth.synthesize(images, masks, cond, [torch.Generator().manual_seed(i) for i in range(batch)])
         entries = []
         for name, over, n_img in bench_plan(cfg, T, batch, ddpm_images):
             sampler = build_sampler(dict(base, **over))
-            synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
+            synth = WindowedFastSynthesizer(model, sampler, meta, autocast_dtype=amp)
             # warm-up (DDPM: a 10-step DDIM call on the same batch warms the same kernels)
-            warm = synth if over["name"] != "ddpm" else AnomalySynthesizer(
+            warm = synth if over["name"] != "ddpm" else WindowedFastSynthesizer(
                 model, build_sampler(dict(base, name="ddim", steps=10)), meta, autocast_dtype=amp)
             warm.synthesize(images[:n_img], masks[:n_img], cond[:n_img],
                             [torch.Generator().manual_seed(i) for i in range(n_img)])

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 from fast_lightning import speedups
 from fast_lightning.commands.bench_compute import GEMM_DTYPES, gemm_peak, op_profile, sampling_split, step_flops
 from fast_lightning.hardware import (
@@ -154,7 +154,7 @@ def _workloads(profile: str, rest: list[str]):
     cfg = config_from_args(base, require_class=False)
     out = [(f"diffusion ({profile})", cfg, _diffusion_step)]
     if profile == "cpu":
-        from fast_lightning.commands.common import DEMO_SETTINGS
+        from fast_lightning.commands.arguments import DEMO_SETTINGS
 
         out.append(("diffusion (demo)", config_from_args(base + DEMO_SETTINGS["cpu"], require_class=False),
                     _diffusion_step))

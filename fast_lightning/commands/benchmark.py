@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import DEFAULT_CLASSES, config_from_args, parse_classes, pop_options
+from fast_lightning.commands.arguments import DEFAULT_CLASSES, config_from_args, parse_classes, pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.catalog import headline_names, per_type_names
 from fast_lightning.evaluation.reports import (

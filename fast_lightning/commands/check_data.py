@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fast_lightning.commands.common import config_from_args
+from fast_lightning.commands.arguments import config_from_args
 from fast_lightning.data.check import check_class
 
 

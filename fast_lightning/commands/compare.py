@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.catalog import per_type_label, per_type_names
 from fast_lightning.evaluation.reports import (

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import torch
 from omegaconf import OmegaConf
 
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.errors import UserError
 from fast_lightning.runs import CheckpointError, atomic_write_bytes, read_checkpoint, resolve_checkpoint
 

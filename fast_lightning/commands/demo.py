@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fast_lightning.commands.common import DEMO_SETTINGS, config_from_args, pop_options
+from fast_lightning.commands.arguments import DEMO_SETTINGS, config_from_args, pop_options
 from fast_lightning.config import apply_overrides
-from fast_lightning.data.demo import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
+from fast_lightning.data.demo_dataset import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
 from fast_lightning.evaluation.catalog import headline_names
 from fast_lightning.evaluation.reports import (
     aggregate,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fast_lightning.commands.common import pop_options
-from fast_lightning.data.demo import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
+from fast_lightning.commands.arguments import pop_options
+from fast_lightning.data.demo_dataset import DEMO_CLASS, DEMO_ROOT, generate_demo_dataset
 
 OPTIONS = {"root": DEMO_ROOT, "seed": 0, "overwrite": False}
 TAKES_CONFIG = False  # --help lists no config keys

@@ -15,7 +15,7 @@ import lightning as L
 from omegaconf import OmegaConf
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.training import build_logger, check_logger_ready, finish_logger, log_hyperparams
 from fast_lightning.stages.fit_segmenter import (
@@ -82,7 +82,7 @@ def main(args: list[str]) -> int:
     cfg.segmentation.encoder_weights = None
 
     from fast_lightning.evaluation.catalog import metric_names
-    from fast_lightning.segmentation.module import SegmentationModule
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     dm = AnomalyDataModule(cfg, stage="segmentation")
     dm.setup()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.errors import UserError
 
 OPTIONS = {"ckpt": "", "format": "torchscript", "out": "", "trust_checkpoint": False}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 from fast_lightning.errors import UserError
 
 CONTROL = "real_third"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.errors import UserError
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from fast_lightning.commands.common import DEFAULT_CLASSES, parse_classes, pop_options
+from fast_lightning.commands.arguments import DEFAULT_CLASSES, parse_classes, pop_options
 from fast_lightning.errors import UserError
 from fast_lightning.runs import atomic_write_json
 

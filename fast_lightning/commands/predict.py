@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.errors import UserError
 from fast_lightning.evaluation.plots import save_grid
 from fast_lightning.progress import progress
 from fast_lightning.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
-from fast_lightning.segmentation.module import heatmap
+from fast_lightning.segmentation.lightning_segmenter import heatmap
 from fast_lightning.segmentation.predict import Prediction, load_segmenter
 
 log = logging.getLogger(__name__)

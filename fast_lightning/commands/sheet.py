@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import config_from_args, pop_options
+from fast_lightning.commands.arguments import config_from_args, pop_options
 
 DEFAULT_ROWS = "FARM every step (old):farm_min_t=0;FARM segments only:farm_min_t=2"
 
@@ -57,7 +57,7 @@ def main(args: list[str]) -> int:
     from fast_lightning.sampling import build_sampler
     from fast_lightning.seeding import generator_for
     from fast_lightning.synthesis import (
-        AnomalySynthesizer,
+        WindowedFastSynthesizer,
         SynthesisError,
     )
     from fast_lightning.synthesis.checkpoints import load_synthesis_model
@@ -81,7 +81,7 @@ def main(args: list[str]) -> int:
 
     tiles, titles = [], []
     real = split.generator_train[:n]
-    probe = AnomalySynthesizer(model, build_sampler(cfg.sampling), meta, autocast_dtype=amp)
+    probe = WindowedFastSynthesizer(model, build_sampler(cfg.sampling), meta, autocast_dtype=amp)
     for rec in real:  # real defects in the window the model would see around them
         img = load_image(rec.image, None, int(cfg.data.channels), str(cfg.data.image_interpolation))
         tiles.append(_tile(img, probe.window_for(load_mask(rec.mask)), tile))
@@ -89,7 +89,7 @@ def main(args: list[str]) -> int:
     titles.append("real (gen. third)")
     for label, over in rows:
         sampler = build_sampler({**dict(cfg.sampling), **over})
-        synth = AnomalySynthesizer(model, sampler, meta, autocast_dtype=amp)
+        synth = WindowedFastSynthesizer(model, sampler, meta, autocast_dtype=amp)
         gens = [generator_for("item", seed, i) for i in range(n)]  # the same per-item streams for every row
         out_images, out_masks = synth.synthesize(images, masks, cond, gens)
         tiles += [_tile(img, synth.window_for(m), tile) for img, m in zip(out_images, out_masks)]

@@ -13,7 +13,7 @@ import os
 import sys
 
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.commands.sweep_file import load_sweep, trial_env
 
 OPTIONS = {"sweep": "", "trials": 0, "project": "", "entity": "", "timeout": 20}

@@ -28,7 +28,7 @@ from typing import Any
 
 from fast_lightning import tables
 from fast_lightning.errors import UserError
-from fast_lightning.commands.common import pop_options
+from fast_lightning.commands.arguments import pop_options
 from fast_lightning.commands.sweep_file import (
     ARGS_MACRO,
     ENVVAR_MACRO,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fast_lightning.commands.common import config_from_args
+from fast_lightning.commands.arguments import config_from_args
 from fast_lightning.runs import last_checkpoint
 from fast_lightning.study import diffusion_key
 

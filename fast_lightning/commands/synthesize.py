@@ -15,7 +15,7 @@ GPU, each synthesizing and writing its own indices; rank 0 merges the manifest a
 
 from __future__ import annotations
 
-from fast_lightning.commands.common import config_from_args
+from fast_lightning.commands.arguments import config_from_args
 from fast_lightning.stages.synthesize_pairs import run
 
 

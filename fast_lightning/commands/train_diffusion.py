@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fast_lightning.commands.common import config_from_args
+from fast_lightning.commands.arguments import config_from_args
 from fast_lightning.stages.fit_diffusion import run
 
 

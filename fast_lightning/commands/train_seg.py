@@ -8,7 +8,7 @@ config.yaml, split.json, metrics.json, samples.png, panels/ and checkpoints/{bes
 
 from __future__ import annotations
 
-from fast_lightning.commands.common import config_from_args
+from fast_lightning.commands.arguments import config_from_args
 from fast_lightning.stages.fit_segmenter import run
 
 

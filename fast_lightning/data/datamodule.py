@@ -7,7 +7,7 @@
   THEN cropped to ``segmentation.crop`` (a ``segmentation.crop_defect_share`` of the synthesized items
   centred on their defect), plus the REAL-test split for validation and test (disjoint, both unseen by any
   generator) as whole working-size images. Batches carry ``record`` (index into
-  ``split.normal_train``) and ``hflip``. The synthesizer follows ``synthesis.common.SegSynthesizer`` (a
+  ``split.normal_train``) and ``hflip``. The synthesizer follows ``synthesis.base_synthesizer.SegSynthesizer`` (a
   duck-typed protocol here, since data/ imports no synthesis code): with ``native_input = True`` it receives
   them as ``synth(images, foreground, generator, records=..., hflip=...)`` and works on the full-resolution
   image; otherwise ``synth(images, foreground, generator)`` on the working-size batch.

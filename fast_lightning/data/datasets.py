@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from fast_lightning.data.foreground import estimate_foreground, is_fallback, load_foreground_mask
 from fast_lightning.data.io import load_image, load_mask, open_image, pil_to_tensor, resize_tensor_image, to_uint8
-from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.data.records import Record
 from fast_lightning.errors import DataError
 from fast_lightning.data.windows import mask_bbox, place_window, window_side

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.errors import DataError
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -135,7 +135,7 @@ def mask_to_binary(arr: np.ndarray, path: str | Path | None = None, warn: bool =
 def load_mask(path: str | Path | None, size: int | tuple[int, int] | None = None,
               like: tuple[int, int] | None = None) -> torch.Tensor:
     """(1,H,W) float {0,1}; ``None`` gives an empty mask of ``size`` (or ``like`` = (H, W)). A ``size``
-    resizes with ``data.masks.resize_mask`` (the rule every path shares), never with PIL."""
+    resizes with ``data.mask_resize.resize_mask`` (the rule every path shares), never with PIL."""
     if path is None:
         hw = (size, size) if isinstance(size, int) else (size or like)
         if hw is None:

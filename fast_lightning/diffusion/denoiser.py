@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fast_lightning.data.masks import resize_mask  # the one mask resize rule (re-exported for FARM/Adaptor)
+from fast_lightning.data.mask_resize import resize_mask  # the one mask resize rule (re-exported for FARM/Adaptor)
 from fast_lightning.errors import ConfigError
 
 

@@ -40,7 +40,7 @@ class FARM(nn.Module):
     predicts one value per s/4 x s/4 cell), ``base_channels`` w (paper reference 64; default from the schema), ``time_dim`` (128),
     ``num_train_timesteps`` T (rows of the trainable time embedding).
 
-    M_d (mask at s/4) uses the project's one mask resize rule (``data.masks.resize_mask``): area coverage
+    M_d (mask at s/4) uses the project's one mask resize rule (``data.mask_resize.resize_mask``): area coverage
     >= 0.5 plus a thin-structure keeper, so thin defects still get M~ = 1 cells (not suppressed by the
     background gate) while blobs are not inflated by a max-pooling ring.
     """

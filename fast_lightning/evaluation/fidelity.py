@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 
 __all__ = ["STATS", "defect_windows", "window_stats", "wasserstein_1d", "c2st_auroc", "compare_sets"]

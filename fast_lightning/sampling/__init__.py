@@ -27,7 +27,7 @@ from fast_lightning.sampling.base import (
     Sampler,
     SamplingRun,
 )
-from fast_lightning.sampling.baselines import DDIMSampler, DDPMSampler, DPMSolverSampler
+from fast_lightning.sampling.baseline_samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
 from fast_lightning.schema import SAMPLER_NAMES
 
 SAMPLERS: dict[str, type[Sampler]] = {

@@ -1,39 +1,14 @@
-"""Callbacks and wrappers of a segmentation training run: synthesis timing, a last validation at max_steps, and
-the sample sheet of the first training batch."""
+"""Callbacks of a segmentation training run: a last validation at max_steps and the sample sheet of the first
+training batch (the synthesis timer is ``synthesis.base_synthesizer.TimedSynthesizer``)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["TimedSynthesizer", "FinalValidation", "SampleSheet"]
-
-
-class TimedSynthesizer:
-    """Wraps the injected synthesizer to measure the time training waits for synthesis (rank-local)."""
-
-    def __init__(self, synth, name: str):
-        self.synth, self.name = synth, name
-        self.native_input, self.needs_diffusion = synth.native_input, synth.needs_diffusion  # the protocol
-        self.seconds, self.calls = 0.0, 0
-
-    def __call__(self, normals, foreground, generator, **kwargs):  # kwargs: records/hflip (native_input only)
-        cuda = normals.is_cuda
-        if cuda:
-            torch.cuda.synchronize(normals.device)
-        start = time.perf_counter()
-        out = self.synth(normals, foreground, generator, **kwargs)
-        if cuda:
-            torch.cuda.synchronize(normals.device)
-        self.seconds += time.perf_counter() - start
-        self.calls += 1
-        return out
-
-    def __getattr__(self, item):  # describe(), nfe, ... of the wrapped synthesizer
-        return getattr(self.synth, item)
+__all__ = ["FinalValidation", "SampleSheet"]
 
 
 class FinalValidation(Callback):

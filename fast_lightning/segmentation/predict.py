@@ -184,7 +184,7 @@ def module_from_checkpoint(ckpt_path: Path, ckpt: dict):
     from omegaconf import OmegaConf
 
     from fast_lightning.runs import saved_run_config
-    from fast_lightning.segmentation.module import SegmentationModule
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     meta = ckpt["fast_lightning"]
     _require(meta, ckpt_path)

@@ -17,7 +17,7 @@ from fast_lightning.errors import UserError
 from fast_lightning.data.datamodule import AnomalyDataModule, load_split
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.diffusion.denoiser import parameter_count
-from fast_lightning.diffusion.module import DiffusionModule, NonFiniteLossError
+from fast_lightning.diffusion.lightning_diffusion import DiffusionModule, NonFiniteLossError
 from fast_lightning.resume import accept_resume
 from fast_lightning.runs import (
     atomic_write_json,

@@ -34,7 +34,7 @@ from fast_lightning.runs import (
     update_latest,
 )
 from fast_lightning.seeding import seed_everything
-from fast_lightning.segmentation.callbacks import FinalValidation, SampleSheet, TimedSynthesizer
+from fast_lightning.segmentation.callbacks import FinalValidation, SampleSheet
 from fast_lightning.training import (
     build_trainer,
     check_logger_ready,
@@ -159,13 +159,13 @@ def run(cfg: DictConfig) -> int:
         log.warning("the validation split holds no defect image: the IoU threshold stays 0.5 and val metrics are nan")
     scale = report_defect_scale(dm)
 
-    from fast_lightning.synthesis import build_seg_synthesizer
+    from fast_lightning.synthesis import TimedSynthesizer, build_seg_synthesizer
 
     synth = TimedSynthesizer(build_seg_synthesizer(synth_name, cfg, dm), synth_name)
     dm.synthesizer = synth
 
     from fast_lightning.evaluation.catalog import metric_names
-    from fast_lightning.segmentation.module import SegmentationModule
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
                                 dm.working_size, str(cfg.class_name), synth_name, dm.type_names,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, SynthesisError
+from fast_lightning.data.mask_resize import resize_mask
+from fast_lightning.synthesis.base_synthesizer import GeneratorArg, SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import first_generator as _first_generator
 from fast_lightning.data.io import resize_tensor_image
 from fast_lightning.synthesis.writer import read_manifest

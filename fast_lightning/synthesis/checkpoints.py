@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fast_lightning.runs import CheckpointError, last_checkpoint, resolve_checkpoint, resolve_run_path
-from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.base_synthesizer import SynthesisError
 
 __all__ = ["resolve_diffusion_checkpoint", "check_checkpoint_compatible", "load_synthesis_model"]
 
@@ -65,7 +65,7 @@ def load_synthesis_model(cfg, type_names: Sequence[str] | None, ckpt: str | Path
                          map_location="cpu"):
     """(FASTDiffusion with EMA weights, meta) of ``ckpt`` (default: ``resolve_diffusion_checkpoint(cfg)``),
     refused with a SynthesisError unless it fits ``cfg`` and the data's anomaly types and has trained."""
-    from fast_lightning.diffusion.module import load_fast_diffusion
+    from fast_lightning.diffusion.lightning_diffusion import load_fast_diffusion
 
     model, meta = load_fast_diffusion(ckpt if ckpt is not None else resolve_diffusion_checkpoint(cfg), map_location,
                                       trust=bool(cfg.get("trust_checkpoint")))

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import torch
 
-from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.schema import DataConfig, SynthesisConfig
-from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer
-from fast_lightning.synthesis.masks import MaskSampler, TypedMaskSampler
+from fast_lightning.synthesis.base_synthesizer import GeneratorArg, SegSynthesizer
+from fast_lightning.synthesis.mask_sampler import MaskSampler, TypedMaskSampler
 from fast_lightning.data.io import resize_tensor_image
-from fast_lightning.synthesis.windowed import AnomalySynthesizer
+from fast_lightning.synthesis.windowed import WindowedFastSynthesizer
 
 __all__ = ["FastSegSynthesizer", "build_fast_seg", "derive_generators", "first_generator"]
 
@@ -67,7 +67,7 @@ class FastSegSynthesizer(SegSynthesizer):
                  normals: Sequence[str] | None = None) -> None:
         """``model``/``meta``: a loaded diffusion model and its checkpoint metadata (the registry loads and
         checks them); ``sampler``: the sampling scheduler; the rest are the data.* and synthesis.* values."""
-        self.synth = AnomalySynthesizer(model.eval().requires_grad_(False), sampler, meta,
+        self.synth = WindowedFastSynthesizer(model.eval().requires_grad_(False), sampler, meta,
                                         autocast_dtype=autocast_dtype)
         self.mask_sampler = mask_sampler
         self.num_types = len(self.synth.type_names)
@@ -188,7 +188,7 @@ def build_fast_seg(cfg, datamodule) -> FastSegSynthesizer:
     from fast_lightning.hardware import autocast_dtype
     from fast_lightning.sampling import build_sampler
     from fast_lightning.synthesis.checkpoints import load_synthesis_model
-    from fast_lightning.synthesis.masks import build_mask_sampler
+    from fast_lightning.synthesis.mask_sampler import build_mask_sampler
 
     split, syn = datamodule.split, cfg.synthesis
     model, meta = load_synthesis_model(cfg, list(split.types))

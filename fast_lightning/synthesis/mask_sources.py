@@ -4,7 +4,7 @@ Every source returns a float32 ``(1, H, W)`` tensor with values in {0, 1} (1 = r
 constrained to the foreground when one is given (an anomaly only makes sense on the object). All randomness
 comes from the ``torch.Generator`` passed in, so a seed reproduces the mask exactly. Random numbers are
 drawn on the generator's device and results returned on the foreground's device (CPU when none is given),
-so a CPU generator can drive masks for GPU batches. ``synthesis.masks`` mixes them (``MaskSampler``).
+so a CPU generator can drive masks for GPU batches. ``synthesis.mask_sampler`` mixes them (``MaskSampler``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.data.masks import Size, as_hw, resize_mask
-from fast_lightning.synthesis.common import coin as _coin, randint as _randint, uniform as _uniform
+from fast_lightning.data.mask_resize import Size, as_hw, resize_mask
+from fast_lightning.synthesis.base_synthesizer import coin as _coin, randint as _randint, uniform as _uniform
 
 __all__ = [
     "MaskSource",

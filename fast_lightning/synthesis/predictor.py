@@ -19,11 +19,11 @@ from torch.utils.data import Dataset
 
 from fast_lightning.data.datasets import foreground_mask
 from fast_lightning.data.io import bit_depth, load_image
-from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.seeding import generator_for
-from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.base_synthesizer import SynthesisError
 from fast_lightning.data.io import resize_tensor_image
-from fast_lightning.synthesis.windowed import AnomalySynthesizer
+from fast_lightning.synthesis.windowed import WindowedFastSynthesizer
 from fast_lightning.synthesis.writer import SynthesisWriter
 
 
@@ -77,7 +77,7 @@ def synthesis_dataset(cfg, split, indices: Sequence[int], type_names: Sequence[s
     """Pairs ``indices`` of `make synthesize` under ``cfg``: the one definition of a synthesis input (normal
     image, mask, type), shared by synthesis, bench-sampling and the fidelity sheet."""
     from fast_lightning.data.datamodule import foreground_dir
-    from fast_lightning.synthesis.masks import build_mask_sampler
+    from fast_lightning.synthesis.mask_sampler import build_mask_sampler
 
     out_res = cfg.synthesis.out_resolution
     return SynthesisIndexDataset(
@@ -110,7 +110,7 @@ class SynthesisPredictor(L.LightningModule):
     def __init__(self, model, sampler, meta: dict, seed: int, run_fields: dict | None = None) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)  # a submodule: Lightning moves it to the device
-        self.synth = AnomalySynthesizer(self.model, sampler, meta)
+        self.synth = WindowedFastSynthesizer(self.model, sampler, meta)
         self.seed = int(seed)
         self.run_fields = dict(run_fields or {})
         self.type_names = self.synth.type_names

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.data.masks import resize_mask
-from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, batch_generators as _generators, randint as _ri, uniform as _u
+from fast_lightning.data.mask_resize import resize_mask
+from fast_lightning.synthesis.base_synthesizer import GeneratorArg, SegSynthesizer, batch_generators as _generators, randint as _ri, uniform as _u
 
 __all__ = ["RealThirdSynthesizer", "MixedSynthesizer"]
 

@@ -13,10 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fast_lightning.errors import UserError
-from fast_lightning.synthesis.baselines import CutPasteSynthesizer, DraemSynthesizer, build_cutpaste, build_draem
+from fast_lightning.synthesis.baseline_synthesizers import (
+    CutPasteSynthesizer,
+    DraemSynthesizer,
+    build_cutpaste,
+    build_draem,
+)
 from fast_lightning.synthesis.cached import CachedSegSynthesizer, build_cached, resolve_cached_dir
 from fast_lightning.synthesis.checkpoints import resolve_diffusion_checkpoint
-from fast_lightning.synthesis.common import SegSynthesizer, SynthesisError
+from fast_lightning.synthesis.base_synthesizer import SegSynthesizer, SynthesisError
 from fast_lightning.synthesis.fast_seg import FastSegSynthesizer, build_fast_seg
 from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer, build_real_third
 

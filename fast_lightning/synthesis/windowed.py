@@ -1,4 +1,4 @@
-"""Windowed FAST synthesis with exact paste-back (``AnomalySynthesizer``).
+"""Windowed FAST synthesis with exact paste-back (``WindowedFastSynthesizer``).
 Pure torch: no Lightning.
 
 Why windows: a ``crop`` model was trained on square windows (``diffusion.crop.scale`` of the shorter image
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from fast_lightning.data.io import resize_tensor_image
-from fast_lightning.data.masks import resize_mask
+from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 from fast_lightning.schema import CropConfig
-from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.base_synthesizer import SynthesisError
 
-__all__ = ["Window", "AnomalySynthesizer"]
+__all__ = ["Window", "WindowedFastSynthesizer"]
 
 
 # ---- windows ----------------------------------------------------------------------------------------
@@ -42,14 +42,14 @@ class Window:
 
 
 
-class AnomalySynthesizer:
+class WindowedFastSynthesizer:
     """FAST synthesis at full resolution for ``crop`` and ``full`` diffusion models.
 
     ``model``: FASTDiffusion (EMA weights), ``sampler``: any ``fast_lightning.sampling`` sampler,
     ``meta``: the dict of ``load_fast_diffusion`` (``window``, ``resolution``, ``config``). Per item the
     window is chosen from the mask (crop: ``window_side`` of the image centred on the mask bbox, no jitter:
     the training window rule, so the pixel scale matches training; full: the whole image), cropped and
-    resized to the model resolution (image bicubic, mask with ``data.masks.resize_mask``),
+    resized to the model resolution (image bicubic, mask with ``data.mask_resize.resize_mask``),
     all windows of the batch go through ONE sampler call, and each generated window is resized back and
     pasted only inside the mask. Parts of a mask that fall outside its window (a mask wider than the
     image's shorter side) are left unchanged and dropped from the returned mask, so labels stay exact.

@@ -22,7 +22,7 @@ import torch
 
 from fast_lightning.data.io import save_image
 from fast_lightning.runs import atomic_write_text, json_default
-from fast_lightning.synthesis.common import SynthesisError
+from fast_lightning.synthesis.base_synthesizer import SynthesisError
 
 MANIFEST = "manifest.jsonl"
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The one rule for resizing a binary mask (``resize_mask``), shared by the data layer, FARM and every
 synthesizer. Making masks (Perlin, real-mask banks, folders, the sampler) is synthesis and lives in
-``fast_lightning.synthesis.mask_sources`` / ``synthesis.masks``; the data layer must not import synthesis.
+``fast_lightning.synthesis.mask_sources`` / ``synthesis.mask_sampler``; the data layer must not import synthesis.
 
 Data layer: torch only, no model imports.
 """

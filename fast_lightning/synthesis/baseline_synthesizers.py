@@ -21,9 +21,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fast_lightning.synthesis.common import GeneratorArg, SegSynthesizer, batch_generators as _generators, randint as _ri, uniform as _u
+from fast_lightning.synthesis.base_synthesizer import GeneratorArg, SegSynthesizer
+from fast_lightning.synthesis.base_synthesizer import batch_generators as _generators
+from fast_lightning.synthesis.base_synthesizer import randint as _ri
+from fast_lightning.synthesis.base_synthesizer import uniform as _u
 from fast_lightning.synthesis.mask_sources import PerlinMaskSource, perlin_noise
-from fast_lightning.synthesis.masks import MaskSampler
+from fast_lightning.synthesis.mask_sampler import MaskSampler
 
 __all__ = ["DraemSynthesizer", "CutPasteSynthesizer", "color_jitter", "procedural_texture"]
 
@@ -295,7 +298,7 @@ class CutPasteSynthesizer(SegSynthesizer):
 
 def build_draem(cfg, datamodule) -> DraemSynthesizer:
     """``synth=draem``: masks from the configured sources (``synthesis.draem_masks=configured``) or Perlin only."""
-    from fast_lightning.synthesis.masks import build_mask_sampler
+    from fast_lightning.synthesis.mask_sampler import build_mask_sampler
 
     syn, split, size = cfg.synthesis, datamodule.split, datamodule.working_size
     masks = (build_mask_sampler(cfg, split, size) if str(syn.draem_masks) == "configured"

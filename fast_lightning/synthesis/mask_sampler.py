@@ -13,9 +13,9 @@ from typing import NamedTuple, Union
 
 import torch
 
-from fast_lightning.data.masks import Size, as_hw
+from fast_lightning.data.mask_resize import Size, as_hw
 from fast_lightning.schema import MasksConfig
-from fast_lightning.synthesis.common import SynthesisError, uniform as _uniform
+from fast_lightning.synthesis.base_synthesizer import SynthesisError, uniform as _uniform
 from fast_lightning.synthesis.mask_sources import (
     FolderMaskSource,
     MaskSource,

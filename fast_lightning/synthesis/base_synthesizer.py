@@ -1,15 +1,18 @@
-"""What every synthesis module shares: the user-fixable error type and the scalar
-random draws (always on the generator's device, so a CPU generator drives GPU batches reproducibly)."""
+"""What every synthesis module shares: the user-fixable error type, the synthesizer protocol (and the timing
+wrapper the segmentation stage puts around any synthesizer), and the scalar random draws (always on the
+generator's device, so a CPU generator drives GPU batches reproducibly)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
 
 from fast_lightning.errors import UserError
 
-__all__ = ["SynthesisError", "SegSynthesizer", "GeneratorArg", "uniform", "randint", "coin", "batch_generators"]
+__all__ = ["SynthesisError", "SegSynthesizer", "TimedSynthesizer", "GeneratorArg", "uniform", "randint", "coin",
+           "batch_generators"]
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator]
 
@@ -40,6 +43,30 @@ class SegSynthesizer:
                  records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+
+class TimedSynthesizer:
+    """Wraps the injected synthesizer to measure the time training waits for synthesis (rank-local)."""
+
+    def __init__(self, synth, name: str):
+        self.synth, self.name = synth, name
+        self.native_input, self.needs_diffusion = synth.native_input, synth.needs_diffusion  # the protocol
+        self.seconds, self.calls = 0.0, 0
+
+    def __call__(self, normals, foreground, generator, **kwargs):  # kwargs: records/hflip (native_input only)
+        cuda = normals.is_cuda
+        if cuda:
+            torch.cuda.synchronize(normals.device)
+        start = time.perf_counter()
+        out = self.synth(normals, foreground, generator, **kwargs)
+        if cuda:
+            torch.cuda.synchronize(normals.device)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+    def __getattr__(self, item):  # describe(), nfe, ... of the wrapped synthesizer
+        return getattr(self.synth, item)
 
 
 def uniform(generator: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
