@@ -77,99 +77,79 @@ OPTIONS = {"out": "reports/bench_sampling.json", "plot": "", "batch": 4, "bench.
            "repeats": 3, "seed": 0}
 
 
-def main(args: list[str]) -> int:
-    from fast_lightning.data.datamodule import load_split
-    from fast_lightning.diffusion.denoiser import parameter_count
+def _warmed_entries(model, meta, base: dict, plan, images, masks, cond, batch: int, amp):
+    """One synthesizer per plan entry, each warmed up on the batch after a global warm-up (thread pools,
+    allocator and kernels) so that nothing timed pays first-call costs. -> (name, over, n_img, sampler, synth)."""
     from fast_lightning.sampling import build_sampler
-    from fast_lightning.synthesis import (
-        WindowedFastSynthesizer,
-        SynthesisError,
-    )
-    from fast_lightning.synthesis.checkpoints import load_synthesis_model
-    from fast_lightning.synthesis.predictor import synthesis_batch
+    from fast_lightning.synthesis import WindowedFastSynthesizer
 
-    opts, rest = pop_options(args, OPTIONS)
-    cfg = config_from_args(rest)
-    batch = int(opts["bench.batch"]) or int(opts["batch"])
-    ddpm_images = min(int(opts["ddpm_images"]), batch)
-    repeats = max(1, int(opts["repeats"]))
-    if batch < 1 or ddpm_images < 1:
-        raise UserError(f"batch and ddpm_images must be >= 1, got batch={batch}, ddpm_images={ddpm_images}")
-    out = Path(str(opts["out"]))
-    plot = Path(str(opts["plot"])) if opts["plot"] else out.with_suffix(".png")
+    warm_synth = WindowedFastSynthesizer(model, build_sampler(dict(base, name="aias", steps=10)), meta,
+                                         autocast_dtype=amp)
+    for _ in range(2):
+        warm_synth.synthesize(images, masks, cond, [torch.Generator().manual_seed(i) for i in range(batch)])
+    entries = []
+    for name, over, n_img in plan:
+        sampler = build_sampler(dict(base, **over))
+        synth = WindowedFastSynthesizer(model, sampler, meta, autocast_dtype=amp)
+        # warm-up (DDPM: a 10-step DDIM call on the same batch warms the same kernels)
+        warm = synth if over["name"] != "ddpm" else WindowedFastSynthesizer(
+            model, build_sampler(dict(base, name="ddim", steps=10)), meta, autocast_dtype=amp)
+        warm.synthesize(images[:n_img], masks[:n_img], cond[:n_img],
+                        [torch.Generator().manual_seed(i) for i in range(n_img)])
+        entries.append((name, over, n_img, sampler, synth))
+    return entries
 
-    accel = str(cfg.trainer.accelerator)
-    device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
-    try:
-        _, split = load_split(cfg)
-        model, meta = load_synthesis_model(cfg, split.types)
-        ckpt = meta["path"]
-        images, masks, cond, paths = synthesis_batch(cfg, split, meta.get("type_names", []), batch, int(opts["seed"]))
-    except SynthesisError as exc:
-        raise UserError(str(exc)) from exc
-    model = model.to(device).eval().requires_grad_(False)
-    amp = autocast_dtype(str(cfg.trainer.precision))
-    T = int(model.num_train_timesteps)
-    timer = CallTimer(model, "predict_eps", device)
-    farm_timer = CallTimer(model, "farm_x0", device)
-    results: dict[str, dict] = {}
-    base = {k: v for k, v in dict(cfg.sampling).items()}
-    try:
-        # global warm-up: thread pools, allocator and kernels before anything is timed
-        warm_synth = WindowedFastSynthesizer(model, build_sampler(dict(base, name="aias", steps=10)), meta,
-                                        autocast_dtype=amp)
-        for _ in range(2):
-            warm_synth.synthesize(images, masks, cond, [torch.Generator().manual_seed(i) for i in range(batch)])
-        entries = []
-        for name, over, n_img in bench_plan(cfg, T, batch, ddpm_images):
-            sampler = build_sampler(dict(base, **over))
-            synth = WindowedFastSynthesizer(model, sampler, meta, autocast_dtype=amp)
-            # warm-up (DDPM: a 10-step DDIM call on the same batch warms the same kernels)
-            warm = synth if over["name"] != "ddpm" else WindowedFastSynthesizer(
-                model, build_sampler(dict(base, name="ddim", steps=10)), meta, autocast_dtype=amp)
-            warm.synthesize(images[:n_img], masks[:n_img], cond[:n_img],
-                            [torch.Generator().manual_seed(i) for i in range(n_img)])
-            entries.append((name, over, n_img, sampler, synth))
 
-        def timed(synth, n_img: int, seed_offset: int) -> tuple[float, float, float]:
-            gens = [torch.Generator().manual_seed(1000 * seed_offset + i) for i in range(n_img)]
-            timer.reset()
-            farm_timer.reset()
-            timer.sync()
-            start = time.perf_counter()
-            synth.synthesize(images[:n_img], masks[:n_img], cond[:n_img], gens)
-            timer.sync()
-            return time.perf_counter() - start, timer.seconds, farm_timer.seconds
+def _best_times(entries, timer, farm_timer, images, masks, cond, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """name -> (total, inside the denoiser, FARM) seconds, best of ``repeats`` rounds over all samplers (a burst
+    of load on a shared machine hits one round, not one sampler); DDPM is timed once."""
 
-        # rounds over all samplers (best of `repeats`): a burst of load on a shared machine hits one round,
-        # not one sampler; DDPM is timed once
-        best: dict[str, tuple[float, float, float]] = {}
-        for r in range(repeats):
-            for name, over, n_img, _, synth in entries:
-                if over["name"] == "ddpm" and r > 0:
-                    continue
-                got = timed(synth, n_img, r + 1)
-                if name not in best or got[0] < best[name][0]:
-                    best[name] = got
-        for name, over, n_img, sampler, _ in entries:
-            total, inside, farm = best[name]
-            outside = max(0.0, total - inside)
-            results[name] = {
-                "sampler": over["name"], "variant": over.get("variant"), "nfe": int(sampler.nfe), "images": n_img,
-                "seconds": round(total, 6), "denoiser_seconds": round(inside, 6),
-                "seconds_per_image": total / n_img, "images_per_second": n_img / total if total > 0 else None,
-                "outside_denoiser_share": outside / total if total > 0 else 0.0,
-                "overhead_vs_denoiser": outside / inside if inside > 0 else None,
-                "farm_seconds": round(farm, 6), "farm_vs_denoiser": farm / inside if inside > 0 else None,
-                "rest_vs_denoiser": max(0.0, outside - farm) / inside if inside > 0 else None,
-            }
-            log.info(f"{name:>18}: NFE {sampler.nfe:4d}, {total / n_img:.4f} s/image, "
-                     f"outside denoiser {100 * outside / max(total, 1e-12):.1f}% of the time "
-                     f"(FARM {100 * farm / max(inside, 1e-12):.1f}% + rest {100 * max(0.0, outside - farm) / max(inside, 1e-12):.1f}%"
-                     f" of the denoiser time)")
-    finally:
-        timer.restore()
-        farm_timer.restore()
+    def timed(synth, n_img: int, seed_offset: int) -> tuple[float, float, float]:
+        gens = [torch.Generator().manual_seed(1000 * seed_offset + i) for i in range(n_img)]
+        timer.reset()
+        farm_timer.reset()
+        timer.sync()
+        start = time.perf_counter()
+        synth.synthesize(images[:n_img], masks[:n_img], cond[:n_img], gens)
+        timer.sync()
+        return time.perf_counter() - start, timer.seconds, farm_timer.seconds
+
+    best: dict[str, tuple[float, float, float]] = {}
+    for r in range(repeats):
+        for name, over, n_img, _, synth in entries:
+            if over["name"] == "ddpm" and r > 0:
+                continue
+            got = timed(synth, n_img, r + 1)
+            if name not in best or got[0] < best[name][0]:
+                best[name] = got
+    return best
+
+
+def _sampler_result(name: str, over: dict, n_img: int, sampler, times: tuple[float, float, float]) -> dict:
+    """The JSON entry of one sampler (per image, share outside the denoiser, FARM vs the rest), logged."""
+    total, inside, farm = times
+    outside = max(0.0, total - inside)
+    result = {
+        "sampler": over["name"], "variant": over.get("variant"), "nfe": int(sampler.nfe), "images": n_img,
+        "seconds": round(total, 6), "denoiser_seconds": round(inside, 6),
+        "seconds_per_image": total / n_img, "images_per_second": n_img / total if total > 0 else None,
+        "outside_denoiser_share": outside / total if total > 0 else 0.0,
+        "overhead_vs_denoiser": outside / inside if inside > 0 else None,
+        "farm_seconds": round(farm, 6), "farm_vs_denoiser": farm / inside if inside > 0 else None,
+        "rest_vs_denoiser": max(0.0, outside - farm) / inside if inside > 0 else None,
+    }
+    rest = 100 * max(0.0, outside - farm) / max(inside, 1e-12)
+    log.info(f"{name:>18}: NFE {sampler.nfe:4d}, {total / n_img:.4f} s/image, "
+             f"outside denoiser {100 * outside / max(total, 1e-12):.1f}% of the time "
+             f"(FARM {100 * farm / max(inside, 1e-12):.1f}% + rest {rest:.1f}%"
+             f" of the denoiser time)")
+    return result
+
+
+def _report(cfg, model, meta: dict, device, results: dict, image_hw, paths, T: int, batch: int, ddpm_images: int,
+            repeats: int) -> dict:
+    """The benchmark JSON: machine, model, every sampler, the speedups and the two targets' checks."""
+    from fast_lightning.diffusion.denoiser import parameter_count
 
     aias = results["aias-10-exact"]
     ddpm = results[f"ddpm-{T}"]
@@ -177,12 +157,13 @@ def main(args: list[str]) -> int:
     speedup = ddpm["seconds_per_image"] / same["seconds_per_image"]
     speedup_batched = ddpm["seconds_per_image"] / aias["seconds_per_image"]
     overhead = aias["overhead_vs_denoiser"]
-    h, w = images[0].shape[-2:]
-    report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)",
+    h, w = image_hw
+    cpu = f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "cpu": {"model": cpu_model(), "isa": describe_cpu_isa(), "native_bf16": cpu_native_bf16()},
         "torch": torch.__version__, "precision": str(cfg.trainer.precision),
-        "checkpoint": str(ckpt), "class_name": cfg.class_name, "checkpoint_step": meta.get("global_step"),
+        "checkpoint": str(meta["path"]), "class_name": cfg.class_name, "checkpoint_step": meta.get("global_step"),
         "model_window": meta.get("window"), "resolution": int(meta["resolution"]), "image_size": [int(h), int(w)],
         "num_train_timesteps": T, "batch": batch, "ddpm_images": ddpm_images, "repeats": repeats,
         "parameters": {"denoiser": parameter_count(model.denoiser),
@@ -208,10 +189,56 @@ def main(args: list[str]) -> int:
             "images are " + ", ".join(Path(p).name for p in paths),
         ],
     }
+
+
+def main(args: list[str]) -> int:
+    from fast_lightning.data.datamodule import load_split
+    from fast_lightning.synthesis import SynthesisError
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
+    from fast_lightning.synthesis.predictor import synthesis_batch
+
+    opts, rest = pop_options(args, OPTIONS)
+    cfg = config_from_args(rest)
+    batch = int(opts["bench.batch"]) or int(opts["batch"])
+    ddpm_images = min(int(opts["ddpm_images"]), batch)
+    repeats = max(1, int(opts["repeats"]))
+    if batch < 1 or ddpm_images < 1:
+        raise UserError(f"batch and ddpm_images must be >= 1, got batch={batch}, ddpm_images={ddpm_images}")
+    out = Path(str(opts["out"]))
+    plot = Path(str(opts["plot"])) if opts["plot"] else out.with_suffix(".png")
+
+    accel = str(cfg.trainer.accelerator)
+    device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
+    try:
+        _, split = load_split(cfg)
+        model, meta = load_synthesis_model(cfg, split.types)
+        images, masks, cond, paths = synthesis_batch(cfg, split, meta.get("type_names", []), batch, int(opts["seed"]))
+    except SynthesisError as exc:
+        raise UserError(str(exc)) from exc
+    model = model.to(device).eval().requires_grad_(False)
+    amp = autocast_dtype(str(cfg.trainer.precision))
+    T = int(model.num_train_timesteps)
+    timer = CallTimer(model, "predict_eps", device)
+    farm_timer = CallTimer(model, "farm_x0", device)
+    base = {k: v for k, v in dict(cfg.sampling).items()}
+    try:
+        entries = _warmed_entries(model, meta, base, bench_plan(cfg, T, batch, ddpm_images), images, masks, cond,
+                                  batch, amp)
+        best = _best_times(entries, timer, farm_timer, images, masks, cond, repeats)
+        results = {name: _sampler_result(name, over, n_img, sampler, best[name])
+                   for name, over, n_img, sampler, _ in entries}
+    finally:
+        timer.restore()
+        farm_timer.restore()
+
+    h, w = images[0].shape[-2:]
+    report = _report(cfg, model, meta, device, results, (h, w), paths, T, batch, ddpm_images, repeats)
     atomic_write_json(out, report)
     _plot(results, plot, f"{cfg.class_name}: {meta.get('window')} model at {meta['resolution']} px on "
                           f"{report['device']}, images {h}x{w}")
-    print(json.dumps({"speedup_aias10_vs_ddpm": round(speedup, 1), "aias10_overhead_vs_denoiser":
-                      round(overhead, 3) if overhead is not None else None, **report["checks"]}))
+    overhead = report["aias10_overhead_vs_denoiser"]
+    print(json.dumps({"speedup_aias10_vs_ddpm": round(report[f"speedup_aias10_vs_ddpm{T}"], 1),
+                      "aias10_overhead_vs_denoiser": round(overhead, 3) if overhead is not None else None,
+                      **report["checks"]}))
     print(f"benchmark: {out}  plot: {plot}")
     return 0

@@ -194,30 +194,17 @@ def _typed_diffusion(cfg: Mapping[str, Any] | None):
     return typed_group("diffusion", cfg)
 
 
-def build_fast_diffusion(
-    cfg: Mapping[str, Any],
-    image_channels: int,
-    num_types: int,
-    type_names: Sequence[str],
-) -> FASTDiffusion:
-    """Build FASTDiffusion from the ``diffusion`` config group (plain Mapping or OmegaConf DictConfig; the schema
-    checks every value, ``DiffusionConfig`` lists the keys). Checks that need the model's pieces (the known
-    backbones and schedules, sizes divisible by the UNet depth and by FARM's /4) stay here; they raise a
-    ConfigError naming the ``diffusion.*`` key."""
-    d = _typed_diffusion(cfg)
+def _check_model_pieces(d, resolution: int) -> None:
+    """The checks that need the model's pieces: known backbone and schedule, a pixel UNet's resolution divisible
+    by its depth and by FARM's /4 (the latent backbone checks sizes against its own autoencoder)."""
     backbone = str(d.backbone)
     if backbone not in DENOISER_REGISTRY:
         raise ConfigError(
             f"diffusion.backbone={backbone!r} is not a known denoiser backbone; known: {sorted(DENOISER_REGISTRY)}"
         )
-    resolution, image_channels, num_types = int(d.resolution), int(image_channels), int(num_types)
-    type_names = [str(n) for n in type_names]
-    if len(type_names) != num_types:
-        raise ValueError(f"type_names has {len(type_names)} entries but num_types={num_types}")
-    blocks = tuple(int(c) for c in d.unet.block_out_channels)
-    attn = tuple(bool(a) for a in d.unet.attention_levels)
+    blocks = d.unet.block_out_channels
     factor = 2 ** (len(blocks) - 1)
-    pixel = backbone == "pixel_unet"  # the latent backbone checks sizes against its own autoencoder
+    pixel = backbone == "pixel_unet"
     if pixel and resolution % factor:
         raise ConfigError(
             f"diffusion.resolution={resolution} must be divisible by {factor} = 2**(number of UNet blocks - 1) "
@@ -230,48 +217,69 @@ def build_fast_diffusion(
         raise ConfigError(
             f"diffusion.schedule={kind!r} is not a known noise schedule; allowed values: {sorted(SCHEDULE_KINDS)}"
         )
-    farm_w, farm_tdim, steps = int(d.farm.base_channels), int(d.farm.time_dim), int(d.num_train_timesteps)
-    farm_enabled, use_adaptor = bool(d.farm.enabled), bool(d.adaptor)
-    beta_start, beta_end = float(d.beta_start), float(d.beta_end)
-    lambda_eps, lambda_farm = float(d.lambda_eps), float(d.lambda_farm)
-    mask_loss_weight = float(d.mask_loss_weight)
 
+
+def _resolved_config(d, resolution: int, image_channels: int, type_names: list[str]) -> dict[str, Any]:
+    """The plain dict stored with the model (checkpoint metadata): every value that shapes it, resolved."""
     resolved = {
-        "backbone": backbone,
+        "backbone": str(d.backbone),
         "resolution": resolution,
         "unet": {
-            "block_out_channels": list(blocks),
+            "block_out_channels": [int(c) for c in d.unet.block_out_channels],
             "layers_per_block": int(d.unet.layers_per_block),
-            "attention_levels": list(attn),
+            "attention_levels": [bool(a) for a in d.unet.attention_levels],
             "mask_channel": bool(d.unet.mask_channel),
             "dropout": float(d.unet.dropout),
             "norm_num_groups": None,
             "attention_head_dim": None,
         },
-        "farm": {"enabled": farm_enabled, "base_channels": farm_w, "time_dim": farm_tdim},
-        "adaptor": use_adaptor,
-        "schedule": kind,
-        "num_train_timesteps": steps,
-        "beta_start": beta_start,
-        "beta_end": beta_end,
-        "lambda_eps": lambda_eps,
-        "lambda_farm": lambda_farm,
+        "farm": {"enabled": bool(d.farm.enabled), "base_channels": int(d.farm.base_channels),
+                 "time_dim": int(d.farm.time_dim)},
+        "adaptor": bool(d.adaptor),
+        "schedule": str(d.schedule),
+        "num_train_timesteps": int(d.num_train_timesteps),
+        "beta_start": float(d.beta_start),
+        "beta_end": float(d.beta_end),
+        "lambda_eps": float(d.lambda_eps),
+        "lambda_farm": float(d.lambda_farm),
         "image_channels": image_channels,
         "type_names": list(type_names),
     }
-    if backbone == "latent":
+    if resolved["backbone"] == "latent":
         resolved["latent"] = latent_options(d)
+    return resolved
+
+
+def build_fast_diffusion(
+    cfg: Mapping[str, Any],
+    image_channels: int,
+    num_types: int,
+    type_names: Sequence[str],
+) -> FASTDiffusion:
+    """Build FASTDiffusion from the ``diffusion`` config group (plain Mapping or OmegaConf DictConfig; the schema
+    checks every value, ``DiffusionConfig`` lists the keys). Checks that need the model's pieces (the known
+    backbones and schedules, sizes divisible by the UNet depth and by FARM's /4) stay here; they raise a
+    ConfigError naming the ``diffusion.*`` key."""
+    d = _typed_diffusion(cfg)
+    resolution, image_channels, num_types = int(d.resolution), int(image_channels), int(num_types)
+    _check_model_pieces(d, resolution)
+    type_names = [str(n) for n in type_names]
+    if len(type_names) != num_types:
+        raise ValueError(f"type_names has {len(type_names)} entries but num_types={num_types}")
+    resolved = _resolved_config(d, resolution, image_channels, type_names)
+    backbone, farm_cfg, steps = resolved["backbone"], resolved["farm"], resolved["num_train_timesteps"]
     denoiser = build_denoiser(resolved.get(backbone, resolved["unet"]), backbone, image_channels, resolution,
                               num_types)
-    if not pixel and denoiser.latent_size % 4:
+    if backbone != "pixel_unet" and denoiser.latent_size % 4:
         raise ConfigError(
             f"diffusion.resolution={resolution} gives {denoiser.latent_size}x{denoiser.latent_size} latents; FARM "
             f"needs a multiple of 4: use a multiple of {4 * (resolution // denoiser.latent_size)}"
         )
     farm = (
-        FARM(denoiser.latent_channels, denoiser.latent_size, farm_w, farm_tdim, steps) if farm_enabled else None
+        FARM(denoiser.latent_channels, denoiser.latent_size, farm_cfg["base_channels"], farm_cfg["time_dim"], steps)
+        if farm_cfg["enabled"] else None
     )
-    adaptor = Adaptor(denoiser.latent_channels) if use_adaptor else None
-    schedule = NoiseSchedule(steps, kind, beta_start, beta_end)
-    return FASTDiffusion(denoiser, farm, schedule, adaptor, type_names, lambda_eps, lambda_farm, config=resolved,
-                         mask_loss_weight=mask_loss_weight)
+    adaptor = Adaptor(denoiser.latent_channels) if resolved["adaptor"] else None
+    schedule = NoiseSchedule(steps, resolved["schedule"], resolved["beta_start"], resolved["beta_end"])
+    return FASTDiffusion(denoiser, farm, schedule, adaptor, type_names, resolved["lambda_eps"],
+                         resolved["lambda_farm"], config=resolved, mask_loss_weight=float(d.mask_loss_weight))

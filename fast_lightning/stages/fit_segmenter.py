@@ -135,6 +135,84 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
 
 
 
+def _callbacks(run_dir: Path) -> tuple[ModelCheckpoint, list]:
+    """best.ckpt: weights + threshold only (a third of the size: no optimizer state), what test/eval-seg use;
+    last.ckpt: the full training state, what RESUME uses; then the last validation and the sample sheet.
+    -> (the best-checkpoint callback, all callbacks)."""
+    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
+                              save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
+                              save_on_train_epoch_end=False)
+    last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
+                              save_on_train_epoch_end=False)
+    return ckpt_cb, [ckpt_cb, last_cb, FinalValidation(), SampleSheet(run_dir / "samples.png")]
+
+
+def _checked_data(cfg: DictConfig, run_dir: Path):
+    """The DataModule, set up; refused when the real-test split leaves no validation or test image.
+    -> (datamodule, split counts, defect scale report)."""
+    dm = AnomalyDataModule(cfg, stage="segmentation", run_dir=run_dir)
+    dm.setup()
+    counts = dm.split.counts(dm.cfg.data_root)
+    if counts["val_images"] == 0 or counts["test_images"] == 0:
+        raise UserError(f"the real-test split of {cfg.class_name} gives {counts['val_images']} validation and "
+                        f"{counts['test_images']} test images; both must be non-empty (data.val_fraction="
+                        f"{cfg.data.val_fraction}, data.generator_fraction={cfg.data.generator_fraction})")
+    if counts["val_defect_images"] == 0:
+        log.warning("the validation split holds no defect image: the IoU threshold stays 0.5 and val metrics are nan")
+    return dm, counts, report_defect_scale(dm)
+
+
+def _summary(cfg: DictConfig, dm, module, trainer, synth, synth_name: str, counts: dict, scale, val_metrics: dict,
+             best_step: int, checkpoint, start: float, fit_seconds: float) -> dict:
+    """metrics.json: what was trained on what, the test metrics (best checkpoint, validation threshold), timing."""
+    s = cfg.segmentation
+    timer = step_timer(trainer)
+    return {
+        "kind": "segmentation",
+        "class_name": str(cfg.class_name),
+        "data_root": str(cfg.data_root),
+        "seg_scale": int(cfg.data.seg_scale),
+        "working_size": list(dm.working_size),
+        "synthesizer": synth_name,
+        "synthesizer_info": synth_info(synth, cfg),
+        "arch": str(s.arch),
+        "encoder": str(s.encoder),
+        "encoder_weights": s.encoder_weights,
+        "profile": str(cfg.profile),
+        "precision": str(cfg.trainer.precision),
+        "evaluated_on": EVALUATED_ON,
+        "threshold": float(module.threshold),
+        "threshold_source": "F1-optimal pixel threshold on the validation split (best checkpoint)",
+        "test": as_floats(module.test_metrics),
+        "test_per_type": module.test_per_type,
+        "val": val_metrics,
+        "best_step": best_step,
+        "train_steps": int(trainer.global_step),
+        "checkpoint": str(checkpoint),
+        "counts": counts,
+        "test_images_evaluated": module.test_counts,
+        "defect_scale": scale,
+        "seconds": round(time.time() - start, 1),
+        "fit_seconds": round(fit_seconds, 1),
+        **timer.summary(),
+        "synthesis_seconds": round(synth.seconds, 2),
+        "synthesis_wait_share": round(synth.seconds / timer.seconds, 4) if timer.seconds > 0 else None,
+        "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "metric_notes": "values in [0,1]; nan = undefined on this split (see docs/METRICS.md); "
+                        "iou/miou/acc at the validation threshold, the rest threshold-free",
+    }
+
+
+def _print_results(run_dir: Path, summary: dict, counts: dict) -> None:
+    from fast_lightning.evaluation.catalog import metric_names
+
+    print(metric_table({"val (best)": summary["val"], "test": summary["test"]}, metric_names()))
+    print(per_type_table(summary["test_per_type"]))
+    print(f"threshold {summary['threshold']:.4f} (chosen on val); test: {counts['test_images']} real images "
+          f"({counts['test_defect_images']} with defects); synthesis wait share {summary['synthesis_wait_share']}")
+    print(f"segmentation run: {run_dir}  (metrics: {run_dir / 'metrics.json'}, checkpoint: {summary['checkpoint']})")
+
+
 def run(cfg: DictConfig) -> int:
     """Train and test one segmenter for ``cfg`` (the study steps call this with a config)."""
     check_logger_ready(cfg)  # before any run directory exists
@@ -148,23 +226,13 @@ def run(cfg: DictConfig) -> int:
     seed_everything(int(cfg.seed))
     start = time.time()
 
-    dm = AnomalyDataModule(cfg, stage="segmentation", run_dir=run_dir)
-    dm.setup()
-    counts = dm.split.counts(dm.cfg.data_root)
-    if counts["val_images"] == 0 or counts["test_images"] == 0:
-        raise UserError(f"the real-test split of {cfg.class_name} gives {counts['val_images']} validation and "
-                        f"{counts['test_images']} test images; both must be non-empty (data.val_fraction="
-                        f"{cfg.data.val_fraction}, data.generator_fraction={cfg.data.generator_fraction})")
-    if counts["val_defect_images"] == 0:
-        log.warning("the validation split holds no defect image: the IoU threshold stays 0.5 and val metrics are nan")
-    scale = report_defect_scale(dm)
+    dm, counts, scale = _checked_data(cfg, run_dir)
 
     from fast_lightning.synthesis import TimedSynthesizer, build_seg_synthesizer
 
     synth = TimedSynthesizer(build_seg_synthesizer(synth_name, cfg, dm), synth_name)
     dm.synthesizer = synth
 
-    from fast_lightning.evaluation.catalog import metric_names
     from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     module = SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
@@ -173,14 +241,7 @@ def run(cfg: DictConfig) -> int:
     module.panel_dir = run_dir / "panels"
     max_steps = int(s.max_steps)
     val_every = max(1, min(int(s.val_every), max_steps))
-    # best.ckpt: weights + threshold only (a third of the size: no optimizer state), what test/eval-seg use;
-    # last.ckpt: the full training state, what RESUME uses
-    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
-                              save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
-                              save_on_train_epoch_end=False)
-    last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
-                              save_on_train_epoch_end=False)
-    callbacks = [ckpt_cb, last_cb, FinalValidation(), SampleSheet(run_dir / "samples.png")]
+    ckpt_cb, callbacks = _callbacks(run_dir)
     log.info(f"segmenter {s.arch}/{s.encoder} for {cfg.class_name} on synth={synth_name}: "
              f"{counts['train_normal_images']} normal train images, val {counts['val_images']}, "
              f"test {counts['test_images']} real images at {dm.working_size[0]}x{dm.working_size[1]} px "
@@ -207,47 +268,9 @@ def run(cfg: DictConfig) -> int:
         finish_logger(trainer)
     if not trainer.is_global_zero:
         return 0
-    timer = step_timer(trainer)
-    test_metrics = as_floats(module.test_metrics)
-    summary = {
-        "kind": "segmentation",
-        "class_name": str(cfg.class_name),
-        "data_root": str(cfg.data_root),
-        "seg_scale": int(cfg.data.seg_scale),
-        "working_size": list(dm.working_size),
-        "synthesizer": synth_name,
-        "synthesizer_info": synth_info(synth, cfg),
-        "arch": str(s.arch),
-        "encoder": str(s.encoder),
-        "encoder_weights": s.encoder_weights,
-        "profile": str(cfg.profile),
-        "precision": str(cfg.trainer.precision),
-        "evaluated_on": EVALUATED_ON,
-        "threshold": float(module.threshold),
-        "threshold_source": "F1-optimal pixel threshold on the validation split (best checkpoint)",
-        "test": test_metrics,
-        "test_per_type": module.test_per_type,
-        "val": val_metrics,
-        "best_step": best_step,
-        "train_steps": int(trainer.global_step),
-        "checkpoint": str(best or last),
-        "counts": counts,
-        "test_images_evaluated": module.test_counts,
-        "defect_scale": scale,
-        "seconds": round(time.time() - start, 1),
-        "fit_seconds": round(fit_seconds, 1),
-        **timer.summary(),
-        "synthesis_seconds": round(synth.seconds, 2),
-        "synthesis_wait_share": round(synth.seconds / timer.seconds, 4) if timer.seconds > 0 else None,
-        "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "metric_notes": "values in [0,1]; nan = undefined on this split (see docs/METRICS.md); "
-                        "iou/miou/acc at the validation threshold, the rest threshold-free",
-    }
+    summary = _summary(cfg, dm, module, trainer, synth, synth_name, counts, scale, val_metrics, best_step,
+                       best or last, start, fit_seconds)
     atomic_write_json(run_dir / "metrics.json", summary)
     update_latest(run_dir)
-    print(metric_table({"val (best)": val_metrics, "test": test_metrics}, metric_names()))
-    print(per_type_table(module.test_per_type))
-    print(f"threshold {summary['threshold']:.4f} (chosen on val); test: {counts['test_images']} real images "
-          f"({counts['test_defect_images']} with defects); synthesis wait share {summary['synthesis_wait_share']}")
-    print(f"segmentation run: {run_dir}  (metrics: {run_dir / 'metrics.json'}, checkpoint: {summary['checkpoint']})")
+    _print_results(run_dir, summary, counts)
     return 0

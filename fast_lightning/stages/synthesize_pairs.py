@@ -114,23 +114,9 @@ def write_preview(run_dir: Path, rows: list[dict], channels: int, n: int = 8) ->
 
 
 
-def run(cfg) -> int:
-    """Synthesize ``cfg.synthesis.n`` pairs for ``cfg`` (the study steps call this with a config)."""
-    from fast_lightning.synthesis import SynthesisError, build_mask_sampler, resolve_diffusion_checkpoint
-    from fast_lightning.synthesis.checkpoints import load_synthesis_model
-    from fast_lightning.synthesis.predictor import (
-        ImagesProgress,
-        PairWriter,
-        SynthesisPredictor,
-        collate_items,
-        synthesis_dataset,
-    )
-    from fast_lightning.synthesis.writer import SynthesisWriter
-
-    n = int(cfg.synthesis.n)  # counts are validated by load_config
-    batch_size = int(cfg.synthesis.batch_size)
-    sampler = make_sampler(cfg)
-
+def _open_run(cfg) -> tuple[Path, dict, str | None]:
+    """Which run folder this call writes (a DDP worker's, a resumed one, an existing run_id, or a new one) and
+    the run.json it already holds; a resumed run must keep the settings that decide the pairs."""
     worker_run = os.environ.get(RUN_DIR_ENV)  # set: this is a DDP worker started by rank 0
     saved_info: dict = {}
     if worker_run:
@@ -149,8 +135,14 @@ def run(cfg) -> int:
             # an explicit run_id that already exists continues that run, under the same rules as RESUME
             saved_info = json.loads((run_dir / "run.json").read_text())
             check_resume_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, run_dir)
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
-    writes_run_files = not worker_run and rank == 0
+    return run_dir, saved_info, worker_run
+
+
+def _load_model_and_masks(cfg, saved_info: dict, run_dir: Path):
+    """(checkpoint, split, model, meta, mask sampler); a resumed run keeps its checkpoint. Checked before the
+    run folder is made, so a bad setting leaves nothing behind."""
+    from fast_lightning.synthesis import SynthesisError, build_mask_sampler, resolve_diffusion_checkpoint
+    from fast_lightning.synthesis.checkpoints import load_synthesis_model
 
     try:
         if saved_info.get("checkpoint") and not cfg.synthesis.ckpt:
@@ -164,10 +156,105 @@ def run(cfg) -> int:
                                 f"CKPT gives {ckpt}")
         _, split = load_split(cfg)
         model, meta = load_synthesis_model(cfg, split.types, ckpt)
-        out_res = cfg.synthesis.out_resolution
         mask_sampler = build_mask_sampler(cfg, split, size=None)  # masks at native size: synthesis runs there
     except SynthesisError as exc:
         raise UserError(str(exc)) from exc
+    return ckpt, split, model, meta, mask_sampler
+
+
+def _write_run_files(cfg, run_dir: Path, writer, split, ckpt: Path, meta: dict, sampler, run_fields: dict,
+                     n: int, saved_info: dict) -> None:
+    """config.yaml, the split, run.json (how to resume) and the writer's folders (rank 0 only)."""
+    out_res = cfg.synthesis.out_resolution
+    writer.prepare()
+    save_config(cfg, run_dir)
+    split.save(run_dir)
+    atomic_write_json(run_dir / "run.json", {
+        "kind": "synthetic", "class_name": cfg.class_name, "checkpoint": str(ckpt),
+        "checkpoint_step": meta.get("global_step"), "model_window": meta.get("window"),
+        "model_resolution": meta.get("resolution"), "type_names": meta.get("type_names"),
+        "sampler_repr": repr(sampler), **run_fields, "n": n,
+        "out_resolution": int(out_res) if out_res else None, "created": saved_info.get("created") or
+        time.strftime("%Y-%m-%d %H:%M:%S"),
+        "resume": f"make synthesize CLASS={cfg.class_name} ... RESUME={run_dir}",
+    })
+
+
+def _report_start(cfg, run_dir: Path, split, ckpt: Path, meta: dict, sampler, n: int, done, pending) -> None:
+    """What is about to run, how to resume it, and one warning if the foreground estimate fails on part of
+    the class."""
+    log.info(f"synthesize {n} pairs for {cfg.class_name} with {sampler!r} (model: {meta.get('window')} window "
+             f"at {meta.get('resolution')} px, {ckpt}) -> {run_dir}")
+    if done:
+        log.info(f"resuming: {len(done)} pair(s) already complete, {len(pending)} to go")
+    log.info(f"interrupted? continue with RESUME={run_dir}")
+    if pending:
+        report_foreground(NormalImageDataset(
+            split.normal_train, resolution=working_size(split.normal_train, int(cfg.data.seg_scale)),
+            channels=int(cfg.data.channels),
+            foreground=str(cfg.data.foreground), foreground_dir=foreground_dir(cfg),
+            interpolation=str(cfg.data.image_interpolation), augment=False), str(cfg.class_name))
+
+
+def _predict_pending(cfg, run_dir: Path, writer, split, model, meta: dict, sampler, mask_sampler, run_fields: dict,
+                     pending: list[int], n: int, progress, worker_run: str | None):
+    """Lightning's predict loop over the pending indices (the PairWriter callback writes each pair);
+    returns (trainer, seconds)."""
+    from fast_lightning.synthesis.predictor import PairWriter, SynthesisPredictor, collate_items, synthesis_dataset
+
+    dataset = synthesis_dataset(cfg, split, pending, list(meta.get("type_names", [])), mask_sampler)
+    workers = dataloader_workers(int(cfg.data.num_workers), on_cpu=not cuda_selected(cfg.trainer.accelerator))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.synthesis.batch_size), shuffle=False,
+                                         num_workers=workers, collate_fn=collate_items, persistent_workers=False)
+    module = SynthesisPredictor(model, sampler, meta, int(cfg.seed), run_fields)
+    t = cfg.trainer
+    trainer = L.Trainer(accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy,
+                        num_nodes=int(t.num_nodes), precision=str(t.precision), logger=False,
+                        callbacks=[PairWriter(writer), progress], enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=str(run_dir))
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    start = time.time()
+    try:
+        with explained_stops(run_dir, resume_command(cfg, "synthesize", run_dir), lambda: trainer,
+                             progress=lambda: f"{len(writer.completed())} of {n} pairs are complete in {run_dir}"):
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+    finally:
+        if not worker_run:
+            os.environ.pop(RUN_DIR_ENV, None)
+    return trainer, time.time() - start
+
+
+def _finish(cfg, run_dir: Path, writer, n: int, made: int, seconds: float) -> None:
+    """Merge the shards into the manifest, check every pair is there, preview, latest link, summary."""
+    rows = writer.merge()
+    missing = [i for i in range(n) if i not in {r["index"] for r in rows}]
+    if missing:
+        raise UserError(f"{len(missing)} pair(s) were not written (first: {missing[:5]}); re-run with "
+                        f"RESUME={run_dir}")
+    write_preview(run_dir, rows, int(cfg.data.channels))
+    update_latest(run_dir)
+    rate = made / seconds if seconds > 0 else None
+    summary = {"pairs": len(rows), "new_this_run": made, "seconds": round(seconds, 2),
+               "images_per_second": round(rate, 3) if rate else None, "run_dir": str(run_dir)}
+    atomic_write_json(run_dir / "summary.json", summary)
+    wandb_logging.log_synthesis(cfg, run_dir, rows, summary)
+    print(json.dumps(summary))
+    print(f"synthetic pairs: {run_dir}  (manifest: {writer.manifest_path}, preview: {run_dir / 'preview.png'})")
+
+
+def run(cfg) -> int:
+    """Synthesize ``cfg.synthesis.n`` pairs for ``cfg`` (the study steps call this with a config): open the run
+    folder, load the model and masks, record the run, predict the pending pairs, merge and summarise."""
+    from fast_lightning.synthesis.predictor import ImagesProgress
+    from fast_lightning.synthesis.writer import SynthesisWriter
+
+    n = int(cfg.synthesis.n)  # counts are validated by load_config
+    sampler = make_sampler(cfg)
+    run_dir, saved_info, worker_run = _open_run(cfg)
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    writes_run_files = not worker_run and rank == 0
+    ckpt, split, model, meta, mask_sampler = _load_model_and_masks(cfg, saved_info, run_dir)
 
     if writes_run_files:  # everything was checked: now the folder is made and held (one writer per run folder)
         make_run_dir(run_dir, cfg.run_root)
@@ -182,77 +269,20 @@ def run(cfg) -> int:
     s = cfg.sampling
     run_fields = {"sampler": str(s.name), "steps": int(sampler.expected_nfe(model.num_train_timesteps)),
                   "variant": str(s.variant) if s.name == "aias" else None, "seed": int(cfg.seed)}
-    if writes_run_files:
-        writer.prepare()
-        save_config(cfg, run_dir)
-        split.save(run_dir)
-        atomic_write_json(run_dir / "run.json", {
-            "kind": "synthetic", "class_name": cfg.class_name, "checkpoint": str(ckpt),
-            "checkpoint_step": meta.get("global_step"), "model_window": meta.get("window"),
-            "model_resolution": meta.get("resolution"), "type_names": meta.get("type_names"),
-            "sampler_repr": repr(sampler), **run_fields, "n": n,
-            "out_resolution": int(out_res) if out_res else None, "created": saved_info.get("created") or
-            time.strftime("%Y-%m-%d %H:%M:%S"),
-            "resume": f"make synthesize CLASS={cfg.class_name} ... RESUME={run_dir}",
-        })
     pending = [i for i in range(n) if i not in done]
     if writes_run_files:
-        log.info(f"synthesize {n} pairs for {cfg.class_name} with {sampler!r} (model: {meta.get('window')} window "
-                 f"at {meta.get('resolution')} px, {ckpt}) -> {run_dir}")
-        if done:
-            log.info(f"resuming: {len(done)} pair(s) already complete, {len(pending)} to go")
-        log.info(f"interrupted? continue with RESUME={run_dir}")
-    if pending and writes_run_files:  # one warning if the foreground estimate fails on part of the class
-        report_foreground(NormalImageDataset(
-            split.normal_train, resolution=working_size(split.normal_train, int(cfg.data.seg_scale)),
-            channels=int(cfg.data.channels),
-            foreground=str(cfg.data.foreground), foreground_dir=foreground_dir(cfg),
-            interpolation=str(cfg.data.image_interpolation), augment=False), str(cfg.class_name))
+        _write_run_files(cfg, run_dir, writer, split, ckpt, meta, sampler, run_fields, n, saved_info)
+        _report_start(cfg, run_dir, split, ckpt, meta, sampler, n, done, pending)
 
     progress = ImagesProgress(total=n, initial=n - len(pending))
-    trainer = None
     seconds = 0.0
     if pending:
-        dataset = synthesis_dataset(cfg, split, pending, list(meta.get("type_names", [])), mask_sampler)
-        workers = dataloader_workers(int(cfg.data.num_workers), on_cpu=not cuda_selected(cfg.trainer.accelerator))
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                             collate_fn=collate_items, persistent_workers=False)
-        module = SynthesisPredictor(model, sampler, meta, int(cfg.seed), run_fields)
-        t = cfg.trainer
-        trainer = L.Trainer(accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy,
-                            num_nodes=int(t.num_nodes), precision=str(t.precision), logger=False,
-                            callbacks=[PairWriter(writer), progress], enable_progress_bar=False,
-                            enable_checkpointing=False, enable_model_summary=False,
-                            default_root_dir=str(run_dir))
-        os.environ[RUN_DIR_ENV] = str(run_dir)
-        start = time.time()
-        try:
-            with explained_stops(run_dir, resume_command(cfg, "synthesize", run_dir), lambda: trainer,
-                                 progress=lambda: f"{len(writer.completed())} of {n} pairs are complete in {run_dir}"):
-                trainer.predict(module, dataloaders=loader, return_predictions=False)
-        finally:
-            if not worker_run:
-                os.environ.pop(RUN_DIR_ENV, None)
-        seconds = time.time() - start
+        trainer, seconds = _predict_pending(cfg, run_dir, writer, split, model, meta, sampler, mask_sampler,
+                                            run_fields, pending, n, progress, worker_run)
         trainer.strategy.barrier()
         if not trainer.is_global_zero:
             return 0
     elif not writes_run_files:
         return 0
-
-    rows = writer.merge()
-    missing = [i for i in range(n) if i not in {r["index"] for r in rows}]
-    if missing:
-        raise UserError(f"{len(missing)} pair(s) were not written (first: {missing[:5]}); re-run with "
-                        f"RESUME={run_dir}")
-    write_preview(run_dir, rows, int(cfg.data.channels))
-    update_latest(run_dir)
-    made = len(pending)
-    rate = made / seconds if seconds > 0 else None
-    summary = {"pairs": len(rows), "new_this_run": made, "seconds": round(seconds, 2),
-               "images_per_second": round(rate, 3) if rate else None, "run_dir": str(run_dir)}
-    atomic_write_json(run_dir / "summary.json", summary)
-    wandb_logging.log_synthesis(cfg, run_dir, rows, summary)
-    print(json.dumps(summary))
-    print(f"synthetic pairs: {run_dir}  (manifest: {writer.manifest_path}, preview: {run_dir / 'preview.png'})")
+    _finish(cfg, run_dir, writer, n, len(pending), seconds)
     return 0

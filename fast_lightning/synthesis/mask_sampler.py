@@ -253,26 +253,9 @@ class TypedMaskSampler(MaskSampler):
 MASK_SOURCES = ("real", "perlin", "folder")
 
 
-def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
-                       sources: Sequence[str] | None = None, weights: Sequence[float] | None = None
-                       ) -> TypedMaskSampler:
-    """The one place that turns ``cfg.synthesis.masks`` into a mask sampler (``make synthesize`` and the
-    segmentation synthesizers both call it).
-
-    - ``real``: the generator-train split's masks (``data.io.load_mask``), augmented by ``RealMaskBank``
-      (flips, rot90, small rotation/scale) and placed on the foreground; each keeps its defect type.
-    - ``perlin``: DRAEM-style Perlin masks.
-    - ``folder``: a user folder of masks (``synthesis.masks.folder``), augmented like real masks.
-    ``size``: masks are loaded at this size once (``data.io.load_mask``: the one resize rule, so no real
-    mask vanishes; a mask that is empty in its file is left out with a warning naming it); None keeps the
-    files' native size (full-resolution synthesis: ``make synthesize`` and online ``fast``). Masks without
-    a type of their own get one by ``synthesis.perlin_type`` (see ``TypedMaskSampler``). ``sources``/``weights`` override the config
-    (e.g. a Perlin-only sampler for the DRAEM baseline). Empty, whole-foreground and out-of-range masks
-    are rejected by MaskSampler (``min_area``/``max_area`` of the image).
-    """
-    from fast_lightning.data.io import load_mask
-
-    mc = cfg.synthesis.masks
+def _checked_sources(mc, sources: Sequence[str] | None, weights: Sequence[float] | None
+                     ) -> tuple[list[str], list[float]]:
+    """Source names and weights (the arguments, else ``synthesis.masks``), each source known, one weight each."""
     names = [str(s) for s in (sources if sources is not None else mc.sources)]
     if weights is None:
         weights = list(mc.weights) if sources is None else [1.0] * len(names)
@@ -286,6 +269,58 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
     if unknown:
         raise SynthesisError(f"unknown mask source(s) {unknown} in synthesis.masks.sources; choose from "
                              f"{', '.join(MASK_SOURCES)}")
+    return names, weights
+
+
+def _real_source(split, kept: list[tuple], bank_kw: dict) -> _LabelledSource:
+    """The augmented bank of the usable generator-train masks ``kept`` ((record, mask) pairs), typed by label."""
+    if not any(r.mask for r in split.generator_train):
+        raise SynthesisError("mask source 'real' needs generator-train defect masks, but the split has none; "
+                             "use synthesis.masks.sources=[perlin]")
+    if not kept:
+        raise SynthesisError("every generator-train mask is empty; use synthesis.masks.sources=[perlin]")
+    bank = RealMaskBank([m for _, m in kept], **bank_kw)
+    return _LabelledSource(bank, "real", [split.type_id(r.label) for r, _ in kept],
+                           [f"{r.label}/{Path(r.mask).name}" for r, _ in kept])
+
+
+def _perlin_source(mc) -> _LabelledSource:
+    scales = tuple(int(v) for v in mc.perlin_scale_range)
+    return _LabelledSource(PerlinMaskSource(scale_range=scales, threshold=float(mc.perlin_threshold)), "perlin")
+
+
+def _folder_source(mc, size, bank_kw: dict) -> _LabelledSource:
+    folder = mc.folder
+    if not folder:
+        raise SynthesisError("mask source 'folder' needs synthesis.masks.folder=<folder of mask images>")
+    try:
+        fsrc = FolderMaskSource(folder, size=size, **bank_kw)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SynthesisError(f"synthesis.masks.folder: {exc}") from exc
+    return _LabelledSource(fsrc, "folder", None, [Path(folder).name] * len(fsrc))
+
+
+def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
+                       sources: Sequence[str] | None = None, weights: Sequence[float] | None = None
+                       ) -> TypedMaskSampler:
+    """The one place that turns ``cfg.synthesis.masks`` into a mask sampler (``make synthesize`` and the
+    segmentation synthesizers both call it).
+
+    - ``real``: the generator-train split's masks (``data.io.load_mask``), augmented by ``RealMaskBank``
+      (flips, rot90, small rotation/scale) and placed on the foreground; each keeps its defect type.
+    - ``perlin``: DRAEM-style Perlin masks.
+    - ``folder``: a user folder of masks (``synthesis.masks.folder``), augmented like real masks.
+    ``size``: masks are loaded at this size once (``data.io.load_mask``: the one resize rule, so no real
+    mask vanishes; a mask that is empty in its file is left out with a warning naming it); None keeps the
+    files' native size (full-resolution synthesis: ``make synthesize`` and online ``fast``). Masks without
+    a type of their own get one by ``synthesis.perlin_type`` (see ``TypedMaskSampler``). ``sources``/``weights``
+    override the config (e.g. a Perlin-only sampler for the DRAEM baseline). Empty, whole-foreground and
+    out-of-range masks are rejected by MaskSampler (``min_area``/``max_area`` of the image).
+    """
+    from fast_lightning.data.io import load_mask
+
+    mc = cfg.synthesis.masks
+    names, weights = _checked_sources(mc, sources, weights)
     bank_kw = dict(scale_range=tuple(float(v) for v in mc.real_scale_range),
                    max_angle=float(mc.real_max_angle))
     perlin_type = str(cfg.synthesis.perlin_type)
@@ -310,29 +345,11 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
         if weight <= 0:
             continue
         if name == "real":
-            if not any(r.mask for r in split.generator_train):
-                raise SynthesisError("mask source 'real' needs generator-train defect masks, but the split has none; "
-                                     "use synthesis.masks.sources=[perlin]")
-            kept = load_real()
-            if not kept:
-                raise SynthesisError("every generator-train mask is empty; use synthesis.masks.sources=[perlin]")
-            bank = RealMaskBank([m for _, m in kept], **bank_kw)
-            src = _LabelledSource(bank, "real", [split.type_id(r.label) for r, _ in kept],
-                                  [f"{r.label}/{Path(r.mask).name}" for r, _ in kept])
+            src = _real_source(split, load_real(), bank_kw)
         elif name == "perlin":
-            scales = tuple(int(v) for v in mc.perlin_scale_range)
-            src = _LabelledSource(PerlinMaskSource(scale_range=scales,
-                                                   threshold=float(mc.perlin_threshold)),
-                                  "perlin")
+            src = _perlin_source(mc)
         else:
-            folder = mc.folder
-            if not folder:
-                raise SynthesisError("mask source 'folder' needs synthesis.masks.folder=<folder of mask images>")
-            try:
-                fsrc = FolderMaskSource(folder, size=size, **bank_kw)
-            except (FileNotFoundError, ValueError) as exc:
-                raise SynthesisError(f"synthesis.masks.folder: {exc}") from exc
-            src = _LabelledSource(fsrc, "folder", None, [Path(folder).name] * len(fsrc))
+            src = _folder_source(mc, size, bank_kw)
         pairs.append((src, weight))
     if not pairs:
         raise SynthesisError(f"synthesis.masks.weights {weights} leave no mask source with a positive weight")
