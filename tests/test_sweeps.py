@@ -97,6 +97,8 @@ def test_args_match_what_the_wandb_agent_passes():
     ("command: [python, '${args_no_hyphens}']\nmethod: grid\nmetric: {name: a}\n"
      "parameters: {segmentation.lrr: {values: [0.1]}}\n", "unknown config key 'segmentation.lrr'"),
     ("command: [python, '${args_no_hyphens}']\nmethod: grid\nmetric: {name: a}\n"
+     "parameters: {segmentation.lr: {values: [0.1]}}\n", "no longer exists: use segmentation.optim.lr"),
+    ("command: [python, '${args_no_hyphens}']\nmethod: grid\nmetric: {name: a}\n"
      "parameters: {segmentation.optim.lr: {values: [0.1, fast]}}\n", "segmentation.optim.lr = 'fast'"),
     ("command: [python, '${args_no_hyphens}']\nmethod: annealing\nmetric: {name: a}\n"
      "parameters: {seed: {values: [1, 2]}}\n", "method must be one of"),

@@ -145,7 +145,8 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] = (), validate_keys
         if not isinstance(spec, dict):
             raise sweep_error(path, f"parameter {name!r} must be a mapping (value:, values: or min:/max:)")
         if "parameters" in spec:
-            raise sweep_error(path, f"parameter {name!r} is nested; use flat dotted config keys (e.g. segmentation.optim.lr)")
+            raise sweep_error(path, f"parameter {name!r} is nested; use flat dotted config keys "
+                                    "(e.g. segmentation.optim.lr)")
         if name in RESERVED:
             raise sweep_error(path, f"parameter {name!r} is set per trial by the sweep driver; remove it")
 
