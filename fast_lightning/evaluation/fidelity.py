@@ -66,19 +66,25 @@ def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
     return F.max_pool2d(m, 2 * r + 1, stride=1, padding=r) if r > 0 else m
 
 
+def _defect_and_ring(masks: torch.Tensor, ring: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(defect {0,1}, the ring of width r just outside it, r): THE ring both fidelity measures compare against
+    (default width size/16, >= 1)."""
+    r = max(1, masks.shape[-1] // 16) if ring is None else int(ring)
+    m = (masks > 0.5).float()
+    return m, (_dilate(m, r) - m).clamp(0, 1), r
+
+
 def window_stats(windows: torch.Tensor, masks: torch.Tensor, ring: int | None = None) -> dict[str, np.ndarray]:
     """Per window (gray = channel mean): ``intensity_diff`` |mean(defect) - mean(ring)|; ``gradient_ratio``
     log of the mean squared gradient inside the eroded defect over the ring's outside the boundary band
     (texture energy, edges excluded); ``edge_strength``
     mean gradient magnitude on the mask boundary. ``ring``: its width in px (default size/16, >= 1).
     Windows whose defect or ring is empty give nan."""
-    n, _, s, _ = windows.shape
+    n = windows.shape[0]
     if n == 0:
         return {k: np.zeros(0) for k in STATS}
-    r = max(1, s // 16) if ring is None else int(ring)
+    m, ring_m, r = _defect_and_ring(masks, ring)
     gray = windows.float().mean(1, keepdim=True)
-    m = (masks > 0.5).float()
-    ring_m = (_dilate(m, r) - m).clamp(0, 1)
     inner = 1 - _dilate(1 - m, r)  # erosion: texture is measured away from the (resampled) edge
     outer = (_dilate(m, 2 * r) - _dilate(m, r)).clamp(0, 1)
     boundary = (_dilate(m, 1) - (1 - _dilate(1 - m, 1))).clamp(0, 1)  # dilation minus erosion
@@ -107,10 +113,8 @@ def defect_patches(windows: torch.Tensor, masks: torch.Tensor, size: int = 8, pe
     n, c, s, _ = windows.shape
     if n == 0:
         return torch.zeros(0, c, size, size), torch.zeros(0, dtype=torch.long)
-    r = max(1, s // 16) if ring is None else int(ring)
     g = torch.Generator().manual_seed(int(seed))
-    m = (masks > 0.5).float()
-    ring_m = (_dilate(m, r) - m).clamp(0, 1)
+    m, ring_m, _ = _defect_and_ring(masks, ring)
     area = ring_m.flatten(1).sum(1).clamp_min(1)
     ring_mean = (windows.float() * ring_m).flatten(2).sum(2) / area[:, None]
     centred = windows.float() - ring_mean[:, :, None, None]
