@@ -145,7 +145,8 @@ class SynthesisConfig:
     perlin_type: str = "random"
     masks: MasksConfig = field(default_factory=MasksConfig)
     seg_buffer_size: int = 64
-    seg_refresh: Optional[int] = 2  # null = a full fresh batch every step
+    seg_refresh: Optional[float] = 2.0  # null = a full fresh batch every step; 0.5 = one pair every 2nd step
+    seg_refresh_batch: Optional[int] = None  # new pairs synthesized together (queued); null = each step's own
     draem_masks: str = "perlin"
     draem_texture: str = "dataset"
     cutpaste_variant: str = "patch"
@@ -261,7 +262,8 @@ MINIMUMS = {
     "diffusion.farm.base_channels": (1, None), "diffusion.farm.time_dim": (2, None),
     "sampling.steps": (1, "STEPS"), "sampling.t_end": (-1, None), "sampling.farm_min_t": (0, None),
     "synthesis.n": (1, "N"), "synthesis.batch_size": (1, None), "synthesis.out_resolution": (8, None),
-    "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None), "synthesis.seg_refresh": (1, None),
+    "synthesis.masks.max_tries": (1, None), "synthesis.seg_buffer_size": (0, None),
+    "synthesis.seg_refresh_batch": (1, None),
     "segmentation.max_steps": (1, None), "segmentation.val_every": (1, None),
     "segmentation.optim.batch_size": (1, None), "segmentation.num_log_images": (0, None), "diffusion.normal_pretrain_steps": (0, None),
     "data.seg_scale": (32, None), "data.eval_batch_size": (1, None), "data.num_workers": (0, None),
@@ -277,7 +279,7 @@ RANGES = {
     "diffusion.beta_end": (0.0, None, True, False), "sampling.eta": (0.0, None, True, False),
     "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
     "diffusion.mask_loss_weight": (0.0, None, True, False), "sampling.guidance_scale": (0.0, None, True, False),
-    "segmentation.synth_loss_weight": (0.0, None, True, False),
+    "segmentation.synth_loss_weight": (0.0, None, True, False), "synthesis.seg_refresh": (0.0, None, False, False),
 }
 # keys that were renamed or removed: the old name is refused with what replaces it (no silent aliasing: a saved
 # config or a command line with the old key says what to write instead)

@@ -6,10 +6,13 @@ value is honoured, ``auto`` follows the rules below, chosen from side-by-side me
 bench-train`` times eager, channels_last and compiled steps interleaved in one process).
 
 - compile, auto: on only on CUDA and only for runs of at least ``COMPILE_MIN_STEPS`` steps. On CPU the
-  compiled step measured no reliable win over eager within noise on a shared 2-core machine while the first
-  call costs tens of seconds (engineering notes: +9-17% after a 40-70 s compile), so auto keeps CPU eager.
-- channels_last, auto: on on CUDA (tensor-core convolutions); on CPU off (oneDNN's blocked layouts are used
-  either way; the CPU option exists so ``bench-train`` can measure it per ISA).
+  compiled step pays back too late: measured alone on a 2-core Zen 4 (bf16), the cpu-profile diffusion step
+  is 15% faster after a 166 s compile (break-even ~1500 steps, the profile trains 900), the demo model 3%
+  slower after 244 s, the segmenter 6% slower after 45 s. So auto keeps CPU eager.
+- channels_last, auto: on on CUDA (tensor-core convolutions). On CPU it depends on the network, so the rule is
+  per module (``CPU_CHANNELS_LAST``): the segmenter (Unet/ResNet, BatchNorm) measured 5-20% faster in
+  channels_last in fp32 and bf16, on AVX2 and AVX-512 kernels alike; the diffusion UNet (GroupNorm,
+  attention) 18-27% slower, so the denoiser and FARM keep the default layout.
 
 Compilation is in place (``nn.Module.compile``): state_dict keys, checkpoints and EMA copies are unchanged.
 A compile failure (no C++ compiler, an unsupported op) falls back to eager with ONE warning.
@@ -50,14 +53,21 @@ def resolve_compile(value, device_type: str, max_steps: int) -> tuple[bool, str]
     return True, f"auto: CUDA run of {int(max_steps)} steps"
 
 
-def resolve_channels_last(value, device_type: str) -> tuple[bool, str]:
-    """(channels_last?, why) for ``trainer.channels_last`` on ``device_type``."""
+# modules (speedup_targets() names, "ema." stripped) that channels_last makes faster on CPU, by bench-train
+CPU_CHANNELS_LAST = {"segmenter": True, "denoiser": False, "farm": False}
+
+
+def resolve_channels_last(value, device_type: str, target: str | None = None) -> tuple[bool, str]:
+    """(channels_last?, why) for ``trainer.channels_last`` on ``device_type`` for module ``target``."""
     choice = check_choice(value, "trainer.channels_last")
     if choice != "auto":
         return choice == "true", "set explicitly"
     if device_type == "cuda":
         return True, "auto: CUDA convolutions are faster in channels_last"
-    return False, "auto: CPU keeps the default layout (no measured win)"
+    name = (target or "").removeprefix("ema.")
+    if CPU_CHANNELS_LAST.get(name, False):
+        return True, f"auto: the {name} measured faster in channels_last on CPU"
+    return False, f"auto: {'the ' + name if name else 'this model'} keeps the default layout on CPU (measured slower)"
 
 
 @dataclass

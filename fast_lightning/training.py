@@ -143,15 +143,26 @@ class Speedups(Callback):
             return
         device = pl_module.device.type
         do_compile, why_c = speedups.resolve_compile(self.compile, device, self.max_steps)
-        layout, why_l = speedups.resolve_channels_last(self.channels_last, device)
+        layouts = {name: speedups.resolve_channels_last(self.channels_last, device, name) for name in targets}
         if trainer.is_global_zero:
+            said = "; ".join(dict.fromkeys(f"{'on' if on else 'off'} ({why})" for on, why in layouts.values()))
             logging.getLogger("fast_lightning").info(
                 f"compile: {self.compile} -> {'on' if do_compile else 'off'} ({why_c}); channels_last: "
-                f"{self.channels_last} -> {'on' if layout else 'off'} ({why_l})")
-        speedups.apply({k: v for k, v in targets.items() if k.startswith("ema.")}, compile=False,
-                       channels_last=layout)
-        self.states = speedups.apply({k: v for k, v in targets.items() if not k.startswith("ema.")},
-                                     compile=do_compile, channels_last=layout)
+                f"{self.channels_last} -> {said}")
+        self.states = []
+        for name, module in targets.items():
+            self.states += speedups.apply({name: module}, compile=do_compile and not name.startswith("ema."),
+                                          channels_last=layouts[name][0])
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        """The test pass gets the layout training had (idempotent after fit), so eval-seg, a test-only Trainer,
+        scores a checkpoint exactly as its training run did."""
+        from fast_lightning import speedups
+
+        for name, module in getattr(pl_module, "speedup_targets", dict)().items():
+            speedups.apply({name: module}, compile=False,
+                           channels_last=speedups.resolve_channels_last(self.channels_last, pl_module.device.type,
+                                                                        name)[0])
 
     def on_train_end(self, trainer, pl_module) -> None:
         from fast_lightning import speedups

@@ -112,6 +112,7 @@ def test_library_defaults_are_the_schema_defaults():
         ((AIASSampler.__init__, "renoise_band"), tuple(sampling.renoise_band)),
         ((FastSegSynthesizer.__init__, "buffer_size"), synthesis.seg_buffer_size),
         ((FastSegSynthesizer.__init__, "refresh"), synthesis.seg_refresh),
+        ((FastSegSynthesizer.__init__, "refresh_batch"), synthesis.seg_refresh_batch),
         ((FastSegSynthesizer.__init__, "channels"), data.channels),
         ((FastSegSynthesizer.__init__, "foreground"), data.foreground),
     ]

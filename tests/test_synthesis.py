@@ -171,6 +171,47 @@ def test_fast_seg_synthesizer_contract(smoke_model, smoke_cfg, fake_split, buffe
         assert syn._filled == 6  # 4 to fill the first batch, then `refresh` per call
 
 
+def _fast_seg(smoke_model, smoke_cfg, split, **kw):
+    meta = {"window": "crop", "resolution": 32, "config": smoke_cfg, "type_names": TYPES}
+    return FastSegSynthesizer(smoke_model, meta, build_mask_sampler(smoke_cfg, split, 32),
+                              build_sampler({"name": "aias", "steps": 3}), **kw)
+
+
+def test_fast_seg_queued_refresh_makes_the_same_pairs_in_one_batch(smoke_model, smoke_cfg, fake_split):
+    """seg_refresh_batch only groups the sampler calls: after the queue is flushed the pool holds the pairs an
+    unqueued synthesizer made step by step (same sources, same per-pair generators)."""
+    _, split = fake_split
+    normals = [torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
+    fg = torch.zeros(4, 1, 32, 32)
+    fg[:, :, 6:26, 4:28] = 1
+    plain = _fast_seg(smoke_model, smoke_cfg, split, buffer_size=8, refresh=2)
+    queued = _fast_seg(smoke_model, smoke_cfg, split, buffer_size=8, refresh=2, refresh_batch=4)
+    for step, x in enumerate(normals):
+        plain(x, fg, torch.Generator().manual_seed(step))
+        queued(x, fg, torch.Generator().manual_seed(step))
+        if step == 1:  # 4 pairs to fill the pool, 2 waiting in the queue
+            assert (queued._filled, len(queued._queue), plain._filled) == (4, 2, 6)
+    assert queued._filled == plain._filled == 8 and not queued._queue
+    assert torch.equal(queued._pool_masks, plain._pool_masks)
+    assert torch.equal(queued._pool_types, plain._pool_types)
+    assert torch.allclose(queued._pool_images, plain._pool_images, atol=1e-4)
+    with pytest.raises(ValueError, match="seg_refresh_batch"):
+        _fast_seg(smoke_model, smoke_cfg, split, buffer_size=8, refresh=2, refresh_batch=9)
+
+
+def test_fast_seg_fractional_refresh_adds_one_pair_every_other_step(smoke_model, smoke_cfg, fake_split):
+    _, split = fake_split
+    syn = _fast_seg(smoke_model, smoke_cfg, split, buffer_size=8, refresh=0.5)
+    normals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    fg = torch.ones(4, 1, 32, 32)
+    filled = []
+    for step in range(5):
+        images, masks = syn(normals, fg, torch.Generator().manual_seed(step))
+        assert images.shape == normals.shape
+        filled.append(syn._filled)
+    assert filled == [4, 4, 5, 5, 6]
+
+
 def test_writer_resume_bookkeeping_and_cached_synthesizer(tmp_path):
     w = SynthesisWriter(tmp_path)
     w.prepare()

@@ -201,10 +201,13 @@ def _peaks(device: torch.device, candidates: list[str], n: int) -> dict:
 
 
 def _variants(auto: str, candidates: list[str], wanted: set[str], default: tuple[bool, bool]) -> dict:
-    """label -> (precision, compile, channels_last). Eager at every precision, the options at the auto one."""
+    """label -> (precision, compile, channels_last). Eager at every precision, the options at the auto one
+    (channels_last also in fp32)."""
     out = {p: (p, False, False) for p in candidates}
-    if "channels_last" in wanted:
+    if "channels_last" in wanted:  # at the auto precision, and in fp32 too: the kernels differ by dtype
         out["channels_last"] = (auto, False, True)
+        if auto != "32-true":
+            out["channels_last 32-true"] = ("32-true", False, True)
     if "compile" in wanted:
         out["compile"] = (auto, True, False)
     if default != (False, False) and (auto, *default) not in out.values():
@@ -214,7 +217,8 @@ def _variants(auto: str, candidates: list[str], wanted: set[str], default: tuple
 
 def _measure(name, cfg, builder, device, candidates, auto, wanted, steps, warmup, peaks, max_steps) -> dict:
     compile_default, compile_why = speedups.resolve_compile(cfg.trainer.compile, device.type, max_steps)
-    cl_default, cl_why = speedups.resolve_channels_last(cfg.trainer.channels_last, device.type)
+    target = "segmenter" if builder is _segmenter_step else "denoiser"
+    cl_default, cl_why = speedups.resolve_channels_last(cfg.trainer.channels_last, device.type, target)
     variants = _variants(auto, candidates, wanted, (compile_default, cl_default))
     built = {label: builder(cfg, device, compile=c, channels_last=cl) for label, (p, c, cl) in variants.items()}
     desc = next(iter(built.values()))[1]

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from fast_lightning.errors import UserError
 from fast_lightning.commands.arguments import pop_options
 from fast_lightning.evaluation import wandb_logging
-from fast_lightning.training import build_logger, check_logger_ready, finish_logger, log_hyperparams
+from fast_lightning.training import Speedups, build_logger, check_logger_ready, finish_logger, log_hyperparams
 from fast_lightning.stages.fit_segmenter import (
     EVALUATED_ON,
     check_model_config,
@@ -119,6 +119,7 @@ def main(args: list[str]) -> int:
     logger = build_logger(cfg, run_dir, "eval-seg")
     trainer = L.Trainer(accelerator=str(t.accelerator), devices=1, precision=str(t.precision), logger=logger,
                         enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[Speedups(t.compile, t.channels_last, 0)],  # training's layout: same numbers
                         enable_progress_bar=bool(t.enable_progress_bar), default_root_dir=str(run_dir))
     start = time.time()
     try:
