@@ -95,3 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         from fast_lightning.runs import release_all_run_dirs
 
         release_all_run_dirs()  # run-folder locks end with the command (in-process callers included)
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Close a DDP process group the command left open: gloo's threads still running at interpreter exit can
+    abort a finished run ("terminate called without an active exception", exit code -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -13,6 +13,7 @@ import fast_lightning  # noqa: F401  (torchvision shim first)
 import lightning as L
 import torch
 
+from fast_lightning.cli import end_process_group
 from fast_lightning.config import load_config
 from fast_lightning.data.datamodule import AnomalyDataModule
 from fast_lightning.seeding import seed_everything
@@ -47,4 +48,7 @@ if __name__ == "__main__":
     seed_everything(int(cfg.seed))
     dm = AnomalyDataModule(cfg, stage="diffusion")
     trainer = build_trainer(cfg, out, "probe", int(cfg.diffusion.max_steps), callbacks=[], enable_checkpointing=False)
-    trainer.fit(Probe(out), datamodule=dm)
+    try:
+        trainer.fit(Probe(out), datamodule=dm)
+    finally:
+        end_process_group()  # as the CLI does: an open gloo group can abort the interpreter's exit
