@@ -141,9 +141,8 @@ class Speedups(Callback):
         targets = getattr(pl_module, "speedup_targets", dict)()
         if not targets:
             return
-        device = pl_module.device.type
-        do_compile, why_c = speedups.resolve_compile(self.compile, device, self.max_steps)
-        layouts = {name: speedups.resolve_channels_last(self.channels_last, device, name) for name in targets}
+        do_compile, why_c = speedups.resolve_compile(self.compile, pl_module.device.type, self.max_steps)
+        layouts = self._layouts(targets, pl_module.device.type)
         if trainer.is_global_zero:
             said = "; ".join(dict.fromkeys(f"{'on' if on else 'off'} ({why})" for on, why in layouts.values()))
             logging.getLogger("fast_lightning").info(
@@ -159,10 +158,15 @@ class Speedups(Callback):
         scores a checkpoint exactly as its training run did."""
         from fast_lightning import speedups
 
-        for name, module in getattr(pl_module, "speedup_targets", dict)().items():
-            speedups.apply({name: module}, compile=False,
-                           channels_last=speedups.resolve_channels_last(self.channels_last, pl_module.device.type,
-                                                                        name)[0])
+        targets = getattr(pl_module, "speedup_targets", dict)()
+        for name, (layout, _) in self._layouts(targets, pl_module.device.type).items():
+            speedups.apply({name: targets[name]}, compile=False, channels_last=layout)
+
+    def _layouts(self, targets: dict, device: str) -> dict:
+        """name -> (channels_last?, why): ``trainer.channels_last`` resolved per module (speedups.CPU_CHANNELS_LAST)."""
+        from fast_lightning import speedups
+
+        return {name: speedups.resolve_channels_last(self.channels_last, device, name) for name in targets}
 
     def on_train_end(self, trainer, pl_module) -> None:
         from fast_lightning import speedups

@@ -151,12 +151,16 @@ def test_build_mask_sampler_sources_types_and_errors(smoke_cfg, fake_split, tmp_
         build_mask_sampler(smoke_cfg, split, 32, sources=["blobs"])
 
 
+def _fast_seg(smoke_model, smoke_cfg, split, **kw):
+    meta = {"window": "crop", "resolution": 32, "config": smoke_cfg, "type_names": TYPES}
+    return FastSegSynthesizer(smoke_model, meta, build_mask_sampler(smoke_cfg, split, 32),
+                              build_sampler({"name": "aias", "steps": 3}), **kw)
+
+
 @pytest.mark.parametrize("buffer_size,refresh", [(0, None), (8, 2)])
 def test_fast_seg_synthesizer_contract(smoke_model, smoke_cfg, fake_split, buffer_size, refresh):
     _, split = fake_split
-    meta = {"window": "crop", "resolution": 32, "config": smoke_cfg, "type_names": TYPES}
-    syn = FastSegSynthesizer(smoke_model, meta, build_mask_sampler(smoke_cfg, split, 32),
-                             build_sampler({"name": "aias", "steps": 3}), buffer_size=buffer_size, refresh=refresh)
+    syn = _fast_seg(smoke_model, smoke_cfg, split, buffer_size=buffer_size, refresh=refresh)
     normals = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     fg = torch.zeros(4, 1, 32, 32)
     fg[:, :, 6:26, 4:28] = 1
@@ -169,12 +173,6 @@ def test_fast_seg_synthesizer_contract(smoke_model, smoke_cfg, fake_split, buffe
             assert torch.equal(images[outside], normals[outside])
     if buffer_size:
         assert syn._filled == 6  # 4 to fill the first batch, then `refresh` per call
-
-
-def _fast_seg(smoke_model, smoke_cfg, split, **kw):
-    meta = {"window": "crop", "resolution": 32, "config": smoke_cfg, "type_names": TYPES}
-    return FastSegSynthesizer(smoke_model, meta, build_mask_sampler(smoke_cfg, split, 32),
-                              build_sampler({"name": "aias", "steps": 3}), **kw)
 
 
 def test_fast_seg_queued_refresh_makes_the_same_pairs_in_one_batch(smoke_model, smoke_cfg, fake_split):

@@ -193,9 +193,9 @@ class FastSegSynthesizer(SegSynthesizer):
 
     def _enqueue(self, normals, foreground, generator, records, hflip, n_new: int) -> None:
         """Queue ``n_new`` sources from this batch (its normals cycled when n_new > B), each with its generator."""
-        src = torch.arange(n_new, device=normals.device) % normals.shape[0]
         gens = derive_generators(generator, n_new)
-        for k, i in enumerate(src.tolist()):
+        for k in range(n_new):
+            i = k % normals.shape[0]
             self._queue.append((normals[i].clone(), None if foreground is None else foreground[i].clone(),
                                 None if records is None else records.reshape(-1)[i],
                                 None if hflip is None else hflip.reshape(-1)[i], gens[k]))
