@@ -10,6 +10,7 @@ import torch
 
 import fast_lightning  # noqa: F401
 from fast_lightning.config import load_config
+from fast_lightning.errors import ConfigError
 from fast_lightning.data import make_split, read_class
 from fast_lightning.sampling import build_sampler
 from fast_lightning.synthesis import (
@@ -193,7 +194,7 @@ def test_fast_seg_queued_refresh_makes_the_same_pairs_in_one_batch(smoke_model, 
     assert torch.equal(queued._pool_masks, plain._pool_masks)
     assert torch.equal(queued._pool_types, plain._pool_types)
     assert torch.allclose(queued._pool_images, plain._pool_images, atol=1e-4)
-    with pytest.raises(ValueError, match="seg_refresh_batch"):
+    with pytest.raises(ConfigError, match="seg_refresh_batch"):  # a user's setting: one line, no traceback
         _fast_seg(smoke_model, smoke_cfg, split, buffer_size=8, refresh=2, refresh_batch=9)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from fast_lightning.data.mask_resize import resize_mask
+from fast_lightning.errors import ConfigError
 from fast_lightning.schema import DataConfig, SynthesisConfig
 from fast_lightning.synthesis.base_synthesizer import GeneratorArg, SegSynthesizer
 from fast_lightning.synthesis.mask_sampler import MaskSampler, TypedMaskSampler
@@ -83,7 +84,7 @@ class FastSegSynthesizer(SegSynthesizer):
         self.refresh = None if not refresh else float(refresh)
         self.refresh_batch = max(1, int(refresh_batch or 1))
         if self.buffer_size and self.refresh_batch > self.buffer_size:
-            raise ValueError(f"synthesis.seg_refresh_batch={self.refresh_batch} is larger than the pool "
+            raise ConfigError(f"synthesis.seg_refresh_batch={self.refresh_batch} is larger than the pool "
                              f"(synthesis.seg_buffer_size={self.buffer_size}): the extra pairs would be thrown "
                              "away; lower seg_refresh_batch or raise seg_buffer_size")
         self.normals = list(normals) if normals is not None else None
