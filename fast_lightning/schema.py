@@ -151,6 +151,7 @@ class SynthesisConfig:
     draem_texture: str = "dataset"
     cutpaste_variant: str = "patch"
     fast_cached_dir: Optional[str] = None
+    visible_change: Optional[float] = None  # label only what the model visibly changed; null = the placed mask
 
 
 @dataclass
@@ -173,7 +174,7 @@ class SegmentationOptimConfig:
 class SegmentationConfig:
     synth: str = "draem"
     synth_ratio: float = 0.5
-    real_ratio: float = 0.5
+    second_ratio: float = 0.25  # synth=a+b: b's share of the batch, on top of a's synth_ratio (see the yaml)
     synth_loss_weight: float = 1.0
     crop: Optional[int] = None
     crop_defect_share: float = 0.5
@@ -274,12 +275,14 @@ RANGES = {
     "data.generator_fraction": (0.0, 1.0, False, False), "data.val_fraction": (0.0, 1.0, False, False),
     "diffusion.normal_weight": (0.0, 1.0, True, True), "diffusion.crop.scale": (0.0, 1.0, False, True),
     "diffusion.optim.ema_decay": (0.0, 1.0, True, False), "segmentation.synth_ratio": (0.0, 1.0, True, True),
+    "segmentation.second_ratio": (0.0, 1.0, True, True),
     "diffusion.unet.dropout": (0.0, 1.0, True, False), "diffusion.lambda_eps": (0.0, None, True, False),
     "diffusion.lambda_farm": (0.0, None, True, False), "diffusion.beta_start": (0.0, None, True, False),
     "diffusion.beta_end": (0.0, None, True, False), "sampling.eta": (0.0, None, True, False),
     "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
     "diffusion.mask_loss_weight": (0.0, None, True, False), "sampling.guidance_scale": (0.0, None, True, False),
     "segmentation.synth_loss_weight": (0.0, None, True, False), "synthesis.seg_refresh": (0.0, None, False, False),
+    "synthesis.visible_change": (0.0, 1.0, True, False),
 }
 # keys that were renamed or removed: the old name is refused with what replaces it (no silent aliasing: a saved
 # config or a command line with the old key says what to write instead)
@@ -295,6 +298,9 @@ RENAMED = {
     "segmentation.batch_size": "segmentation.optim.batch_size",
     # synthesizer options live in synthesis.* (segmentation.* keeps the training mix: synth, ratios, loss weight)
     "segmentation.fast_cached_dir": "synthesis.fast_cached_dir",
+    "segmentation.real_ratio": "segmentation.second_ratio (synth=a+b no longer splits the synth_ratio share between a and "
+                               "b: a keeps segmentation.synth_ratio of the batch as when alone, b adds second_ratio of "
+                               "the batch in place of normal items, so synthesis does not dilute the real defects)",
 }
 CHOICES = {  # key -> (allowed values, make variable or None)
     "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),
@@ -339,6 +345,10 @@ def _cross_field(cfg) -> list[str]:
     seg_scale = get("data.seg_scale")
     if seg_scale is not None and int(seg_scale) % 32:
         out.append(f"config key 'data.seg_scale' must be a multiple of 32 (e.g. 256), got {seg_scale}")
+    synth_ratio, second_ratio = get("segmentation.synth_ratio"), get("segmentation.second_ratio")
+    if synth_ratio is not None and second_ratio is not None and synth_ratio + second_ratio > 1.0:
+        out.append(f"segmentation.synth_ratio + segmentation.second_ratio must be <= 1 (shares of one batch), got "
+                   f"{synth_ratio} + {second_ratio}")
     band = get("sampling.renoise_band")
     if band is not None and (len(band) != 2 or not band[0] < band[1]):
         out.append(f"sampling.renoise_band must be two numbers [low, high] with low < high, got {list(band)}")

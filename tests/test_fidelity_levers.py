@@ -173,13 +173,30 @@ def test_mixed_synthesizer_marks_the_items_from_b_for_the_loss(smoke_cfg):
     from fast_lightning.synthesis.real import MixedSynthesizer, RealThirdSynthesizer
 
     real = RealThirdSynthesizer(torch.rand(3, 3, 32, 32), (torch.rand(3, 1, 32, 32) > 0.7).float())
-    mixed = MixedSynthesizer(real, CutPasteSynthesizer(), 0.5)
+    mixed = MixedSynthesizer(real, CutPasteSynthesizer(), 0.5, 0.25)
     dm = AnomalyDataModule(smoke_cfg, synthesizer=mixed)
     batch = {"image": torch.rand(8, 3, 32, 32), "mask": torch.zeros(8, 1, 32, 32),
              "foreground": torch.ones(8, 1, 32, 32)}
     out = dm.synthesize_batch(batch)
-    # synth_ratio 0.5: 4 synthesized items, the first 2 real labels, the next 2 from cutpaste, then 4 normals
-    assert out["from_second"].tolist() == [False, False, True, True, False, False, False, False]
+    # synth_ratio 0.5 + second_ratio 0.25: the 4 real labels real_third alone would get, 2 from cutpaste on top
+    # (in place of normals), then 2 normals
+    assert out["from_second"].tolist() == [False, False, False, False, True, True, False, False]
+    assert out["synthetic"].tolist() == [True] * 6 + [False] * 2
+    assert torch.equal(out["image"][6:], batch["image"][6:])
+    alone = AnomalyDataModule(smoke_cfg, synthesizer=real).synthesize_batch(batch)
+    assert alone["synthetic"].tolist() == [True] * 4 + [False] * 4  # the same real share as in the mix
+    none = AnomalyDataModule(smoke_cfg, synthesizer=MixedSynthesizer(real, CutPasteSynthesizer(), 0.5, 0.0))
+    assert not none.synthesize_batch(batch)["from_second"].any()  # second_ratio 0: b unused
+
+
+def test_mix_shares_are_validated_and_the_old_key_names_its_replacement():
+    from fast_lightning.config import load_config
+    from fast_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"synth_ratio \+ segmentation.second_ratio must be <= 1"):
+        load_config(["profile=smoke", "segmentation.synth_ratio=0.8", "segmentation.second_ratio=0.3"])
+    with pytest.raises(ConfigError, match="segmentation.second_ratio"):
+        load_config(["profile=smoke", "segmentation.real_ratio=0.5"])
 
 
 def test_paper_preset_is_one_flag_away_and_overrides_still_win():

@@ -54,7 +54,8 @@ def test_mixed_synthesizer_takes_real_share_first():
     real_img = torch.full((2, 3, 16, 16), 0.25)
     real_mask = torch.zeros(2, 1, 16, 16)
     real_mask[:, :, 4:8, 4:8] = 1
-    mix = MixedSynthesizer(RealThirdSynthesizer(real_img, real_mask), CutPasteSynthesizer(), 0.5)
+    mix = MixedSynthesizer(RealThirdSynthesizer(real_img, real_mask), CutPasteSynthesizer(), 0.5, 0.5)
+    assert mix.batch_items(8) == 8 and mix.split(4) == 2
     normals = torch.rand(4, 3, 16, 16)
     imgs, masks = mix(normals, torch.ones(4, 1, 16, 16), torch.Generator().manual_seed(0))
     assert imgs.shape == normals.shape and masks.shape == (4, 1, 16, 16)

@@ -63,6 +63,49 @@ def test_paste_back_is_exact_outside_the_mask(smoke_model, smoke_cfg, window):
         assert float(o.min()) >= 0 and float(o.max()) <= 1
 
 
+@pytest.mark.parametrize("window", ["crop", "full"])
+def test_visible_change_keeps_the_image_and_labels_only_what_changed(smoke_model, smoke_cfg, window):
+    """synthesis.visible_change: same pixels as the placed-mask run; the label is the placed mask AND the
+    visible-change map (unit: threshold 0 keeps every changed pixel, a threshold above any change empties it)."""
+    from fast_lightning.synthesis.windowed import visible_change
+    images, masks = items()
+    base = make_synth(smoke_model, smoke_cfg, window)
+    ref, ref_masks = base.synthesize(images, masks, [1, 2, 1], gens(range(3)))
+    for threshold, expect in ((0.0, "some"), (0.05, None), (1.0, "none")):
+        synth = make_synth(smoke_model, smoke_cfg, window)
+        synth.visible_change = threshold
+        out, out_masks = synth.synthesize(images, masks, [1, 2, 1], gens(range(3)))
+        for o, r, om, rm in zip(out, ref, out_masks, ref_masks):
+            assert torch.equal(o, r)                   # the image does not depend on the label rule
+            assert bool((om <= rm).all())              # a subset of the placed mask
+            if expect == "none":
+                assert float(om.sum()) == 0
+            if expect == "some":
+                assert float(om.sum()) > 0.5 * float(rm.sum())
+    a = torch.zeros(1, 3, 8, 8)
+    b = a.clone()
+    b[:, 1, 2:5, 2:5] = 0.5                            # one channel, a 3x3 blob
+    seen = visible_change(b, a, 0.1)
+    assert seen.shape == (1, 1, 8, 8) and bool(seen[0, 0, 3, 3]) and not bool(seen[0, 0, 7, 7])
+    b2 = a + 0.04 * (torch.arange(64).reshape(1, 1, 8, 8) % 2).float()   # fine grain: blurred below 0.05
+    assert not bool(visible_change(b2.expand(1, 3, 8, 8), a, 0.05).any())
+
+
+def test_visible_change_batched_path_matches(smoke_model, smoke_cfg):
+    synth = make_synth(smoke_model, smoke_cfg, "full")
+    synth.visible_change = 0.05
+    g = torch.Generator().manual_seed(3)
+    normals = torch.rand(2, 3, 32, 32, generator=g)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:20, 6:24] = 1
+    imgs, msks = synth.synthesize_tensors(normals, masks, [1, 2], gens(range(2)))
+    base = make_synth(smoke_model, smoke_cfg, "full")
+    ref_imgs, ref_msks = base.synthesize_tensors(normals, masks, [1, 2], gens(range(2)))
+    assert torch.equal(imgs, ref_imgs) and bool((msks <= ref_msks).all())
+    synth.visible_change = 1.0                          # above any change: nothing is labelled
+    assert float(synth.synthesize_tensors(normals, masks, [1, 2], gens(range(2)))[1].sum()) == 0
+
+
 def test_thin_mask_survives_downscaling(smoke_model, smoke_cfg):
     synth = make_synth(smoke_model, smoke_cfg, "full")  # 150x120 -> 32x32: a 1-px line must still be synthesized
     img = torch.rand(3, 150, 120, generator=torch.Generator().manual_seed(1))

@@ -61,7 +61,7 @@ def main(args: list[str]) -> int:
         f"- data: `{cfg.data_root}/{cfg.class_name}`, profile `{cfg.profile}`, working size "
         f"{'x'.join(str(v) for v in first.get('working_size') or [cfg.data.seg_scale] * 2)} px, training crops "
         f"{cfg.segmentation.crop or 'none'}, {cfg.segmentation.max_steps} steps per run, synthetic share "
-        f"{cfg.segmentation.synth_ratio} of each batch (real_ratio {cfg.segmentation.real_ratio} in a+b mixes)",
+        f"{cfg.segmentation.synth_ratio} of each batch (a+b mixes: b adds {cfg.segmentation.second_ratio})",
         f"- evaluated on: {first.get('evaluated_on')}: {counts.get('test_images')} test images "
         f"({counts.get('test_defect_images')} with defects); threshold for IoU/Acc chosen on "
         f"{counts.get('val_images')} separate validation images",

@@ -237,9 +237,10 @@ class AnomalyDataModule(L.LightningDataModule):
         return crop_batch(batch, size, float(self.cfg.segmentation.crop_defect_share), g)
 
     def synthesize_batch(self, batch: dict, step: int = 0, rank: int = 0) -> dict:
-        """Replace the first ``synth_ratio`` share of a normal batch by synthesized anomalies."""
+        """Replace the first ``synth_ratio`` share of a normal batch by synthesized anomalies (a mix ``a+b``:
+        plus ``second_ratio``, the synthesizer's ``batch_items``)."""
         images, foreground = batch["image"], batch["foreground"]
-        n_syn = int(round(images.shape[0] * float(self.cfg.segmentation.synth_ratio)))
+        n_syn = self.synthesizer.batch_items(images.shape[0], float(self.cfg.segmentation.synth_ratio))
         if n_syn == 0:
             return batch
         g = generator_for("seg_synthesis", int(self.cfg.seed), step, rank)

@@ -43,6 +43,11 @@ class SegSynthesizer:
     needs_diffusion: bool = False
     needs_pairs: bool = False
 
+    def batch_items(self, batch: int, synth_ratio: float) -> int:
+        """How many of a training batch's ``batch`` items it replaces (the first ones), given
+        ``segmentation.synth_ratio``; a mix adds its second member's share on top."""
+        return int(round(batch * float(synth_ratio)))
+
     def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
                  records: torch.Tensor | None = None, hflip: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,11 +73,12 @@ class FastSegSynthesizer(SegSynthesizer):
                  buffer_size: int = SynthesisConfig.seg_buffer_size,
                  refresh: float | None = SynthesisConfig.seg_refresh,
                  refresh_batch: int | None = SynthesisConfig.seg_refresh_batch,
+                 visible_change: float | None = SynthesisConfig.visible_change,
                  normals: Sequence[str] | None = None) -> None:
         """``model``/``meta``: a loaded diffusion model and its checkpoint metadata (the registry loads and
         checks them); ``sampler``: the sampling scheduler; the rest are the data.* and synthesis.* values."""
         self.synth = WindowedFastSynthesizer(model.eval().requires_grad_(False), sampler, meta,
-                                        autocast_dtype=autocast_dtype)
+                                        autocast_dtype=autocast_dtype, visible_change=visible_change)
         self.mask_sampler = mask_sampler
         self.num_types = len(self.synth.type_names)
         self.buffer_size = max(0, int(buffer_size or 0))
@@ -236,4 +237,5 @@ def build_fast_seg(cfg, datamodule) -> FastSegSynthesizer:
                               channels=int(cfg.data.channels), foreground=str(cfg.data.foreground),
                               foreground_dir=cfg.data.foreground_dir, buffer_size=int(syn.seg_buffer_size),
                               refresh=syn.seg_refresh, refresh_batch=syn.seg_refresh_batch,
+                              visible_change=syn.visible_change,
                               normals=[r.image for r in split.normal_train])

@@ -107,10 +107,11 @@ class SynthesisPredictor(L.LightningModule):
     """Predict-only module: ``predict_step`` synthesizes a batch of items (windows batched into one
     sampler call) and returns the pairs on CPU with their manifest fields; :class:`PairWriter` saves them."""
 
-    def __init__(self, model, sampler, meta: dict, seed: int, run_fields: dict | None = None) -> None:
+    def __init__(self, model, sampler, meta: dict, seed: int, run_fields: dict | None = None,
+                 visible_change: float | None = None) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)  # a submodule: Lightning moves it to the device
-        self.synth = WindowedFastSynthesizer(self.model, sampler, meta)
+        self.synth = WindowedFastSynthesizer(self.model, sampler, meta, visible_change=visible_change)
         self.seed = int(seed)
         self.run_fields = dict(run_fields or {})
         self.type_names = self.synth.type_names

@@ -82,24 +82,35 @@ class RealThirdSynthesizer(SegSynthesizer):
 # ---- real labels plus synthesis ----------------------------------------------------------------------------
 
 class MixedSynthesizer(SegSynthesizer):
-    """Two synthesizers in one batch (``segmentation.synth=a+b``, e.g. ``real_third+fast``): the first
-    round(B * ``first_share``) items come from ``first``, the rest from ``second``; each member keeps its own
-    behaviour (no logic duplicated). ``native_input`` members (online fast) receive their slice of
-    ``records``/``hflip``. ``last_types`` is concatenated when both members report it."""
+    """Two synthesizers in one batch (``segmentation.synth=a+b``, e.g. ``real_third+fast``).
 
-    def __init__(self, first, second, first_share: float = 0.5, names: Sequence[str] | None = None) -> None:
-        if not 0.0 <= float(first_share) <= 1.0:
-            raise ValueError(f"segmentation.real_ratio={first_share} must lie in [0, 1]")
+    ``first`` keeps the round(B * synth_ratio) items it has alone and ``second`` adds round(B * ``second_ratio``)
+    in place of normal items (:meth:`batch_items`). Why not split one share: at a fixed step budget, halving the
+    real defects per batch cost the real-label segmenter most of its AP (docs/MEASURED.md, "mixing"). Each
+    member keeps its own behaviour (no logic duplicated). ``native_input`` members (online fast) receive their
+    slice of ``records``/``hflip``. ``last_types`` is concatenated when both members report it."""
+
+    def __init__(self, first, second, synth_ratio: float = 0.5, second_ratio: float = 0.25,
+                 names: Sequence[str] | None = None) -> None:
+        for key, value in (("synth_ratio", synth_ratio), ("second_ratio", second_ratio)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"segmentation.{key}={value} must lie in [0, 1]")
         self.parts = [first, second]
-        self.first_share = float(first_share)
+        self.synth_ratio, self.second_ratio = float(synth_ratio), float(second_ratio)
         self.names = list(names) if names else [type(first).__name__, type(second).__name__]
         self.native_input = any(p.native_input for p in self.parts)
         self.needs_diffusion = any(p.needs_diffusion for p in self.parts)
         self.last_from_second = torch.zeros(0, dtype=torch.bool)  # which items of the last call came from b
 
+    def batch_items(self, batch: int, synth_ratio: float | None = None) -> int:
+        """The first member's round(batch * synth_ratio) plus the second's round(batch * second_ratio)."""
+        s = self.synth_ratio if synth_ratio is None else float(synth_ratio)
+        return int(round(batch * s)) + int(round(batch * self.second_ratio))
+
     def split(self, b: int) -> int:
-        """Items of a batch of ``b`` that come from the first member."""
-        return int(round(b * self.first_share))
+        """Of the ``b`` items it is given (``batch_items`` of a batch), those that come from the first member."""
+        total = self.synth_ratio + self.second_ratio
+        return int(round(b * self.synth_ratio / total)) if total > 0 else 0
 
     def __call__(self, normals: torch.Tensor, foreground: torch.Tensor | None, generator: GeneratorArg,
                  records: torch.Tensor | None = None, hflip: torch.Tensor | None = None

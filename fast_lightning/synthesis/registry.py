@@ -80,15 +80,16 @@ def check_seg_synth(name: str, cfg) -> None:
 def build_seg_synthesizer(name: str, cfg, datamodule) -> SegSynthesizer:
     """The segmentation synthesizer ``name`` for ``cfg`` (outputs at the working size of the batch it gets,
     ``datamodule.working_size``; ``native_input`` ones synthesize on the full-resolution normals the
-    DataModule names by record index). ``a+b``: a MixedSynthesizer, ``segmentation.real_ratio`` of the items
-    from ``a``.
+    DataModule names by record index). ``a+b``: a MixedSynthesizer, ``a`` on ``segmentation.synth_ratio`` of
+    the batch, ``b`` on ``segmentation.second_ratio`` more.
 
     ``datamodule``: an AnomalyDataModule (its split gives the generator-train masks / real pairs).
     """
     parts = synth_parts(name)
     if len(parts) == 2:
         first, second = (build_seg_synthesizer(p, cfg, datamodule) for p in parts)
-        return MixedSynthesizer(first, second, float(cfg.segmentation.real_ratio), names=parts)
+        return MixedSynthesizer(first, second, float(cfg.segmentation.synth_ratio),
+                                float(cfg.segmentation.second_ratio), names=parts)
     datamodule.setup()
     return SYNTHESIZERS[name].build(cfg, datamodule)
 
