@@ -40,8 +40,6 @@ class Window:
         return slice(self.y, self.y + self.h), slice(self.x, self.x + self.w)
 
 
-
-
 def visible_change(generated: torch.Tensor, source: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B,1,R,R) bool: where the model visibly changed its window (``synthesis.visible_change``).
 
