@@ -345,10 +345,6 @@ def _cross_field(cfg) -> list[str]:
     seg_scale = get("data.seg_scale")
     if seg_scale is not None and int(seg_scale) % 32:
         out.append(f"config key 'data.seg_scale' must be a multiple of 32 (e.g. 256), got {seg_scale}")
-    synth_ratio, second_ratio = get("segmentation.synth_ratio"), get("segmentation.second_ratio")
-    if synth_ratio is not None and second_ratio is not None and synth_ratio + second_ratio > 1.0:
-        out.append(f"segmentation.synth_ratio + segmentation.second_ratio must be <= 1 (shares of one batch), got "
-                   f"{synth_ratio} + {second_ratio}")
     band = get("sampling.renoise_band")
     if band is not None and (len(band) != 2 or not band[0] < band[1]):
         out.append(f"sampling.renoise_band must be two numbers [low, high] with low < high, got {list(band)}")

@@ -193,6 +193,7 @@ def test_datamodule_diffusion_and_segmentation(fake_mvtec, tmp_path):
         return images * (1 - masks), masks
 
     fake_synth.native_input = False  # the SegSynthesizer protocol: works on the working-size batch
+    fake_synth.batch_items = lambda batch, synth_ratio: int(round(batch * synth_ratio))  # items it replaces
     seg.synthesizer = fake_synth
     out = seg.synthesize_batch(normal)
     n = int(round(cfg.segmentation.optim.batch_size * cfg.segmentation.synth_ratio))

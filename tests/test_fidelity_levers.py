@@ -189,12 +189,15 @@ def test_mixed_synthesizer_marks_the_items_from_b_for_the_loss(smoke_cfg):
     assert not none.synthesize_batch(batch)["from_second"].any()  # second_ratio 0: b unused
 
 
-def test_mix_shares_are_validated_and_the_old_key_names_its_replacement():
+def test_mix_shares_are_capped_and_the_old_key_names_its_replacement():
     from fast_lightning.config import load_config
     from fast_lightning.errors import ConfigError
+    from fast_lightning.synthesis.baseline_synthesizers import CutPasteSynthesizer
+    from fast_lightning.synthesis.real import MixedSynthesizer
 
-    with pytest.raises(ConfigError, match=r"synth_ratio \+ segmentation.second_ratio must be <= 1"):
-        load_config(["profile=smoke", "segmentation.synth_ratio=0.8", "segmentation.second_ratio=0.3"])
+    cut = CutPasteSynthesizer()
+    assert MixedSynthesizer(cut, cut, 0.8, 0.3).batch_items(10) == 10  # b takes only the 2 normal items left
+    assert MixedSynthesizer(cut, cut, 1.0, 0.25).batch_items(8) == 8
     with pytest.raises(ConfigError, match="segmentation.second_ratio"):
         load_config(["profile=smoke", "segmentation.real_ratio=0.5"])
 

@@ -103,9 +103,11 @@ class MixedSynthesizer(SegSynthesizer):
         self.last_from_second = torch.zeros(0, dtype=torch.bool)  # which items of the last call came from b
 
     def batch_items(self, batch: int, synth_ratio: float | None = None) -> int:
-        """The first member's round(batch * synth_ratio) plus the second's round(batch * second_ratio)."""
+        """The first member's round(batch * synth_ratio) plus the second's round(batch * second_ratio), capped
+        by the normal items left (synth_ratio 1: b gets none)."""
         s = self.synth_ratio if synth_ratio is None else float(synth_ratio)
-        return int(round(batch * s)) + int(round(batch * self.second_ratio))
+        first = int(round(batch * s))
+        return first + min(int(round(batch * self.second_ratio)), batch - first)  # b only takes normal items
 
     def split(self, b: int) -> int:
         """Of the ``b`` items it is given (``batch_items`` of a batch), those that come from the first member."""
