@@ -196,7 +196,13 @@ def test_mix_shares_are_capped_and_the_old_key_names_its_replacement():
     from fast_lightning.synthesis.real import MixedSynthesizer
 
     cut = CutPasteSynthesizer()
-    assert MixedSynthesizer(cut, cut, 0.8, 0.3).batch_items(10) == 10  # b takes only the 2 normal items left
+    capped = MixedSynthesizer(cut, cut, 0.8, 0.3)
+    assert capped.batch_items(10) == 10  # b takes only the 2 normal items left
+    assert capped.split(10) == 8  # ...and a keeps its round(10 * 0.8), not a share worked back from the ratios
+    capped.batch_items(10)
+    capped(torch.rand(10, 3, 32, 32), torch.ones(10, 1, 32, 32), torch.Generator().manual_seed(0))
+    assert capped.last_from_second.tolist() == [False] * 8 + [True] * 2
+    assert capped.split(6) == round(6 * 0.8 / 1.1)  # a direct call on other item counts: in proportion
     assert MixedSynthesizer(cut, cut, 1.0, 0.25).batch_items(8) == 8
     with pytest.raises(ConfigError, match="segmentation.second_ratio"):
         load_config(["profile=smoke", "segmentation.real_ratio=0.5"])

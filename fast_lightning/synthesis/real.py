@@ -101,16 +101,24 @@ class MixedSynthesizer(SegSynthesizer):
         self.native_input = any(p.native_input for p in self.parts)
         self.needs_diffusion = any(p.needs_diffusion for p in self.parts)
         self.last_from_second = torch.zeros(0, dtype=torch.bool)  # which items of the last call came from b
+        self._planned = (-1, 0)  # (items, of them from the first member) of the last batch_items
 
     def batch_items(self, batch: int, synth_ratio: float | None = None) -> int:
         """The first member's round(batch * synth_ratio) plus the second's round(batch * second_ratio), capped
-        by the normal items left (synth_ratio 1: b gets none)."""
+        by the normal items left (synth_ratio 1: b gets none). The next call on that many items splits them
+        exactly so (the DataModule asks this, then synthesizes the items it returned)."""
         s = self.synth_ratio if synth_ratio is None else float(synth_ratio)
         first = int(round(batch * s))
-        return first + min(int(round(batch * self.second_ratio)), batch - first)  # b only takes normal items
+        total = first + min(int(round(batch * self.second_ratio)), batch - first)  # b only takes normal items
+        self._planned = (total, first)
+        return total
 
     def split(self, b: int) -> int:
-        """Of the ``b`` items it is given (``batch_items`` of a batch), those that come from the first member."""
+        """Of ``b`` items, those that come from the first member: as ``batch_items`` planned them, else (a
+        direct call on ``b`` items, e.g. `make fidelity`) in proportion to the two shares."""
+        planned_total, planned_first = self._planned
+        if planned_total == b:
+            return planned_first
         total = self.synth_ratio + self.second_ratio
         return int(round(b * self.synth_ratio / total)) if total > 0 else 0
 

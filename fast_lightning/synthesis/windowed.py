@@ -161,8 +161,9 @@ class WindowedFastSynthesizer:
             plans.append(win)
             wins.append(resize_tensor_image(img[None, :, ys, xs].float(), (R, R))[0].to(self.device))
             wmasks.append(resize_mask((m[None, :, ys, xs] > 0.5).float(), (R, R))[0].to(self.device))
-        generated = self.run_windows(torch.stack(wins), torch.stack(wmasks), cond, generators)
-        seen = self._visible(generated, torch.stack(wins))
+        wins = torch.stack(wins)
+        generated = self.run_windows(wins, torch.stack(wmasks), cond, generators)
+        seen = self._visible(generated, wins)
         out_images, out_masks = [], []
         for i, (img, m, win) in enumerate(zip(images, masks, plans)):
             ys, xs = win.slices()
