@@ -168,8 +168,17 @@ def test_fidelity_rank_command_matches_runs_and_reports(tmp_path):
     pair = next(p for p in c2st["overall"]["pairs"] if p["key"] == ["mt", "fast"])
     assert pair == {"key": ["mt", "fast"], "score": 0.6, "pixel_ap": pytest.approx(0.41)}  # mean over 2 seeds
     assert c2st["per_type_pairs"]["n"] == 12 and set(c2st["per_synthesizer"]) == {"fast", "draem", "cutpaste"}
+    # within tire, its 6 (synthesizer, type) pairs: hole's AUROC is 1.1 - a, so the order only partly agrees
+    assert c2st["per_class_types"]["tire"]["n"] == 6
+    assert c2st["per_class_types"]["tire"]["rho"] == pytest.approx(1 - 6 * 8 / (6 * 35))
     assert res["w1_norm_mean"]["per_class"]["tire"]["rho"] == pytest.approx(0.5)
     assert "rank correlation" in (tmp_path / "fidelity_rank.md").read_text()
+    # @tag keeps a second model's rows apart: the same fast runs and report, renamed fast@b, add pairs
+    assert fidelity_rank.main([f"runs={bench},{bench}@b", f"fidelity={tmp_path / 'tire' / 'fidelity.json'},"
+                               f"{tmp_path / 'tire' / 'fidelity.json'}@b", f"out={tmp_path}"]) == 0
+    tagged = json.loads((tmp_path / "fidelity_rank.json").read_text())["result"]["c2st_auroc"]
+    assert tagged["per_class"]["tire"]["n"] == 6 and "mt" not in tagged["per_class"]
+    assert {p["key"][1] for p in tagged["per_class"]["tire"]["pairs"]} >= {"fast", "fast@b", "draem@b"}
 
 
 def test_ap_from_csv_reads_comparison_and_benchmark_formats(tmp_path):

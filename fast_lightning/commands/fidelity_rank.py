@@ -3,7 +3,9 @@ synthesizer and type (evaluation/rank_correlation.py) -> reports/fidelity_rank.{
 
 Options (key=value, comma-separated lists): runs= benchmark.json files and/or segmenter run folders
 (default reports/benchmark.json), csv= comparison.csv files (reports/<class>/comparison.csv, overall AP only),
-fidelity= fidelity.json files (default reports/*/fidelity.json), out=reports.
+fidelity= fidelity.json files (default reports/*/fidelity.json), out=reports. A ``@tag`` after a runs= or
+fidelity= path renames its synthesizers to ``<name>@<tag>``, so two models' rows (e.g. the pool of a 900- and
+of a 2700-step diffusion model, both ``fast_cached``) stay apart: ``runs=a/benchmark.json,b/benchmark.json@2700``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,22 @@ from fast_lightning.errors import UserError
 
 
 def _paths(text: str) -> list[Path]:
-    return [Path(p.strip()) for p in str(text or "").split(",") if p.strip()]
+    return [path for path, _ in _tagged(text)]
+
+
+def _tagged(text: str) -> list[tuple[Path, str]]:
+    """(path, tag) per comma-separated ``path[@tag]``; a tag has no ``/`` (so a folder named a@b stays whole)."""
+    out = []
+    for item in (p.strip() for p in str(text or "").split(",")):
+        if not item:
+            continue
+        head, at, tag = item.rpartition("@")
+        out.append((Path(head), tag) if at and tag and "/" not in tag and head else (Path(item), ""))
+    return out
+
+
+def _retag(table: dict[tuple, float], tag: str) -> dict[tuple, float]:
+    return {(k[0], f"{k[1]}@{tag}", *k[2:]) if tag else k: v for k, v in table.items()}
 
 
 def run_folders(items: list[Path]) -> list[Path]:
@@ -47,19 +64,29 @@ def main(args: list[str]) -> int:
     if rest:
         raise UserError(f"fidelity-rank takes runs=, csv=, fidelity=, out=; got {' '.join(rest)}")
     out = Path(str(opts["out"]))
-    runs_in = _paths(opts["runs"]) or [p for p in [out / "benchmark.json"] if p.is_file()]
-    fid = _paths(opts["fidelity"]) or sorted(out.glob("*/fidelity.json"))
-    missing = [str(p) for p in [*runs_in, *_paths(opts["csv"]), *fid] if not p.exists()]
+    runs_in = _tagged(opts["runs"]) or [(p, "") for p in [out / "benchmark.json"] if p.is_file()]
+    fid = _tagged(opts["fidelity"]) or [(p, "") for p in sorted(out.glob("*/fidelity.json"))]
+    missing = [str(p) for p in [*(p for p, _ in runs_in), *_paths(opts["csv"]), *(p for p, _ in fid)] if not p.exists()]
     if missing:
         raise UserError(f"fidelity-rank: not found: {', '.join(missing)}")
     if not fid or not (runs_in or opts["csv"]):
         raise UserError("fidelity-rank needs fidelity.json files (make fidelity) and benchmark runs or comparison "
                         f"CSVs (make benchmark / make compare); found {len(fid)} fidelity report(s) under {out}")
-    ap = ap_from_runs(run_folders(runs_in))
+    by_tag: dict[str, list[Path]] = {}  # runs of one tag average together (seeds spread over several files)
+    for path, tag in runs_in:
+        by_tag.setdefault(tag, []).append(path)
+    ap = {}
+    for tag, paths in by_tag.items():
+        ap.update(_retag(ap_from_runs(run_folders(paths)), tag))
     for path in _paths(opts["csv"]):
         ap.update({k: v for k, v in ap_from_csv(path).items() if k not in ap})
-    result = correlate(ap, fidelity_scores(json.loads(p.read_text()) for p in fid))
-    atomic_write_json(out / "fidelity_rank.json", {"fidelity": [str(p) for p in fid], "runs": [str(p) for p in runs_in],
+    scores: dict[str, dict[tuple, float]] = {}
+    for path, tag in fid:
+        for measure, table in fidelity_scores([json.loads(path.read_text())]).items():
+            scores.setdefault(measure, {}).update(_retag(table, tag))
+    result = correlate(ap, scores)
+    atomic_write_json(out / "fidelity_rank.json", {"fidelity": [f"{p}@{t}" if t else str(p) for p, t in fid],
+                                                   "runs": [f"{p}@{t}" if t else str(p) for p, t in runs_in],
                                                    "csv": [str(p) for p in _paths(opts["csv"])], "result": result})
     atomic_write_text(out / "fidelity_rank.md", markdown(result))
     print(markdown(result))

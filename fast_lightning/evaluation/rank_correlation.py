@@ -107,17 +107,21 @@ def _row(pairs: list[tuple[tuple, float, float]]) -> dict:
 def correlate(ap: Mapping[tuple, float], scores: Mapping[str, Mapping[tuple, float]],
               exclude: Iterable[str] = ("real_third",)) -> dict:
     """Per measure: Spearman rho over all (class, synth) pairs, per class, over all (class, synth, type)
-    pairs and per synthesizer (its classes x types). Synthesizers in ``exclude`` (the real-label control)
+    pairs, per class over its (synth, type) pairs and per synthesizer (its classes x types). Synthesizers in ``exclude`` (the real-label control)
     and keys missing on either side are left out."""
     skip = set(exclude)
     out = {}
     for measure, table in scores.items():
-        keys = [k for k in table if k in ap and k[1] not in skip]
+        keys = [k for k in table if k in ap and k[1].partition("@")[0] not in skip]  # name@tag: a variant
         overall = sorted((k, table[k], ap[k]) for k in keys if len(k) == 2)
         typed = sorted((k, table[k], ap[k]) for k in keys if len(k) == 3)
-        res = {"overall": _row(overall), "per_type_pairs": _row(typed), "per_class": {}, "per_synthesizer": {}}
+        res = {"overall": _row(overall), "per_type_pairs": _row(typed), "per_class": {}, "per_class_types": {},
+               "per_synthesizer": {}}
         for cls in sorted({k[0] for k in keys}):
             res["per_class"][cls] = _row([p for p in overall if p[0][0] == cls])
+            # within one class, its (synthesizer, type) pairs: the steering question, free of the between-class
+            # effect that dominates the pooled rows
+            res["per_class_types"][cls] = _row([p for p in typed if p[0][0] == cls])
         for synth in sorted({k[1] for k, _, _ in typed}):
             res["per_synthesizer"][synth] = _row([p for p in typed if p[0][1] == synth])
         out[measure] = res
@@ -136,6 +140,8 @@ def markdown(result: Mapping) -> str:
                   f"| all (class, synthesizer) | {res['overall']['n']} | {f(res['overall'])} |",
                   f"| all (class, synthesizer, type) | {res['per_type_pairs']['n']} | {f(res['per_type_pairs'])} |"]
         lines += [f"| class {c} | {r['n']} | {f(r)} |" for c, r in res["per_class"].items()]
+        lines += [f"| class {c} (synthesizer, type) | {r['n']} | {f(r)} |"
+                  for c, r in res.get("per_class_types", {}).items()]
         lines += [f"| synthesizer {s} (per type) | {r['n']} | {f(r)} |" for s, r in res["per_synthesizer"].items()]
         lines.append("")
     return "\n".join(lines)
