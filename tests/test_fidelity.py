@@ -69,6 +69,9 @@ def test_control_is_indistinguishable_and_wrong_synthesizer_is_separated():
     assert control["per_type"]["a"]["n_synth"] == 20 and "c2st_auroc" not in control["per_type"]["a"]
     again = compare_sets(real, synths, seed=0, c2st_steps=60, per_type_c2st=False)
     assert again["control"]["score"] == control["score"]  # seeded
+    second = compare_sets(real, {"wrong": synths["wrong"], "control": synths["control"]}, seed=0, c2st_steps=60,
+                          per_type_c2st=False)
+    assert second["control"]["per_type"]["all"] == control["per_type"]["all"]  # nor on the others listed
 
 
 def test_defect_patch_test_sees_the_defect_not_the_background():

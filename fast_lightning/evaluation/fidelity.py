@@ -238,14 +238,16 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
     per window, or None when the synthesizer has no types). Returns per synthesizer and per type
     (plus ``all``): n, each stat's real/synth median, W1 and W1 / std(real), their mean ``w1_norm_mean``,
     and the two-sample ``c2st_auroc`` (windows) and ``c2st_defect_auroc`` (defect patches). The synthesizer's
-    ``score`` is its pooled C2ST AUROC (lower = more realistic)."""
+    ``score`` is its pooled C2ST AUROC (lower = more realistic). Every synthesizer's classifier starts from
+    the same seed (common random numbers), so its score does not depend on which others are listed with it
+    and differences between synthesizers are not classifier-seed noise."""
     real_stats = window_stats(real["windows"], real["masks"])
     real_patches, real_owner = defect_patches(real["windows"], real["masks"], seed=seed)
     real_types = list(real["types"])
     names = sorted(set(real_types))
     real_sets = _type_sets(real_types, len(real_types), names)
     out = {}
-    for s_i, (name, syn) in enumerate(synths.items()):
+    for name, syn in synths.items():
         stats = window_stats(syn["windows"], syn["masks"])
         patches, owner = defect_patches(syn["windows"], syn["masks"], seed=seed + 1)
         sets = _type_sets(syn.get("types"), syn["windows"].shape[0], names)
@@ -266,10 +268,10 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
             if t == ANY_TYPE or per_type_c2st:
                 entry["c2st_auroc"] = c2st_auroc(real["windows"][torch.as_tensor(ridx)],
                                                  syn["windows"][torch.as_tensor(sidx)],
-                                                 seed=seed + 7919 * s_i, steps=c2st_steps, folds=folds)
+                                                 seed=seed, steps=c2st_steps, folds=folds)
                 rp = torch.isin(real_owner, torch.as_tensor(ridx, dtype=torch.long))
                 sp = torch.isin(owner, torch.as_tensor(sidx, dtype=torch.long))
-                entry["c2st_defect_auroc"] = c2st_auroc(real_patches[rp], patches[sp], seed=seed + 7919 * s_i + 1,
+                entry["c2st_defect_auroc"] = c2st_auroc(real_patches[rp], patches[sp], seed=seed + 1,
                                                         steps=c2st_steps, folds=folds, real_groups=real_owner[rp],
                                                         synth_groups=owner[sp])
             per_type[t] = entry
