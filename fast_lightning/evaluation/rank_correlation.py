@@ -107,8 +107,8 @@ def _row(pairs: list[tuple[tuple, float, float]]) -> dict:
 def correlate(ap: Mapping[tuple, float], scores: Mapping[str, Mapping[tuple, float]],
               exclude: Iterable[str] = ("real_third",)) -> dict:
     """Per measure: Spearman rho over all (class, synth) pairs, per class, over all (class, synth, type)
-    pairs, per class over its (synth, type) pairs and per synthesizer (its classes x types). Synthesizers in ``exclude`` (the real-label control)
-    and keys missing on either side are left out."""
+    pairs, per class over its (synth, type) pairs and per synthesizer (its classes x types). Synthesizers in
+    ``exclude`` (the real-label control; ``name@tag`` variants too) and keys missing on either side are left out."""
     skip = set(exclude)
     out = {}
     for measure, table in scores.items():
