@@ -132,6 +132,7 @@ class MasksConfig:
     max_tries: int = 50
     real_scale_range: List[float] = _list(0.5, 1.5)
     real_max_angle: float = 15.0
+    real_keep_size: bool = True
     perlin_scale_range: List[int] = _list(0, 6)
     perlin_threshold: float = 0.5
 

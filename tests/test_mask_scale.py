@@ -128,6 +128,17 @@ def test_mask_bank_and_eval_labels(files, smoke_cfg, size):
     check_disk(labels[1]["mask"], size)
 
 
+def test_real_keep_size_reaches_the_mask_bank(files, smoke_cfg):
+    recs = [Record(str(files / "img.png"), str(files / "disk.png"), "crack", "test")]
+    split = Split(class_name="x", root=str(files), types=["crack"], generator_train=recs)
+    mc = smoke_cfg.synthesis.masks
+    bank = build_mask_sampler(smoke_cfg, split, 32, sources=["real"]).sources[0][0].source
+    assert mc.real_keep_size and bank.area_range == (mc.min_area, mc.max_area)
+    off = smoke_cfg.copy()
+    off.synthesis.masks.real_keep_size = False
+    assert build_mask_sampler(off, split, 32, sources=["real"]).sources[0][0].source.area_range is None
+
+
 def test_mask_bank_reports_an_unusable_mask_by_name(files, smoke_cfg):
     recs = [Record(str(files / "img.png"), str(files / n), "crack", "test") for n in ("scratch.png", "empty.png")]
     split = Split(class_name="x", root=str(files), types=["crack"], generator_train=recs)

@@ -87,6 +87,40 @@ def test_mask_sampler_rejects_out_of_range_areas():
     assert torch.equal(m, good) and not queue
 
 
+def _big_mask() -> torch.Tensor:
+    m = torch.zeros(1, S, S)
+    m[:, 4:24, 2:22] = 1  # 400 px: 0.39 of the image
+    return m
+
+
+def test_real_masks_keep_real_sizes_beyond_the_random_masks_limits():
+    """A real defect larger than max_area is drawn (at most its own size); without area_range it never is."""
+    old = MaskSampler([RealMaskBank([_big_mask()], scale_range=(0.9, 1.5), max_angle=0.0)],
+                      min_area=0.001, max_area=0.25, max_tries=5)
+    with pytest.raises(RuntimeError, match="too large"):
+        old.sample(S, _gen(0))
+    bank = RealMaskBank([_big_mask()], scale_range=(0.9, 1.5), max_angle=0.0, area_range=(0.001, 0.25))
+    sampler = MaskSampler([bank], min_area=0.001, max_area=0.25, max_tries=5)
+    areas = [float(sampler.sample(S, _gen(seed)).mean()) for seed in range(6)]
+    assert all(0.25 < a <= 0.39 * 1.05 for a in areas), areas  # never grown past its own 0.39
+    assert min(areas) < 0.39 * 0.95  # the downward part of the scale range still acts
+
+
+def test_real_mask_scale_is_clamped_into_the_area_range():
+    small = torch.zeros(1, S, S)
+    small[:, 10:14, 10:14] = 1  # 16 px: 0.0156
+    grown = RealMaskBank([small], scale_range=(2.0, 2.0), max_angle=0.0, flip=False, rot90=False)
+    capped = RealMaskBank([small], scale_range=(2.0, 2.0), max_angle=0.0, flip=False, rot90=False,
+                          area_range=(0.0, 0.03))
+    assert float(grown.sample(S, _gen(0)).sum()) == 64  # scale 2: 4x the area
+    assert 16 < float(capped.sample(S, _gen(0)).sum()) <= 0.03 * S * S + 4  # clamped to scale sqrt(0.03/0.0156)
+    shrunk = RealMaskBank([small], scale_range=(0.25, 0.25), max_angle=0.0, flip=False, rot90=False,
+                          area_range=(0.01, 0.5))
+    assert float(shrunk.sample(S, _gen(0)).sum()) >= 0.01 * S * S - 2  # not below min_area, where 0.25 would go
+    with pytest.raises(ValueError, match="area_range"):
+        RealMaskBank([small], area_range=(0.5, 0.1))
+
+
 def test_mask_sampler_impossible_raises_clear_error():
     always_big = lambda size, generator, foreground: torch.ones(1, *size)  # noqa: E731
     with pytest.raises(RuntimeError, match=r"max_area=0\.3.*Widen min_area/max_area"):

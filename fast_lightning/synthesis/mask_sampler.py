@@ -37,7 +37,8 @@ class MaskSampler:
     """Draws masks from weighted sources and rejects unusable ones.
 
     A draw is rejected when it is empty, covers the whole foreground (nothing normal left), or its area
-    (fraction of all H*W pixels) is outside [min_area, max_area]. After ``max_tries`` rejections a
+    (fraction of all H*W pixels) is outside [min_area, max_area], unless its source keeps its own area
+    limits (a ``RealMaskBank`` with ``area_range``: real defect sizes, see there). After ``max_tries`` rejections a
     RuntimeError explains which limits failed and what to change.
     """
 
@@ -60,17 +61,19 @@ class MaskSampler:
         self._weights = torch.tensor([w for _, w in pairs], dtype=torch.float64)
 
     def _draw(self, size: tuple[int, int], generator: torch.Generator, foreground: torch.Tensor | None):
-        """(mask, info): ``info`` is what a source's ``sample_labelled`` returns beside the mask (None else)."""
+        """(mask, info, whether the source keeps its own area limits): ``info`` is what a source's
+        ``sample_labelled`` returns beside the mask (None else)."""
         k = 0
         if len(self.sources) > 1:
             u = _uniform(generator, 0.0, 1.0) * float(self._weights.sum())
             k = int(torch.searchsorted(torch.cumsum(self._weights, 0), torch.tensor(u, dtype=torch.float64), right=True))
             k = min(k, len(self.sources) - 1)
         src = self.sources[k][0]
+        own_area = _keeps_own_area(src)
         if hasattr(src, "sample_labelled"):
-            return src.sample_labelled(size, generator, foreground)
+            return (*src.sample_labelled(size, generator, foreground), own_area)
         fn = src.sample if hasattr(src, "sample") else src
-        return fn(size, generator, foreground), None
+        return fn(size, generator, foreground), None, own_area
 
     def sample(self, size: Size, generator: torch.Generator, foreground: torch.Tensor | None = None) -> torch.Tensor:
         """(1, H, W) float {0,1} on the foreground's device (CPU without foreground)."""
@@ -86,7 +89,7 @@ class MaskSampler:
         areas: list[float] = []
         reasons: set[str] = set()
         for _ in range(self.max_tries):
-            mask, info = self._draw((h, w), generator, fg_float)
+            mask, info, own_area = self._draw((h, w), generator, fg_float)
             mask = (mask > 0.5).reshape(1, h, w).to(_out_device(fg))
             if fg is not None:
                 mask = mask & fg
@@ -97,9 +100,9 @@ class MaskSampler:
                 reasons.add("empty")
             elif n >= fg_area:
                 reasons.add("covers the whole foreground")
-            elif area < self.min_area:
+            elif area < self.min_area and not own_area:
                 reasons.add("too small")
-            elif area > self.max_area:
+            elif area > self.max_area and not own_area:
                 reasons.add("too large")
             else:
                 return mask.float(), info
@@ -134,6 +137,11 @@ class MaskSampler:
             dev = foreground.device if foreground is not None else torch.device("cpu")
             return torch.zeros(0, 1, h, w, device=dev)
         return torch.stack(masks, 0)
+
+
+def _keeps_own_area(source) -> bool:
+    inner = getattr(source, "source", source)
+    return getattr(inner, "area_range", None) is not None
 
 
 # ---- mask sources ------------------------------------------------------------------------------------
@@ -322,7 +330,8 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
     mc = cfg.synthesis.masks
     names, weights = _checked_sources(mc, sources, weights)
     bank_kw = dict(scale_range=tuple(float(v) for v in mc.real_scale_range),
-                   max_angle=float(mc.real_max_angle))
+                   max_angle=float(mc.real_max_angle),
+                   area_range=(float(mc.min_area), float(mc.max_area)) if mc.real_keep_size else None)
     perlin_type = str(cfg.synthesis.perlin_type)
     real_masks: list[tuple] | None = None
 

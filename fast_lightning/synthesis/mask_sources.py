@@ -176,6 +176,11 @@ class RealMaskBank:
     a random foreground pixel (a random position when there is no foreground). If less than ``min_inside`` of
     the mask lands on the foreground, the translation is retried (max_tries); the best placement is kept.
     The result is ANDed with the foreground and re-binarised. Masks are resized once per output size.
+
+    ``area_range`` (min, max fraction of the image): the scale drawn is clamped so the mask's area stays in it,
+    or at the mask's own area where that lies outside. Why: a real mask is a real defect size, and rejecting
+    the draws outside the random masks' limits removed the large types from the pool (45% of magnetic tile's
+    "uneven" masks cover more than 0.25 of the image). ``MaskSampler`` then leaves such draws' area alone.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class RealMaskBank:
         rot90: bool = True,
         min_inside: float = 0.5,
         max_tries: int = 10,
+        area_range: tuple[float, float] | None = None,
     ) -> None:
         kept: list[torch.Tensor] = []
         for i, m in enumerate(masks):
@@ -210,6 +216,9 @@ class RealMaskBank:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.max_angle, self.flip, self.rot90 = float(max_angle), bool(flip), bool(rot90)
         self.min_inside, self.max_tries = float(min_inside), max(1, int(max_tries))
+        if area_range is not None and not 0.0 <= area_range[0] <= area_range[1] <= 1.0:
+            raise ValueError(f"area_range must be 0 <= min <= max <= 1, got {area_range}")
+        self.area_range = None if area_range is None else (float(area_range[0]), float(area_range[1]))
         self._resized: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -239,6 +248,10 @@ class RealMaskBank:
         scale = _uniform(generator, *self.scale_range)
         weights = soft[0]
         total = float(weights.sum())
+        if self.area_range is not None:
+            own = total / float(h * w)
+            lo, hi = min(self.area_range[0], own), max(self.area_range[1], own)
+            scale = min(max(scale, math.sqrt(lo / own)), math.sqrt(hi / own))
         ys = torch.arange(h, dtype=torch.float32)
         xs = torch.arange(w, dtype=torch.float32)
         cy = float((weights.sum(1) * ys).sum()) / total
