@@ -182,6 +182,15 @@ def test_fidelity_rank_command_matches_runs_and_reports(tmp_path):
     tagged = json.loads((tmp_path / "fidelity_rank.json").read_text())["result"]["c2st_auroc"]
     assert tagged["per_class"]["tire"]["n"] == 6 and "mt" not in tagged["per_class"]
     assert {p["key"][1] for p in tagged["per_class"]["tire"]["pairs"]} >= {"fast", "fast@b", "draem@b"}
+    # ... and so does a csv=file@tag (its rows were once taken untagged, silently)
+    csv = tmp_path / "tire" / "comparison.csv"
+    csv.write_text("synthesizer,pixel_ap_mean,pixel_ap_std\nfast,0.9,0.0\ndraem,0.1,0.0\ncutpaste,0.5,0.0\n")
+    assert fidelity_rank.main([f"csv={csv}@c", f"fidelity={tmp_path / 'tire' / 'fidelity.json'}@c",
+                               f"out={tmp_path}"]) == 0
+    from_csv = json.loads((tmp_path / "fidelity_rank.json").read_text())
+    assert from_csv["csv"] == [f"{csv}@c"]
+    keys = {p["key"][1] for p in from_csv["result"]["c2st_auroc"]["per_class"]["tire"]["pairs"]}
+    assert keys == {"fast@c", "draem@c", "cutpaste@c"}
 
 
 def test_ap_from_csv_reads_comparison_and_benchmark_formats(tmp_path):

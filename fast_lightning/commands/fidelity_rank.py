@@ -3,7 +3,7 @@ synthesizer and type (evaluation/rank_correlation.py) -> reports/fidelity_rank.{
 
 Options (key=value, comma-separated lists): runs= benchmark.json files and/or segmenter run folders
 (default reports/benchmark.json), csv= comparison.csv files (reports/<class>/comparison.csv, overall AP only),
-fidelity= fidelity.json files (default reports/*/fidelity.json), out=reports. A ``@tag`` after a runs= or
+fidelity= fidelity.json files (default reports/*/fidelity.json), out=reports. A ``@tag`` after a runs=, csv= or
 fidelity= path renames its synthesizers to ``<name>@<tag>``, so two models' rows (e.g. the pool of a 900- and
 of a 2700-step diffusion model, both ``fast_cached``) stay apart: ``runs=a/benchmark.json,b/benchmark.json@2700``.
 """
@@ -15,10 +15,6 @@ from pathlib import Path
 
 from fast_lightning.commands.arguments import pop_options
 from fast_lightning.errors import UserError
-
-
-def _paths(text: str) -> list[Path]:
-    return [path for path, _ in _tagged(text)]
 
 
 def _tagged(text: str) -> list[tuple[Path, str]]:
@@ -66,10 +62,11 @@ def main(args: list[str]) -> int:
     out = Path(str(opts["out"]))
     runs_in = _tagged(opts["runs"]) or [(p, "") for p in [out / "benchmark.json"] if p.is_file()]
     fid = _tagged(opts["fidelity"]) or [(p, "") for p in sorted(out.glob("*/fidelity.json"))]
-    missing = [str(p) for p in [*(p for p, _ in runs_in), *_paths(opts["csv"]), *(p for p, _ in fid)] if not p.exists()]
+    csvs = _tagged(opts["csv"])
+    missing = [str(p) for p, _ in [*runs_in, *csvs, *fid] if not p.exists()]
     if missing:
         raise UserError(f"fidelity-rank: not found: {', '.join(missing)}")
-    if not fid or not (runs_in or opts["csv"]):
+    if not fid or not (runs_in or csvs):
         raise UserError("fidelity-rank needs fidelity.json files (make fidelity) and benchmark runs or comparison "
                         f"CSVs (make benchmark / make compare); found {len(fid)} fidelity report(s) under {out}")
     by_tag: dict[str, list[Path]] = {}  # runs of one tag average together (seeds spread over several files)
@@ -78,16 +75,16 @@ def main(args: list[str]) -> int:
     ap = {}
     for tag, paths in by_tag.items():
         ap.update(_retag(ap_from_runs(run_folders(paths)), tag))
-    for path in _paths(opts["csv"]):
-        ap.update({k: v for k, v in ap_from_csv(path).items() if k not in ap})
+    for path, tag in csvs:
+        ap.update({k: v for k, v in _retag(ap_from_csv(path), tag).items() if k not in ap})
     scores: dict[str, dict[tuple, float]] = {}
     for path, tag in fid:
         for measure, table in fidelity_scores([json.loads(path.read_text())]).items():
             scores.setdefault(measure, {}).update(_retag(table, tag))
     result = correlate(ap, scores)
-    atomic_write_json(out / "fidelity_rank.json", {"fidelity": [f"{p}@{t}" if t else str(p) for p, t in fid],
-                                                   "runs": [f"{p}@{t}" if t else str(p) for p, t in runs_in],
-                                                   "csv": [str(p) for p in _paths(opts["csv"])], "result": result})
+    named = lambda pairs: [f"{p}@{t}" if t else str(p) for p, t in pairs]  # noqa: E731
+    atomic_write_json(out / "fidelity_rank.json", {"fidelity": named(fid), "runs": named(runs_in),
+                                                   "csv": named(csvs), "result": result})
     atomic_write_text(out / "fidelity_rank.md", markdown(result))
     print(markdown(result))
     print(f"fidelity-rank: {out / 'fidelity_rank.md'} (+ .json)")
