@@ -277,7 +277,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, kind: str, max_steps: int, cal
     if checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:07d}", every_n_train_steps=int(checkpoint_every),
                                          save_top_k=1, monitor="step", mode="max", save_last=True,
-                                         auto_insert_metric_name=False, save_on_train_epoch_end=False))
+                                         auto_insert_metric_name=False, save_on_train_epoch_end=False,
+                                         # a resumed COPY of a run folder overwrites its names (same step), no
+                                         # stray last-v1.ckpt next to last.ckpt
+                                         enable_version_counter=False))
     callbacks.append(StepTimer())
     callbacks.append(Speedups(t.compile, t.channels_last, max_steps))
     progress_bar = bool(t.enable_progress_bar)

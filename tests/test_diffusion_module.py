@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,12 @@ def state(run_dir):
 def test_resume_equals_uninterrupted_run(fake_mvtec, tmp_path):
     full = run(fake_mvtec, tmp_path / "a", "diffusion.max_steps=4", "diffusion.checkpoint_every=2")
     part = run(fake_mvtec, tmp_path / "b", "diffusion.max_steps=2", "diffusion.checkpoint_every=2")
+    copy = part.with_name(part.name + "-copy")  # a user's copy of a run folder resumes without stray last-v1.ckpt
+    shutil.copytree(part, copy)
+    run(fake_mvtec, tmp_path / "b", "diffusion.max_steps=4", "diffusion.checkpoint_every=2", f"resume={copy}")
+    assert sorted(f.name for f in (copy / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "step-0000002.ckpt",
+                                                                            "step-0000004.ckpt"]
+    assert state(copy)[0] == 4 and (part / "checkpoints" / "step-0000002.ckpt").is_file()  # the original is kept
     resumed = run(fake_mvtec, tmp_path / "b", "diffusion.max_steps=4", "diffusion.checkpoint_every=2", f"resume={part}")
     assert resumed == part  # resume continues in the same run directory
     step_a, sd_a = state(full)

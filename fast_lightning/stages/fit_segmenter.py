@@ -141,9 +141,9 @@ def _callbacks(run_dir: Path) -> tuple[ModelCheckpoint, list]:
     -> (the best-checkpoint callback, all callbacks)."""
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
                               save_top_k=1, save_weights_only=True, auto_insert_metric_name=False,
-                              save_on_train_epoch_end=False)
+                              save_on_train_epoch_end=False, enable_version_counter=False)
     last_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True,
-                              save_on_train_epoch_end=False)
+                              save_on_train_epoch_end=False, enable_version_counter=False)
     return ckpt_cb, [ckpt_cb, last_cb, FinalValidation(), SampleSheet(run_dir / "samples.png")]
 
 
