@@ -74,6 +74,25 @@ def test_control_is_indistinguishable_and_wrong_synthesizer_is_separated():
     assert second["control"]["per_type"]["all"] == control["per_type"]["all"]  # nor on the others listed
 
 
+def test_size_measure_sees_what_the_scaled_windows_cannot():
+    """Windows are scaled to their defect, so ten-times-larger defects look the same to every window measure;
+    ``w1_log_area`` (given each item's area in its image) reads one decade."""
+    from fast_lightning.evaluation.fidelity import compare_sets
+
+    wins, masks = fabricated(20, 0)
+    real = as_set(wins, masks, ["a"] * 20) | {"areas": np.full(20, 0.002)}
+    same = as_set(wins, masks, None) | {"areas": np.full(20, 0.002)}
+    larger = as_set(wins, masks, None) | {"areas": np.full(20, 0.02)}
+    out = compare_sets(real, {"same": same, "larger": larger, "no_areas": as_set(wins, masks, None)}, seed=0,
+                       c2st_steps=5, per_type_c2st=False)
+    assert out["same"]["per_type"]["all"]["w1_log_area"] == pytest.approx(0.0)
+    assert out["larger"]["per_type"]["a"]["w1_log_area"] == pytest.approx(1.0)
+    assert out["larger"]["per_type"]["all"]["size"] == {"real_median": pytest.approx(0.002),
+                                                         "synth_median": pytest.approx(0.02)}
+    assert out["larger"]["per_type"]["all"]["w1_norm_mean"] == out["same"]["per_type"]["all"]["w1_norm_mean"]
+    assert "w1_log_area" not in out["no_areas"]["per_type"]["all"]
+
+
 def test_defect_patch_test_sees_the_defect_not_the_background():
     """The same defects (0.35 darker than their part) on a brighter part: the window critic tells them apart by
     the background, the defect-patch critic (patches minus the ring mean) does not; a wrong defect fails both."""
@@ -118,6 +137,8 @@ def test_fidelity_command_smoke(tmp_path):
     assert res["draem"]["per_type"]["crack"]["n_synth"] == 16  # untyped: compared with every type
     for r in res.values():
         assert 0.0 <= r["score"] <= 1.0
+    assert all(0.0 <= r["per_type"]["all"]["w1_log_area"] < 10 for r in res.values())
+    assert "W1 log10 area" in (out / "fidelity.md").read_text()
     control = res["real_third"]["per_type"]["all"]["w1_norm_mean"]
     assert control < res["draem"]["per_type"]["all"]["w1_norm_mean"]
     assert res["draem"]["score"] > 0.9 and res["real_third"]["score"] < 0.75

@@ -53,29 +53,41 @@ def gather(synth, dataset, n: int, batch: int, seed: int, type_names: list[str])
             "seconds": time.time() - start, "nfe_per_image": getattr(sampler, "nfe", None)}
 
 
+def _areas(masks, kept: list[int]) -> list[float]:
+    """Each kept item's defect area as a fraction of its (working-size) image."""
+    return [float((masks[i] > 0.5).float().mean()) for i in kept]
+
+
 def markdown(report: dict) -> str:
     from fast_lightning.tables import markdown_table
 
     def f(v):
         return "n/a" if v is None or v != v else f"{v:.3f}"
 
+    def pct(v):
+        return "n/a" if v is None or v != v else f"{100 * v:.2f}"
+
     lines = [f"# Fidelity: {report['class_name']}", "",
              f"Synthesized defects vs the real generator-train defects, {report['window_px']}-px windows at the "
              f"working size {report['working_size']}; classifier two-sample AUROC (0.5 = indistinguishable, "
              "lower = more realistic) on the windows and on defect patches (minus the ring's mean: the painted "
-             "defect, not its background or outline), and W1 / std(real) per contrast statistic (0 = same "
-             "distribution). "
+             "defect, not its background or outline), W1 / std(real) per contrast statistic (0 = same "
+             "distribution), and the defect's size in the image: median area (% of the image) real / synth and "
+             "W1 of log10 area (in decades; 1 = ten times too large or small). "
              f"`{CONTROL}` is the real-vs-real control.", ""]
     for name, res in report["synthesizers"].items():
         rows = []
         for t, e in res["per_type"].items():
+            size = e.get("size") or {}
             rows.append([t, str(e["n_real"]), str(e["n_synth"]), f(e.get("c2st_auroc")), f(e.get("c2st_defect_auroc")),
                          f(e["w1_norm_mean"]),
-                         *(f(e["stats"][k]["w1_norm"]) for k in report["stats"])])
+                         *(f(e["stats"][k]["w1_norm"]) for k in report["stats"]),
+                         f"{pct(size.get('real_median'))} / {pct(size.get('synth_median'))}", f(e.get("w1_log_area"))])
         extra = f", {res['nfe_per_image']} network evaluations per image" if res.get("nfe_per_image") else ""
         lines += [f"## {name} (score {f(res['score'])}; {res['seconds']:.0f} s to synthesize{extra})", "",
                   markdown_table(["type", "real", "synth", "C2ST AUROC", "C2ST defect AUROC", "W1/std mean",
-                                  *(f"W1/std {k}" for k in report["stats"])], rows), ""]
+                                  *(f"W1/std {k}" for k in report["stats"]), "area % real / synth",
+                                  "W1 log10 area"], rows), ""]
     lines += ["![fidelity](fidelity.png)", ""]
     return "\n".join(lines)
 
@@ -153,7 +165,7 @@ def main(args: list[str]) -> int:
     if len(kept) < folds:
         raise UserError(f"{cfg.class_name}: only {len(kept)} generator-train defect(s) with a mask; the "
                         f"classifier test needs at least folds={folds}")
-    real = {"windows": rw, "masks": rm, "types": [labels[i] for i in kept]}
+    real = {"windows": rw, "masks": rm, "types": [labels[i] for i in kept], "areas": _areas(r_masks, kept)}
     normals = dm.normal_dataset()
     sets, timing = {}, {}
     for name in names:
@@ -164,7 +176,8 @@ def main(args: list[str]) -> int:
             raise UserError(f"fidelity, synthesizer {name!r}: {exc}") from exc
         got = gather(synth, normals, n, int(cfg.segmentation.optim.batch_size), int(opts["seed"]), type_names)
         w, m, k = defect_windows(got["images"], got["masks"], size=size)
-        sets[name] = {"windows": w, "masks": m, "types": None if got["types"] is None else [got["types"][i] for i in k]}
+        sets[name] = {"windows": w, "masks": m, "types": None if got["types"] is None else [got["types"][i] for i in k],
+                      "areas": _areas(got["masks"], k)}
         timing[name] = {"seconds": round(got["seconds"], 1), "nfe_per_image": got["nfe_per_image"]}
         print(f"fidelity: {name}: {w.shape[0]} defect windows in {got['seconds']:.0f} s")
     results = compare_sets(real, sets, seed=int(opts["seed"]), c2st_steps=steps, folds=folds,
@@ -184,6 +197,6 @@ def main(args: list[str]) -> int:
     for name, res in results.items():
         whole = res["per_type"]["all"]
         print(f"  {name:<12} C2ST AUROC {res['score']:.3f}  defect {whole.get('c2st_defect_auroc', float('nan')):.3f}  "
-              f"W1/std {whole['w1_norm_mean']:.3f}")
+              f"W1/std {whole['w1_norm_mean']:.3f}  W1 log10 area {whole.get('w1_log_area', float('nan')):.3f}")
     print(f"fidelity: {out / 'fidelity.md'} (+ .json, .png) in {report['seconds']:.0f} s")
     return 0

@@ -14,7 +14,11 @@ to ``size`` px. Two measures, per defect type:
   minus the mean of the ring around the defect. The window test also sees the background, the mask's shape
   and where the defect sits, which are the same for every model sampled with the same seed (measured: three
   tire models of different budgets and settings scored 0.852-0.853 on windows); the patch test sees what the
-  diffusion model paints and its contrast with the part around it.
+  diffusion model paints and its contrast with the part around it;
+- the defect's SIZE in the image (``w1_log_area``: W1 between real and synthesized log10 area fractions, in
+  decades), when the caller passes each item's area. Every window above is scaled to its defect, so none of
+  them can see size, and a segmenter does: a mask sampler that never drew magnetic tile's large "uneven"
+  defects went unnoticed by all three.
 
 Pure torch + numpy (no Lightning): the command (``commands/fidelity.py``) gathers the windows.
 """
@@ -237,7 +241,9 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
     """Real vs each synthesizer. ``real`` / ``synths[name]``: {"windows", "masks", "types"} (types: one name
     per window, or None when the synthesizer has no types). Returns per synthesizer and per type
     (plus ``all``): n, each stat's real/synth median, W1 and W1 / std(real), their mean ``w1_norm_mean``,
-    and the two-sample ``c2st_auroc`` (windows) and ``c2st_defect_auroc`` (defect patches). The synthesizer's
+    and the two-sample ``c2st_auroc`` (windows) and ``c2st_defect_auroc`` (defect patches); with ``areas``
+    (each window's defect area, a fraction of its image) on both sides also ``size`` (median areas) and
+    ``w1_log_area``. The synthesizer's
     ``score`` is its pooled C2ST AUROC (lower = more realistic). Every synthesizer's classifier starts from
     the same seed (common random numbers), so its score does not depend on which others are listed with it
     and differences between synthesizers are not classifier-seed noise."""
@@ -265,6 +271,11 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
                                      "w1_norm": norm}
                 norms.append(norm)
             entry["w1_norm_mean"] = float(np.nanmean(norms)) if np.isfinite(norms).any() else float("nan")
+            if real.get("areas") is not None and syn.get("areas") is not None:
+                a = np.asarray(real["areas"], float)[ridx]
+                b = np.asarray(syn["areas"], float)[sidx]
+                entry["size"] = {"real_median": _nanmedian(a), "synth_median": _nanmedian(b)}
+                entry["w1_log_area"] = wasserstein_1d(np.log10(np.clip(a, 1e-6, 1)), np.log10(np.clip(b, 1e-6, 1)))
             if t == ANY_TYPE or per_type_c2st:
                 entry["c2st_auroc"] = c2st_auroc(real["windows"][torch.as_tensor(ridx)],
                                                  syn["windows"][torch.as_tensor(sidx)],
