@@ -133,6 +133,7 @@ class MasksConfig:
     real_scale_range: List[float] = _list(0.5, 1.5)
     real_max_angle: float = 15.0
     real_keep_size: bool = True
+    real_augment: bool = True
     perlin_scale_range: List[int] = _list(0, 6)
     perlin_threshold: float = 0.5
 
@@ -153,6 +154,7 @@ class SynthesisConfig:
     cutpaste_variant: str = "patch"
     fast_cached_dir: Optional[str] = None
     visible_change: Optional[float] = None  # label only what the model visibly changed; null = the placed mask
+    source_detail: bool = False  # add the source's detail finer than the model's pixels inside the mask
 
 
 @dataclass

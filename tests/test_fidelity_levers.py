@@ -217,6 +217,7 @@ def test_paper_preset_is_one_flag_away_and_overrides_still_win():
     assert (today.sampling.variant, today.diffusion.window, today.diffusion.normal_weight) == ("exact", "crop", 0.25)
     assert (paper.sampling.variant, paper.diffusion.window, paper.diffusion.normal_weight) == ("paper", "full", 0.0)
     assert list(paper.synthesis.masks.sources) == ["real"] and paper.diffusion.resolution == 32  # profile kept
+    assert today.synthesis.masks.real_augment and not paper.synthesis.masks.real_augment  # masks as drawn
     assert load_config(["profile=smoke", "preset=paper", "sampling.variant=exact"]).sampling.variant == "exact"
     with pytest.raises(ConfigError, match="unknown preset 'papr'.*paper"):
         load_config(["profile=smoke", "preset=papr"])

@@ -137,6 +137,9 @@ def test_real_keep_size_reaches_the_mask_bank(files, smoke_cfg):
     off = smoke_cfg.copy()
     off.synthesis.masks.real_keep_size = False
     assert build_mask_sampler(off, split, 32, sources=["real"]).sources[0][0].source.area_range is None
+    assert bank.augment
+    off.synthesis.masks.real_augment = False
+    assert not build_mask_sampler(off, split, 32, sources=["real"]).sources[0][0].source.augment
 
 
 def test_mask_bank_reports_an_unusable_mask_by_name(files, smoke_cfg):

@@ -121,6 +121,20 @@ def test_real_mask_scale_is_clamped_into_the_area_range():
         RealMaskBank([small], area_range=(0.5, 0.1))
 
 
+def test_real_masks_as_they_are_keep_place_orientation_and_size():
+    """augment=False: every draw is the mask itself (the authors' code), only cut to the foreground; the
+    augmented bank moves and turns the same band."""
+    band = torch.zeros(1, S, S)
+    band[:, 22:, :] = 1  # a full-width band along the bottom edge, like magnetic tile's "uneven"
+    as_is = RealMaskBank([band], augment=False)
+    for seed in range(6):
+        assert torch.equal(as_is.sample(S, _gen(seed)), band)
+    fg = _foreground()
+    assert torch.equal(as_is.sample(S, _gen(0), fg), band * fg)
+    augmented = RealMaskBank([band])
+    assert any(not torch.equal(augmented.sample(S, _gen(seed)), band) for seed in range(6))
+
+
 def test_mask_sampler_impossible_raises_clear_error():
     always_big = lambda size, generator, foreground: torch.ones(1, *size)  # noqa: E731
     with pytest.raises(RuntimeError, match=r"max_area=0\.3.*Widen min_area/max_area"):

@@ -315,7 +315,8 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
     segmentation synthesizers both call it).
 
     - ``real``: the generator-train split's masks (``data.io.load_mask``), augmented by ``RealMaskBank``
-      (flips, rot90, small rotation/scale) and placed on the foreground; each keeps its defect type.
+      (flips, rot90, small rotation/scale) and placed on the foreground, or drawn as they are
+      (``real_augment=false``); each keeps its defect type.
     - ``perlin``: DRAEM-style Perlin masks.
     - ``folder``: a user folder of masks (``synthesis.masks.folder``), augmented like real masks.
     ``size``: masks are loaded at this size once (``data.io.load_mask``: the one resize rule, so no real
@@ -331,7 +332,8 @@ def build_mask_sampler(cfg, split, size: int | tuple[int, int] | None = None,
     names, weights = _checked_sources(mc, sources, weights)
     bank_kw = dict(scale_range=tuple(float(v) for v in mc.real_scale_range),
                    max_angle=float(mc.real_max_angle),
-                   area_range=(float(mc.min_area), float(mc.max_area)) if mc.real_keep_size else None)
+                   area_range=(float(mc.min_area), float(mc.max_area)) if mc.real_keep_size else None,
+                   augment=bool(mc.real_augment))
     perlin_type = str(cfg.synthesis.perlin_type)
     real_masks: list[tuple] | None = None
 

@@ -181,6 +181,11 @@ class RealMaskBank:
     or at the mask's own area where that lies outside. Why: a real mask is a real defect size, and rejecting
     the draws outside the random masks' limits removed the large types from the pool (45% of magnetic tile's
     "uneven" masks cover more than 0.25 of the image). ``MaskSampler`` then leaves such draws' area alone.
+
+    ``augment=False`` draws each mask as it is: its own position, orientation and size (only ANDed with the
+    foreground), as the authors' code does. Why: some defect types are defined by where and how they lie
+    (magnetic tile's "uneven" is a full-width band along the top or bottom edge); rot90 and re-placement turn
+    such a band into one no real part shows.
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class RealMaskBank:
         min_inside: float = 0.5,
         max_tries: int = 10,
         area_range: tuple[float, float] | None = None,
+        augment: bool = True,
     ) -> None:
         kept: list[torch.Tensor] = []
         for i, m in enumerate(masks):
@@ -219,6 +225,7 @@ class RealMaskBank:
         if area_range is not None and not 0.0 <= area_range[0] <= area_range[1] <= 1.0:
             raise ValueError(f"area_range must be 0 <= min <= max <= 1, got {area_range}")
         self.area_range = None if area_range is None else (float(area_range[0]), float(area_range[1]))
+        self.augment = bool(augment)
         self._resized: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -276,6 +283,11 @@ class RealMaskBank:
             warnings.warn("RealMaskBank: empty foreground, placing the mask anywhere", RuntimeWarning, stacklevel=2)
             fg_cpu = None
         index = _randint(generator, 0, len(self.masks))
+        if not self.augment:
+            as_is = self._at_size(index, h, w) > 0.5
+            if fg_cpu is not None:
+                as_is = as_is & fg_cpu
+            return as_is.to(_out_device(fg)).float(), index
         centred = self._transform(self._at_size(index, h, w), generator)
         if not bool(centred.any()):  # cannot happen for non-empty sources, kept as a guard
             return torch.zeros(1, h, w, device=_out_device(fg)), index
