@@ -93,6 +93,32 @@ def test_size_measure_sees_what_the_scaled_windows_cannot():
     assert "w1_log_area" not in out["no_areas"]["per_type"]["all"]
 
 
+def test_fine_texture_sees_a_smooth_defect_on_a_grainy_part():
+    """``fine_texture_ratio`` at the image's own pixels: a defect that keeps the part's grain reads ~0, the same
+    defect painted smooth reads far below; W1 between them is that gap and 0 for identical sets."""
+    from fast_lightning.evaluation.fidelity import compare_sets, fine_texture_ratio
+
+    g = torch.Generator().manual_seed(0)
+    part = 0.5 + 0.1 * torch.randn(3, 64, 64, generator=g)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 12:52] = 1
+    grainy = part.clone()
+    grainy[:, 16:48, 12:52] -= 0.2                     # darker, grain kept
+    smooth = part.clone()
+    smooth[:, 16:48, 12:52] = 0.3                      # darker, flat
+    assert abs(fine_texture_ratio(grainy, mask)) < 0.3
+    assert fine_texture_ratio(smooth, mask) < -5
+    assert fine_texture_ratio(part, torch.zeros(1, 64, 64)) != fine_texture_ratio(part, torch.zeros(1, 64, 64))  # nan
+    wins, masks = fabricated(20, 0)
+    real = as_set(wins, masks, ["a"] * 20) | {"fine_texture": np.zeros(20)}
+    out = compare_sets(real, {"same": as_set(wins, masks, None) | {"fine_texture": np.zeros(20)},
+                              "smooth": as_set(wins, masks, None) | {"fine_texture": np.full(20, -3.0)}},
+                       seed=0, c2st_steps=5, per_type_c2st=False)
+    assert out["same"]["per_type"]["all"]["w1_fine_texture"] == pytest.approx(0.0)
+    assert out["smooth"]["per_type"]["a"]["w1_fine_texture"] == pytest.approx(3.0)
+    assert out["smooth"]["per_type"]["all"]["fine_texture"]["synth_median"] == pytest.approx(-3.0)
+
+
 def test_defect_patch_test_sees_the_defect_not_the_background():
     """The same defects (0.35 darker than their part) on a brighter part: the window critic tells them apart by
     the background, the defect-patch critic (patches minus the ring mean) does not; a wrong defect fails both."""
@@ -138,7 +164,8 @@ def test_fidelity_command_smoke(tmp_path):
     for r in res.values():
         assert 0.0 <= r["score"] <= 1.0
     assert all(0.0 <= r["per_type"]["all"]["w1_log_area"] < 10 for r in res.values())
-    assert "W1 log10 area" in (out / "fidelity.md").read_text()
+    assert "W1 log10 area" in (out / "fidelity.md").read_text() and "W1 fine texture" in (out / "fidelity.md").read_text()
+    assert all(r["per_type"]["all"]["w1_fine_texture"] >= 0.0 for r in res.values())
     control = res["real_third"]["per_type"]["all"]["w1_norm_mean"]
     assert control < res["draem"]["per_type"]["all"]["w1_norm_mean"]
     assert res["draem"]["score"] > 0.9 and res["real_third"]["score"] < 0.75

@@ -58,6 +58,13 @@ def _areas(masks, kept: list[int]) -> list[float]:
     return [float((masks[i] > 0.5).float().mean()) for i in kept]
 
 
+def _fine_texture(images, masks, kept: list[int]) -> list[float]:
+    """Each kept item's ``fine_texture_ratio`` on its working-size image."""
+    from fast_lightning.evaluation.fidelity import fine_texture_ratio
+
+    return [fine_texture_ratio(images[i], masks[i]) for i in kept]
+
+
 def markdown(report: dict) -> str:
     from fast_lightning.tables import markdown_table
 
@@ -73,21 +80,24 @@ def markdown(report: dict) -> str:
              "lower = more realistic) on the windows and on defect patches (minus the ring's mean: the painted "
              "defect, not its background or outline), W1 / std(real) per contrast statistic (0 = same "
              "distribution), and the defect's size in the image: median area (% of the image) real / synth and "
-             "W1 of log10 area (in decades; 1 = ten times too large or small). "
+             "W1 of log10 area (in decades; 1 = ten times too large or small), and the defect's fine texture at the "
+             "working size's own pixels: median log(gradient energy inside / ring) real / synth (0 = as grainy as "
+             "the part around it) and its W1. "
              f"`{CONTROL}` is the real-vs-real control.", ""]
     for name, res in report["synthesizers"].items():
         rows = []
         for t, e in res["per_type"].items():
-            size = e.get("size") or {}
+            size, fine = e.get("size") or {}, e.get("fine_texture") or {}
             rows.append([t, str(e["n_real"]), str(e["n_synth"]), f(e.get("c2st_auroc")), f(e.get("c2st_defect_auroc")),
                          f(e["w1_norm_mean"]),
                          *(f(e["stats"][k]["w1_norm"]) for k in report["stats"]),
-                         f"{pct(size.get('real_median'))} / {pct(size.get('synth_median'))}", f(e.get("w1_log_area"))])
+                         f"{pct(size.get('real_median'))} / {pct(size.get('synth_median'))}", f(e.get("w1_log_area")),
+                         f"{f(fine.get('real_median'))} / {f(fine.get('synth_median'))}", f(e.get("w1_fine_texture"))])
         extra = f", {res['nfe_per_image']} network evaluations per image" if res.get("nfe_per_image") else ""
         lines += [f"## {name} (score {f(res['score'])}; {res['seconds']:.0f} s to synthesize{extra})", "",
                   markdown_table(["type", "real", "synth", "C2ST AUROC", "C2ST defect AUROC", "W1/std mean",
                                   *(f"W1/std {k}" for k in report["stats"]), "area % real / synth",
-                                  "W1 log10 area"], rows), ""]
+                                  "W1 log10 area", "fine texture real / synth", "W1 fine texture"], rows), ""]
     lines += ["![fidelity](fidelity.png)", ""]
     return "\n".join(lines)
 
@@ -165,7 +175,8 @@ def main(args: list[str]) -> int:
     if len(kept) < folds:
         raise UserError(f"{cfg.class_name}: only {len(kept)} generator-train defect(s) with a mask; the "
                         f"classifier test needs at least folds={folds}")
-    real = {"windows": rw, "masks": rm, "types": [labels[i] for i in kept], "areas": _areas(r_masks, kept)}
+    real = {"windows": rw, "masks": rm, "types": [labels[i] for i in kept], "areas": _areas(r_masks, kept),
+            "fine_texture": _fine_texture(r_images, r_masks, kept)}
     normals = dm.normal_dataset()
     sets, timing = {}, {}
     for name in names:
@@ -177,7 +188,7 @@ def main(args: list[str]) -> int:
         got = gather(synth, normals, n, int(cfg.segmentation.optim.batch_size), int(opts["seed"]), type_names)
         w, m, k = defect_windows(got["images"], got["masks"], size=size)
         sets[name] = {"windows": w, "masks": m, "types": None if got["types"] is None else [got["types"][i] for i in k],
-                      "areas": _areas(got["masks"], k)}
+                      "areas": _areas(got["masks"], k), "fine_texture": _fine_texture(got["images"], got["masks"], k)}
         timing[name] = {"seconds": round(got["seconds"], 1), "nfe_per_image": got["nfe_per_image"]}
         print(f"fidelity: {name}: {w.shape[0]} defect windows in {got['seconds']:.0f} s")
     results = compare_sets(real, sets, seed=int(opts["seed"]), c2st_steps=steps, folds=folds,
@@ -197,6 +208,7 @@ def main(args: list[str]) -> int:
     for name, res in results.items():
         whole = res["per_type"]["all"]
         print(f"  {name:<12} C2ST AUROC {res['score']:.3f}  defect {whole.get('c2st_defect_auroc', float('nan')):.3f}  "
-              f"W1/std {whole['w1_norm_mean']:.3f}  W1 log10 area {whole.get('w1_log_area', float('nan')):.3f}")
+              f"W1/std {whole['w1_norm_mean']:.3f}  W1 log10 area {whole.get('w1_log_area', float('nan')):.3f}  "
+              f"W1 fine texture {whole.get('w1_fine_texture', float('nan')):.3f}")
     print(f"fidelity: {out / 'fidelity.md'} (+ .json, .png) in {report['seconds']:.0f} s")
     return 0

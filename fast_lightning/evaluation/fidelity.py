@@ -18,7 +18,12 @@ to ``size`` px. Two measures, per defect type:
 - the defect's SIZE in the image (``w1_log_area``: W1 between real and synthesized log10 area fractions, in
   decades), when the caller passes each item's area. Every window above is scaled to its defect, so none of
   them can see size, and a segmenter does: a mask sampler that never drew magnetic tile's large "uneven"
-  defects went unnoticed by all three.
+  defects went unnoticed by all three;
+- the defect's fine texture at the segmenter's own pixels (``fine_texture``: log of the gradient energy inside
+  the defect over a ring's, on the working-size image, no resize; ``w1_fine_texture``: W1 real vs synthesized),
+  when the caller passes it per item (``fine_texture_ratio``). Why: the windows above are scaled to the
+  defect, so for a large defect they average away the part's grain; a segmenter sees it at 1:1, and a
+  64-px model painting a large defect returns it without grain.
 
 Pure torch + numpy (no Lightning): the command (``commands/fidelity.py``) gathers the windows.
 """
@@ -35,7 +40,8 @@ from torch import nn
 from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 
-__all__ = ["STATS", "defect_windows", "defect_patches", "window_stats", "wasserstein_1d", "c2st_auroc", "compare_sets"]
+__all__ = ["STATS", "defect_windows", "defect_patches", "window_stats", "fine_texture_ratio", "wasserstein_1d",
+           "c2st_auroc", "compare_sets"]
 
 STATS = ("intensity_diff", "gradient_ratio", "edge_strength")
 ANY_TYPE = "all"  # the pooled entry next to the per-type ones
@@ -107,6 +113,25 @@ def window_stats(windows: torch.Tensor, masks: torch.Tensor, ring: int | None = 
         "edge_strength": mean(energy.sqrt(), boundary),
     }
     return {k: v.double().numpy() for k, v in out.items()}
+
+
+def fine_texture_ratio(image: torch.Tensor, mask: torch.Tensor, ring: int = 3) -> float:
+    """log(mean squared gradient inside the defect eroded by 1 px / the same in a ``ring``-px band starting
+    1 px outside it), on the (C,H,W) image as given (gray = channel mean): the grain a segmenter sees at its
+    working size. nan when the eroded defect or the band is empty."""
+    m = (mask.reshape(1, 1, *mask.shape[-2:]) > 0.5).float()
+    gray = image.float().mean(0, keepdim=True)[None]
+    gx = F.pad(gray[..., :, 1:] - gray[..., :, :-1], (0, 1, 0, 0))
+    gy = F.pad(gray[..., 1:, :] - gray[..., :-1, :], (0, 0, 0, 1))
+    energy = gx ** 2 + gy ** 2
+    inner = 1 - _dilate(1 - m, 1)
+    band = (_dilate(m, 1 + ring) - _dilate(m, 1)).clamp(0, 1)
+    if float(inner.sum()) == 0 or float(band.sum()) == 0:
+        return float("nan")
+    eps = 1e-8
+    e_in = float((energy * inner).sum() / inner.sum())
+    e_out = float((energy * band).sum() / band.sum())
+    return float(np.log((e_in + eps) / (e_out + eps)))
 
 
 def defect_patches(windows: torch.Tensor, masks: torch.Tensor, size: int = 8, per_window: int = 4, seed: int = 0,
@@ -243,7 +268,8 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
     (plus ``all``): n, each stat's real/synth median, W1 and W1 / std(real), their mean ``w1_norm_mean``,
     and the two-sample ``c2st_auroc`` (windows) and ``c2st_defect_auroc`` (defect patches); with ``areas``
     (each window's defect area, a fraction of its image) on both sides also ``size`` (median areas) and
-    ``w1_log_area``. The synthesizer's
+    ``w1_log_area``; likewise ``fine_texture`` (each item's ``fine_texture_ratio``) gives medians and
+    ``w1_fine_texture``. The synthesizer's
     ``score`` is its pooled C2ST AUROC (lower = more realistic). Every synthesizer's classifier starts from
     the same seed (common random numbers), so its score does not depend on which others are listed with it
     and differences between synthesizers are not classifier-seed noise."""
@@ -276,6 +302,11 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
                 b = np.asarray(syn["areas"], float)[sidx]
                 entry["size"] = {"real_median": _nanmedian(a), "synth_median": _nanmedian(b)}
                 entry["w1_log_area"] = wasserstein_1d(np.log10(np.clip(a, 1e-6, 1)), np.log10(np.clip(b, 1e-6, 1)))
+            if real.get("fine_texture") is not None and syn.get("fine_texture") is not None:
+                a = np.asarray(real["fine_texture"], float)[ridx]
+                b = np.asarray(syn["fine_texture"], float)[sidx]
+                entry["fine_texture"] = {"real_median": _nanmedian(a), "synth_median": _nanmedian(b)}
+                entry["w1_fine_texture"] = wasserstein_1d(a, b)
             if t == ANY_TYPE or per_type_c2st:
                 entry["c2st_auroc"] = c2st_auroc(real["windows"][torch.as_tensor(ridx)],
                                                  syn["windows"][torch.as_tensor(sidx)],

@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = ["rankdata", "spearman", "ap_from_runs", "ap_from_csv", "fidelity_scores", "correlate", "MEASURES"]
 
-MEASURES = ("c2st_auroc", "c2st_defect_auroc", "w1_norm_mean", "w1_log_area")
+MEASURES = ("c2st_auroc", "c2st_defect_auroc", "w1_norm_mean", "w1_log_area", "w1_fine_texture")
 
 
 def rankdata(x: Iterable[float]) -> np.ndarray:
