@@ -154,7 +154,7 @@ class SynthesisConfig:
     cutpaste_variant: str = "patch"
     fast_cached_dir: Optional[str] = None
     visible_change: Optional[float] = None  # label only what the model visibly changed; null = the placed mask
-    source_detail: bool = False  # add the source's detail finer than the model's pixels inside the mask
+    source_detail: str = "none"  # none | add | scaled: the source's detail finer than the model's pixels, in the mask
 
 
 @dataclass

@@ -126,7 +126,7 @@ def test_source_detail_keeps_the_parts_texture_inside_large_defects(smoke_model,
     inner = (slice(30, 66), slice(26, 70))
     off = make_synth(smoke_model, smoke_cfg, window)
     on = make_synth(smoke_model, smoke_cfg, window)
-    on.source_detail = True
+    on.source_detail = "add"
     (a,), _ = off.synthesize([img], [mask], [1], gens([0]))
     (b,), (bm,) = on.synthesize([img], [mask], [1], gens([0]))
     outside = ~mask.bool().expand_as(img)
@@ -141,6 +141,28 @@ def test_source_detail_keeps_the_parts_texture_inside_large_defects(smoke_model,
     if window == "full":  # the batched path adds the same detail
         imgs, _ = on.synthesize_tensors(img[None], mask[None], [1], gens([0]))
         assert torch.allclose(imgs[0], b, atol=1e-5)
+
+
+def test_scaled_source_detail_follows_the_painted_brightness(smoke_model, smoke_cfg):
+    """``scaled``: the grain put back is the source's times generated / source brightness (a window painted at
+    the source's brightness gets exactly ``add``'s, one painted half as bright half of it); other values are
+    refused by name."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(2)
+    source = 0.6 + 0.05 * torch.randn(3, 64, 64, generator=g)
+    seen = torch.nn.functional.interpolate(source[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+    from fast_lightning.data.io import resize_tensor_image
+    low = resize_tensor_image(seen[None], (64, 64))[0]
+    same, dark = low.clone(), low / 2
+    add = lambda back: WindowedFastSynthesizer._with_detail(SimpleNamespace(source_detail="add"), back, source, seen)  # noqa: E731
+    scaled = lambda back: WindowedFastSynthesizer._with_detail(SimpleNamespace(source_detail="scaled"), back, source, seen)  # noqa: E731
+    assert torch.allclose(scaled(same), add(same), atol=1e-6)
+    grain = lambda out, back: float((out - back).std())  # noqa: E731
+    assert grain(scaled(dark), dark) == pytest.approx(0.5 * grain(add(dark), dark), rel=0.05)
+    meta = {"window": "crop", "resolution": int(smoke_cfg.diffusion.resolution), "config": smoke_cfg}
+    with pytest.raises(SynthesisError, match="synthesis.source_detail='yes'"):
+        WindowedFastSynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), meta, source_detail="yes")
 
 
 def test_thin_mask_survives_downscaling(smoke_model, smoke_cfg):

@@ -208,7 +208,7 @@ def _predict_pending(cfg, run_dir: Path, writer, split, model, meta: dict, sampl
                                          num_workers=workers, collate_fn=collate_items, persistent_workers=False)
     module = SynthesisPredictor(model, sampler, meta, int(cfg.seed), run_fields,
                                 visible_change=cfg.synthesis.visible_change,
-                                source_detail=bool(cfg.synthesis.source_detail))
+                                source_detail=str(cfg.synthesis.source_detail))
     t = cfg.trainer
     trainer = L.Trainer(accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy,
                         num_nodes=int(t.num_nodes), precision=str(t.precision), logger=False,

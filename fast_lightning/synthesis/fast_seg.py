@@ -74,7 +74,7 @@ class FastSegSynthesizer(SegSynthesizer):
                  refresh: float | None = SynthesisConfig.seg_refresh,
                  refresh_batch: int | None = SynthesisConfig.seg_refresh_batch,
                  visible_change: float | None = SynthesisConfig.visible_change,
-                 source_detail: bool = SynthesisConfig.source_detail,
+                 source_detail: str = SynthesisConfig.source_detail,
                  normals: Sequence[str] | None = None) -> None:
         """``model``/``meta``: a loaded diffusion model and its checkpoint metadata (the registry loads and
         checks them); ``sampler``: the sampling scheduler; the rest are the data.* and synthesis.* values."""
@@ -239,5 +239,5 @@ def build_fast_seg(cfg, datamodule) -> FastSegSynthesizer:
                               channels=int(cfg.data.channels), foreground=str(cfg.data.foreground),
                               foreground_dir=cfg.data.foreground_dir, buffer_size=int(syn.seg_buffer_size),
                               refresh=syn.seg_refresh, refresh_batch=syn.seg_refresh_batch,
-                              visible_change=syn.visible_change, source_detail=bool(syn.source_detail),
+                              visible_change=syn.visible_change, source_detail=str(syn.source_detail),
                               normals=[r.image for r in split.normal_train])

@@ -108,7 +108,7 @@ class SynthesisPredictor(L.LightningModule):
     sampler call) and returns the pairs on CPU with their manifest fields; :class:`PairWriter` saves them."""
 
     def __init__(self, model, sampler, meta: dict, seed: int, run_fields: dict | None = None,
-                 visible_change: float | None = None, source_detail: bool = False) -> None:
+                 visible_change: float | None = None, source_detail: str = "none") -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)  # a submodule: Lightning moves it to the device
         self.synth = WindowedFastSynthesizer(self.model, sampler, meta, visible_change=visible_change,

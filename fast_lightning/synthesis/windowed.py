@@ -22,7 +22,9 @@ from fast_lightning.data.windows import mask_bbox, place_window, window_side
 from fast_lightning.schema import CropConfig
 from fast_lightning.synthesis.base_synthesizer import SynthesisError
 
-__all__ = ["Window", "WindowedFastSynthesizer", "visible_change"]
+__all__ = ["Window", "WindowedFastSynthesizer", "visible_change", "SOURCE_DETAIL"]
+
+SOURCE_DETAIL = ("none", "add", "scaled")
 
 
 # ---- windows ----------------------------------------------------------------------------------------
@@ -73,16 +75,17 @@ class WindowedFastSynthesizer:
     pixels the model visibly changed (:func:`visible_change`); the image is the same either way. None = the
     placed mask (the paper).
 
-    ``source_detail`` (``synthesis.source_detail``): inside the mask, add back the source's detail finer than
+    ``source_detail`` (``synthesis.source_detail``): inside the mask, put back the source's detail finer than
     the model's pixels (the source window minus the same window seen at the model resolution). Why: a 64-px
     model painting a window 2-5x its size returns it smooth, so a large synthesized defect is a flat, blurred
-    patch on a textured part, and a segmenter learns "smooth = defect" (magnetic tile's "uneven": texture
-    energy inside FAST's masks e^-2..-4 of the ring's, real ~1). The model's change is kept, at its own scale.
-    A window that is not downsampled gets nothing added.
+    patch on a textured part, and a segmenter learns "smooth = defect" (magnetic tile's "uneven"). ``add``
+    adds it as it is; ``scaled`` scales it by generated / source brightness (texture is multiplicative: a
+    painted dark hole keeps little of the part's grain, a brightness change keeps all of it); ``none`` (the
+    paper) leaves the model's output alone. A window that is not downsampled gets nothing added.
     """
 
     def __init__(self, model, sampler, meta: Mapping, autocast_dtype: torch.dtype | None = None,
-                 visible_change: float | None = None, source_detail: bool = False) -> None:
+                 visible_change: float | None = None, source_detail: str = "none") -> None:
         window = str(meta.get("window", "full"))
         if window not in ("crop", "full"):
             raise SynthesisError(f"checkpoint window mode must be 'crop' or 'full', got {window!r}")
@@ -97,7 +100,9 @@ class WindowedFastSynthesizer:
         self.defect_share = crop.get("defect_share")  # windows sized to the defect, as in training
         self.autocast_dtype = autocast_dtype
         self.visible_change = None if visible_change is None else float(visible_change)
-        self.source_detail = bool(source_detail)
+        if source_detail not in SOURCE_DETAIL:
+            raise SynthesisError(f"synthesis.source_detail={source_detail!r}: choose one of {', '.join(SOURCE_DETAIL)}")
+        self.source_detail = str(source_detail)
         self._warned_small = False
 
     @property
@@ -176,7 +181,7 @@ class WindowedFastSynthesizer:
         for i, (img, m, win) in enumerate(zip(images, masks, plans)):
             ys, xs = win.slices()
             back = resize_tensor_image(generated[i:i + 1], (win.h, win.w))[0]
-            if self.source_detail:
+            if self.source_detail != "none":
                 back = self._with_detail(back, img[:, ys, xs], wins[i])
             back = back.to(img.device, img.dtype)
             canvas = img.clone()
@@ -210,7 +215,7 @@ class WindowedFastSynthesizer:
         wm = resize_mask((masks > 0.5).float(), (R, R))
         generated = self.run_windows(wins, wm, cond, generators)
         back = resize_tensor_image(generated, (h, w))
-        if self.source_detail:
+        if self.source_detail != "none":
             back = self._with_detail(back, normals, wins)
         back = back.to(normals.device, normals.dtype)
         inside = masks > 0.5
@@ -220,18 +225,21 @@ class WindowedFastSynthesizer:
             inside = inside & (resize_mask(seen.float(), (h, w)).to(masks.device) > 0.5)
         return images, inside.to(masks.dtype)
 
-    @staticmethod
-    def _with_detail(back: torch.Tensor, source: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    def _with_detail(self, back: torch.Tensor, source: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """``back`` (the generated window at source size) plus the source's detail the model could not see:
-        source - (``seen``, the source at the model resolution, resized back). No-op at the model's size."""
+        source - (``seen``, the source at the model resolution, resized back), times back / that for
+        ``scaled``. No-op at the model's size."""
         size = tuple(source.shape[-2:])
         if tuple(seen.shape[-2:]) == size:
             return back
         batched = seen.dim() == 4
         low = resize_tensor_image((seen if batched else seen[None]).float(), size)
-        low = low if batched else low[0]
-        detail = source.to(back.device, torch.float32) - low.to(back.device)
-        return (back.float() + detail).clamp(0.0, 1.0)
+        low = (low if batched else low[0]).to(back.device)
+        back = back.float()
+        detail = source.to(back.device, torch.float32) - low
+        if self.source_detail == "scaled":
+            detail = detail * (back / low.clamp_min(0.05)).clamp(0.0, 2.0)
+        return (back + detail).clamp(0.0, 1.0)
 
     def _visible(self, generated: torch.Tensor, windows: torch.Tensor) -> torch.Tensor | None:
         if self.visible_change is None:
