@@ -253,6 +253,7 @@ GROUPS = ("data", "diffusion", "sampling", "synthesis", "segmentation", "trainer
 SAMPLER_NAMES = ("aias", "ddim", "ddpm", "dpmsolver")
 AIAS_VARIANTS = ("exact", "paper")
 RENOISE_MODES = ("every", "band", "none")
+SOURCE_DETAIL_MODES = ("none", "add", "scaled")  # synthesis.source_detail
 LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "none")
 
 # Counts and sizes: no command starts (and no run directory is made) with a value that would fail later or,
@@ -308,7 +309,7 @@ RENAMED = {
 CHOICES = {  # key -> (allowed values, make variable or None)
     "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),
     "sampling.renoise": (RENOISE_MODES, None), "data.channels": ((1, 3), None),
-    "logger.backend": (LOGGER_BACKENDS, None),
+    "logger.backend": (LOGGER_BACKENDS, None), "synthesis.source_detail": (SOURCE_DETAIL_MODES, None),
 }
 
 

@@ -163,6 +163,9 @@ def test_scaled_source_detail_follows_the_painted_brightness(smoke_model, smoke_
     meta = {"window": "crop", "resolution": int(smoke_cfg.diffusion.resolution), "config": smoke_cfg}
     with pytest.raises(SynthesisError, match="synthesis.source_detail='yes'"):
         WindowedFastSynthesizer(smoke_model, build_sampler({"name": "aias", "steps": 3}), meta, source_detail="yes")
+    with pytest.raises(ConfigError, match="synthesis.source_detail"):
+        load_config(["profile=smoke", "synthesis.source_detail=yes"])
+    assert load_config(["profile=smoke", "synthesis.source_detail=scaled"]).synthesis.source_detail == "scaled"
 
 
 def test_thin_mask_survives_downscaling(smoke_model, smoke_cfg):

@@ -19,12 +19,10 @@ import torch
 from fast_lightning.data.io import resize_tensor_image
 from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
-from fast_lightning.schema import CropConfig
+from fast_lightning.schema import SOURCE_DETAIL_MODES, CropConfig
 from fast_lightning.synthesis.base_synthesizer import SynthesisError
 
-__all__ = ["Window", "WindowedFastSynthesizer", "visible_change", "SOURCE_DETAIL"]
-
-SOURCE_DETAIL = ("none", "add", "scaled")
+__all__ = ["Window", "WindowedFastSynthesizer", "visible_change"]
 
 
 # ---- windows ----------------------------------------------------------------------------------------
@@ -100,8 +98,9 @@ class WindowedFastSynthesizer:
         self.defect_share = crop.get("defect_share")  # windows sized to the defect, as in training
         self.autocast_dtype = autocast_dtype
         self.visible_change = None if visible_change is None else float(visible_change)
-        if source_detail not in SOURCE_DETAIL:
-            raise SynthesisError(f"synthesis.source_detail={source_detail!r}: choose one of {', '.join(SOURCE_DETAIL)}")
+        if source_detail not in SOURCE_DETAIL_MODES:
+            raise SynthesisError(f"synthesis.source_detail={source_detail!r}: choose one of "
+                                 f"{', '.join(SOURCE_DETAIL_MODES)}")
         self.source_detail = str(source_detail)
         self._warned_small = False
 
