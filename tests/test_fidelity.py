@@ -183,7 +183,7 @@ def test_spearman_arithmetic():
     assert math.isnan(spearman([1, 2], [1, 2])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
-def test_fidelity_rank_command_matches_runs_and_reports(tmp_path):
+def test_fidelity_rank_command_matches_runs_and_reports(tmp_path, capsys):
     """Fabricated metrics.json / fidelity.json: two classes x three synthesizers (+ the control, left out)."""
     from fast_lightning.commands import fidelity_rank
 
@@ -239,6 +239,14 @@ def test_fidelity_rank_command_matches_runs_and_reports(tmp_path):
     assert from_csv["csv"] == [f"{csv}@c"]
     keys = {p["key"][1] for p in from_csv["result"]["c2st_auroc"]["per_class"]["tire"]["pairs"]}
     assert keys == {"fast@c", "draem@c", "cutpaste@c"}
+    # a listed run folder that is gone is left out by name; the other seed still counts
+    import shutil
+    shutil.rmtree(runs[9])  # mt, fast, seed 1
+    assert fidelity_rank.main([f"runs={bench}", f"out={tmp_path}"]) == 0
+    assert runs[9] in capsys.readouterr().out
+    gone = json.loads((tmp_path / "fidelity_rank.json").read_text())["result"]["c2st_auroc"]
+    pair = next(p for p in gone["overall"]["pairs"] if p["key"] == ["mt", "fast"])
+    assert pair["pixel_ap"] == pytest.approx(0.40)  # seed 0 alone
 
 
 def test_ap_from_csv_reads_comparison_and_benchmark_formats(tmp_path):

@@ -33,12 +33,20 @@ def _retag(table: dict[tuple, float], tag: str) -> dict[tuple, float]:
 
 
 def run_folders(items: list[Path]) -> list[Path]:
-    """Segmenter run folders from benchmark.json files (their ``classes.*.runs``) and folders given as is."""
+    """Segmenter run folders from benchmark.json files (their ``classes.*.runs``) and folders given as is.
+
+    A run a benchmark.json lists but whose folder has no metrics.json any more (deleted, or a checkout without
+    runs/) is left out with a line naming it, so the other seeds still count; a folder given as is must exist."""
     runs = []
     for p in items:
         if p.is_file() and p.suffix == ".json":
             data = json.loads(p.read_text())
-            runs += [Path(r) for c in (data.get("classes") or {}).values() for r in c.get("runs", [])]
+            for r in (Path(r) for c in (data.get("classes") or {}).values() for r in c.get("runs", [])):
+                if (r / "metrics.json").is_file():
+                    runs.append(r)
+                else:
+                    print(f"fidelity-rank: {r} (listed in {p}) has no metrics.json; its run is left out of the "
+                          f"means (or pass the report's csv= instead)")
         elif (p / "metrics.json").is_file():
             runs.append(p)
         else:
