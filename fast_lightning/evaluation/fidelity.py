@@ -44,6 +44,9 @@ __all__ = ["STATS", "defect_windows", "defect_patches", "window_stats", "fine_te
            "c2st_auroc", "compare_sets"]
 
 STATS = ("intensity_diff", "gradient_ratio", "edge_strength")
+# per-item scalars a caller may pass next to the windows: (item key, medians' entry, W1 entry, scale compared on)
+ITEM_MEASURES = (("areas", "size", "w1_log_area", lambda x: np.log10(np.clip(x, 1e-6, 1))),
+                 ("fine_texture", "fine_texture", "w1_fine_texture", lambda x: x))
 ANY_TYPE = "all"  # the pooled entry next to the per-type ones
 
 
@@ -76,6 +79,17 @@ def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
     return F.max_pool2d(m, 2 * r + 1, stride=1, padding=r) if r > 0 else m
 
 
+def _erode(m: torch.Tensor, r: int) -> torch.Tensor:
+    return 1 - _dilate(1 - m, r)
+
+
+def _gradient_energy(gray: torch.Tensor) -> torch.Tensor:
+    """Squared forward-difference gradient magnitude of (..., H, W), zero-padded to the same size."""
+    gx = F.pad(gray[..., :, 1:] - gray[..., :, :-1], (0, 1, 0, 0))
+    gy = F.pad(gray[..., 1:, :] - gray[..., :-1, :], (0, 0, 0, 1))
+    return gx ** 2 + gy ** 2
+
+
 def _defect_and_ring(masks: torch.Tensor, ring: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(defect {0,1}, the ring of width r just outside it, r): THE ring both fidelity measures compare against
     (default width size/16, >= 1)."""
@@ -95,12 +109,10 @@ def window_stats(windows: torch.Tensor, masks: torch.Tensor, ring: int | None = 
         return {k: np.zeros(0) for k in STATS}
     m, ring_m, r = _defect_and_ring(masks, ring)
     gray = windows.float().mean(1, keepdim=True)
-    inner = 1 - _dilate(1 - m, r)  # erosion: texture is measured away from the (resampled) edge
+    inner = _erode(m, r)  # texture is measured away from the (resampled) edge
     outer = (_dilate(m, 2 * r) - _dilate(m, r)).clamp(0, 1)
-    boundary = (_dilate(m, 1) - (1 - _dilate(1 - m, 1))).clamp(0, 1)  # dilation minus erosion
-    gx = F.pad(gray[..., :, 1:] - gray[..., :, :-1], (0, 1, 0, 0))
-    gy = F.pad(gray[..., 1:, :] - gray[..., :-1, :], (0, 0, 0, 1))
-    energy = gx ** 2 + gy ** 2
+    boundary = (_dilate(m, 1) - _erode(m, 1)).clamp(0, 1)
+    energy = _gradient_energy(gray)
 
     def mean(x, w):
         area = w.flatten(1).sum(1)
@@ -120,11 +132,8 @@ def fine_texture_ratio(image: torch.Tensor, mask: torch.Tensor, ring: int = 3) -
     1 px outside it), on the (C,H,W) image as given (gray = channel mean): the grain a segmenter sees at its
     working size. nan when the eroded defect or the band is empty."""
     m = (mask.reshape(1, 1, *mask.shape[-2:]) > 0.5).float()
-    gray = image.float().mean(0, keepdim=True)[None]
-    gx = F.pad(gray[..., :, 1:] - gray[..., :, :-1], (0, 1, 0, 0))
-    gy = F.pad(gray[..., 1:, :] - gray[..., :-1, :], (0, 0, 0, 1))
-    energy = gx ** 2 + gy ** 2
-    inner = 1 - _dilate(1 - m, 1)
+    energy = _gradient_energy(image.float().mean(0, keepdim=True)[None])
+    inner = _erode(m, 1)
     band = (_dilate(m, 1 + ring) - _dilate(m, 1)).clamp(0, 1)
     if float(inner.sum()) == 0 or float(band.sum()) == 0:
         return float("nan")
@@ -297,16 +306,13 @@ def compare_sets(real: Mapping, synths: Mapping[str, Mapping], *, seed: int = 0,
                                      "w1_norm": norm}
                 norms.append(norm)
             entry["w1_norm_mean"] = float(np.nanmean(norms)) if np.isfinite(norms).any() else float("nan")
-            if real.get("areas") is not None and syn.get("areas") is not None:
-                a = np.asarray(real["areas"], float)[ridx]
-                b = np.asarray(syn["areas"], float)[sidx]
-                entry["size"] = {"real_median": _nanmedian(a), "synth_median": _nanmedian(b)}
-                entry["w1_log_area"] = wasserstein_1d(np.log10(np.clip(a, 1e-6, 1)), np.log10(np.clip(b, 1e-6, 1)))
-            if real.get("fine_texture") is not None and syn.get("fine_texture") is not None:
-                a = np.asarray(real["fine_texture"], float)[ridx]
-                b = np.asarray(syn["fine_texture"], float)[sidx]
-                entry["fine_texture"] = {"real_median": _nanmedian(a), "synth_median": _nanmedian(b)}
-                entry["w1_fine_texture"] = wasserstein_1d(a, b)
+            for item_key, median_key, w1_key, scale in ITEM_MEASURES:
+                if real.get(item_key) is None or syn.get(item_key) is None:
+                    continue
+                a = np.asarray(real[item_key], float)[ridx]
+                b = np.asarray(syn[item_key], float)[sidx]
+                entry[median_key] = {"real_median": _nanmedian(a), "synth_median": _nanmedian(b)}
+                entry[w1_key] = wasserstein_1d(scale(a), scale(b))
             if t == ANY_TYPE or per_type_c2st:
                 entry["c2st_auroc"] = c2st_auroc(real["windows"][torch.as_tensor(ridx)],
                                                  syn["windows"][torch.as_tensor(sidx)],

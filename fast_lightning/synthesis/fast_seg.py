@@ -79,7 +79,7 @@ class FastSegSynthesizer(SegSynthesizer):
         """``model``/``meta``: a loaded diffusion model and its checkpoint metadata (the registry loads and
         checks them); ``sampler``: the sampling scheduler; the rest are the data.* and synthesis.* values."""
         self.synth = WindowedFastSynthesizer(model.eval().requires_grad_(False), sampler, meta,
-                                        autocast_dtype=autocast_dtype, visible_change=visible_change,
+                                             autocast_dtype=autocast_dtype, visible_change=visible_change,
                                              source_detail=source_detail)
         self.mask_sampler = mask_sampler
         self.num_types = len(self.synth.type_names)
