@@ -155,6 +155,12 @@ def check_seg_run(run_dir: Path, synth: str) -> dict:
     assert set(m["test_per_type"]) == {"crack", "dent"}  # the fake class's defect types
     for v in m["test_per_type"].values():
         assert 0.0 <= v["pixel_ap"] <= 1.0 and v["images"] > v["defect_images"] > 0
+    # the best step's validation per type (what `make fidelity probe=` ranks by): each type's val images + all good
+    assert set(m["val_per_type"]) == {"crack", "dent"}
+    val_defects = sum(v["defect_images"] for v in m["val_per_type"].values())
+    assert val_defects == c["val_defect_images"]
+    for v in m["val_per_type"].values():
+        assert 0.0 <= v["pixel_ap"] <= 1.0 and v["images"] - v["defect_images"] == c["val_images"] - val_defects
     scale = m["defect_scale"]
     assert scale["size"] == m["working_size"] and scale["masks"] == c["val_defect_images"] + c["test_defect_images"]
     split = json.loads((run_dir / "split.json").read_text())

@@ -151,7 +151,7 @@ def test_fidelity_command_smoke(tmp_path):
                                  "diffusion.sample_every=0"]) == 0
     out = tmp_path / "rep"
     assert fidelity.main([*common, "synths=fast,draem", "n=16", "steps=40", f"out={out}",
-                          "per_type=false"]) == 0
+                          "per_type=false", "probe=2"]) == 0
     rep = json.loads((out / "fidelity.json").read_text())
     assert (out / "fidelity.png").stat().st_size > 0 and "real-vs-real control" in (out / "fidelity.md").read_text()
     res = rep["synthesizers"]
@@ -166,6 +166,23 @@ def test_fidelity_command_smoke(tmp_path):
     assert all(0.0 <= r["per_type"]["all"]["w1_log_area"] < 10 for r in res.values())
     assert "W1 log10 area" in (out / "fidelity.md").read_text() and "W1 fine texture" in (out / "fidelity.md").read_text()
     assert all(r["per_type"]["all"]["w1_fine_texture"] >= 0.0 for r in res.values())
+    # the probe: a 2-step segmenter per synthesizer on exactly its 16 pairs, AP read on the REAL validation split
+    probe_root = tmp_path / "runs" / "fidelity_probe"
+    assert rep["probe_steps"] == 2 and not (tmp_path / "runs" / "seg").exists()  # runs/seg/<class>/latest untouched
+    for name, r in res.items():
+        p = r["probe"]
+        assert p["steps"] == 2 and p["pairs"] == 16 and 0.0 <= p["val_pixel_ap"] <= 1.0
+        assert set(p["val_per_type"]) == {"crack", "dent"}
+        assert r["per_type"]["all"]["probe_val_ap"] == p["val_pixel_ap"]
+        assert r["per_type"]["dent"]["probe_val_ap"] == p["val_per_type"]["dent"]
+        m = json.loads((probe_root / "seg" / "widget" / name / "metrics.json").read_text())
+        assert m["train_steps"] == 2 and m["synthesizer"] == "fast_cached" and m["val"]["pixel_ap"] == p["val_pixel_ap"]
+        rows = (probe_root / "pairs" / "widget" / name / "manifest.jsonl").read_text().splitlines()
+        assert len(rows) == 16
+    fast_types = [json.loads(r)["type_id"] for r in
+                  (probe_root / "pairs" / "widget" / "fast" / "manifest.jsonl").read_text().splitlines()]
+    assert set(fast_types) <= {1, 2} and len(set(fast_types)) == 2  # FAST's pairs keep their defect type
+    assert "probe val AP" in (out / "fidelity.md").read_text()
     control = res["real_third"]["per_type"]["all"]["w1_norm_mean"]
     assert control < res["draem"]["per_type"]["all"]["w1_norm_mean"]
     assert res["draem"]["score"] > 0.9 and res["real_third"]["score"] < 0.75
@@ -224,6 +241,11 @@ def test_fidelity_rank_command_matches_runs_and_reports(tmp_path, capsys):
     assert c2st["per_class_types"]["tire"]["rho"] == pytest.approx(1 - 6 * 8 / (6 * 35))
     assert res["w1_norm_mean"]["per_class"]["tire"]["rho"] == pytest.approx(0.5)
     assert "rank correlation" in (tmp_path / "fidelity_rank.md").read_text()
+    # the probe is higher-is-better: the same order as AP is rho = +1 and counts as predicting it
+    from fast_lightning.evaluation.rank_correlation import correlate
+    probe = correlate({("tire", s): a for s, a in ap.items()},
+                      {"probe_val_ap": {("tire", s): a / 2 for s, a in ap.items()}})["probe_val_ap"]["per_class"]["tire"]
+    assert probe["rho"] == pytest.approx(1.0) and probe["predicts_ap"] and probe["n"] == 3  # control left out
     # @tag keeps a second model's rows apart: the same fast runs and report, renamed fast@b, add pairs
     assert fidelity_rank.main([f"runs={bench},{bench}@b", f"fidelity={tmp_path / 'tire' / 'fidelity.json'},"
                                f"{tmp_path / 'tire' / 'fidelity.json'}@b", f"out={tmp_path}"]) == 0

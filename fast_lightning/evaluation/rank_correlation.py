@@ -4,8 +4,10 @@ Why: a fidelity score is only worth steering by if it ranks synthesizers (and de
 benchmark does. Inputs are what the project already writes: segmenter run folders (``metrics.json``: class,
 synthesizer, test pixel AP overall and per type; ``benchmark.json`` lists them), ``comparison.csv`` of
 `make compare` (reports/<class>/, overall only) and ``fidelity.json`` of `make fidelity`. Pairs are matched on
-(class, synthesizer[, type]); AP is the mean over seeds. A NEGATIVE rho means the score predicts AP (lower
-classifier AUROC / distance = more realistic = higher AP). Pure python + numpy.
+(class, synthesizer[, type]); AP is the mean over seeds. For the realism measures a NEGATIVE rho means the score
+predicts AP (lower classifier AUROC / distance = more realistic = higher AP); for the probe (``probe_val_ap``: a
+short segmenter run's pixel AP on the real validation defects, higher = better) a POSITIVE rho does
+(``HIGHER_IS_BETTER``). Pure python + numpy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 
 __all__ = ["rankdata", "spearman", "ap_from_runs", "ap_from_csv", "fidelity_scores", "correlate", "MEASURES"]
 
-MEASURES = ("c2st_auroc", "c2st_defect_auroc", "w1_norm_mean", "w1_log_area", "w1_fine_texture")
+MEASURES = ("c2st_auroc", "c2st_defect_auroc", "w1_norm_mean", "w1_log_area", "w1_fine_texture", "probe_val_ap")
+HIGHER_IS_BETTER = frozenset({"probe_val_ap"})  # the sign of rho that means "predicts AP" flips for these
 
 
 def rankdata(x: Iterable[float]) -> np.ndarray:
@@ -98,9 +101,10 @@ def fidelity_scores(reports: Iterable[Mapping]) -> dict[str, dict[tuple, float]]
     return out
 
 
-def _row(pairs: list[tuple[tuple, float, float]]) -> dict:
+def _row(pairs: list[tuple[tuple, float, float]], higher_is_better: bool = False) -> dict:
     rho = spearman([p[1] for p in pairs], [p[2] for p in pairs])
-    return {"n": len(pairs), "rho": rho, "predicts_ap": (rho < 0) if not math.isnan(rho) else None,
+    predicts = (rho > 0 if higher_is_better else rho < 0) if not math.isnan(rho) else None
+    return {"n": len(pairs), "rho": rho, "predicts_ap": predicts,
             "pairs": [{"key": list(k), "score": s, "pixel_ap": a} for k, s, a in pairs]}
 
 
@@ -115,15 +119,16 @@ def correlate(ap: Mapping[tuple, float], scores: Mapping[str, Mapping[tuple, flo
         keys = [k for k in table if k in ap and k[1].partition("@")[0] not in skip]  # name@tag: a variant
         overall = sorted((k, table[k], ap[k]) for k in keys if len(k) == 2)
         typed = sorted((k, table[k], ap[k]) for k in keys if len(k) == 3)
-        res = {"overall": _row(overall), "per_type_pairs": _row(typed), "per_class": {}, "per_class_types": {},
+        row = lambda pairs: _row(pairs, measure in HIGHER_IS_BETTER)  # noqa: E731
+        res = {"overall": row(overall), "per_type_pairs": row(typed), "per_class": {}, "per_class_types": {},
                "per_synthesizer": {}}
         for cls in sorted({k[0] for k in keys}):
-            res["per_class"][cls] = _row([p for p in overall if p[0][0] == cls])
+            res["per_class"][cls] = row([p for p in overall if p[0][0] == cls])
             # within one class, its (synthesizer, type) pairs: the steering question, free of the between-class
             # effect that dominates the pooled rows
-            res["per_class_types"][cls] = _row([p for p in typed if p[0][0] == cls])
+            res["per_class_types"][cls] = row([p for p in typed if p[0][0] == cls])
         for synth in sorted({k[1] for k, _, _ in typed}):
-            res["per_synthesizer"][synth] = _row([p for p in typed if p[0][1] == synth])
+            res["per_synthesizer"][synth] = row([p for p in typed if p[0][1] == synth])
         out[measure] = res
     return out
 
@@ -133,7 +138,8 @@ def markdown(result: Mapping) -> str:
         return "n/a" if math.isnan(r["rho"]) else f"{r['rho']:+.2f}"
 
     lines = ["# Fidelity score vs downstream pixel AP (Spearman rank correlation)", "",
-             "rho < 0: the score predicts AP (lower = more realistic = higher AP). n = matched pairs; fewer than "
+             "rho < 0: the score predicts AP (lower = more realistic = higher AP); for `probe_val_ap` (a short "
+             "segmenter run's AP on the real validation defects) rho > 0 does. n = matched pairs; fewer than "
              "3 pairs give n/a.", ""]
     for measure, res in result.items():
         lines += [f"## {measure}", "", "| group | n | rho |", "|---|---|---|",

@@ -219,14 +219,14 @@ class SegmentationModule(L.LightningModule):
             out = metric.compute(threshold=thr)
         return {k: float(out[k]) for k in metric_names()}
 
-    def _test_dataset(self):
-        loaders = self.trainer.test_dataloaders if self._trainer is not None else None
+    def _test_dataset(self, stage: str = "test"):
+        loaders = getattr(self.trainer, f"{stage}_dataloaders") if self._trainer is not None else None
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
         return getattr(loader, "dataset", None)
 
-    def _image_types(self, index: torch.Tensor) -> list[str] | None:
-        """Defect type of each evaluated test image, from the test dataset's records (None if it has none)."""
-        records = getattr(self._test_dataset(), "records", None)
+    def _image_types(self, index: torch.Tensor, stage: str = "test") -> list[str] | None:
+        """Defect type of each evaluated image, from the ``stage`` dataset's records (None if it has none)."""
+        records = getattr(self._test_dataset(stage), "records", None)
         if records is None or (index.numel() and int(index.max()) >= len(records)):
             return None
         return [str(records[int(i)].label) for i in index]
@@ -257,7 +257,11 @@ class SegmentationModule(L.LightningModule):
             warnings.warn("the validation split holds no defect pixel: the IoU threshold stays at 0.5",
                           RuntimeWarning, stacklevel=2)
         self.val_metrics = metrics
-        self.val_history.append(dict(metrics, step=int(self.global_step), num_images=int(probs.shape[0])))
+        # per type too: a short run's validation AP per type is what `make fidelity`'s probe ranks by
+        types = self._image_types(index, "val")
+        per_type = per_type_metrics(probs, masks, types, float(self.threshold)) if types else None
+        self.val_history.append(dict(metrics, step=int(self.global_step), num_images=int(probs.shape[0]),
+                                     per_type=per_type))
         self._log_metrics("val", metrics)
         self.log("val/threshold", float(self.threshold), on_step=False, on_epoch=True, batch_size=1)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:

@@ -186,6 +186,7 @@ def _summary(cfg: DictConfig, dm, module, trainer, synth, synth_name: str, count
         "test": as_floats(module.test_metrics),
         "test_per_type": module.test_per_type,
         "val": val_metrics,
+        "val_per_type": next((h.get("per_type") for h in reversed(module.val_history) if h["step"] == best_step), None),
         "best_step": best_step,
         "train_steps": int(trainer.global_step),
         "checkpoint": str(checkpoint),
