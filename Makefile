@@ -65,7 +65,7 @@ bench-sampling: $(STAMP) ## AIAS vs DDIM vs DDPM speed on one model [CKPT] -> re
 sheet: $(STAMP) ## synthesized defects at the model's scale next to real ones, per sampling setting [CKPT] -> reports/CLASS/sheet.png
 	$(RUN) sheet $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(ARGS)
 
-fidelity: $(STAMP) ## synthesized vs real defects per type (contrast stats, classifier AUROC, defect size, fine texture) [CKPT SYNTHS] -> reports/CLASS/fidelity.{json,md,png}
+fidelity: $(STAMP) ## synthesized vs real defects per type (contrast stats, classifier AUROC, defect size, fine texture; ARGS=probe=<steps>: short segmenter, AP on real val defects) [CKPT SYNTHS] -> reports/CLASS/fidelity.{json,md,png}
 	$(RUN) fidelity $(COMMON) $(call opt,$(CKPT),synthesis.ckpt) $(call opt,$(SYNTHS),synths) $(ARGS)
 
 fidelity-rank: $(STAMP) ## does the fidelity score predict pixel AP? Spearman over reports/benchmark.json + reports/*/fidelity.json -> reports/fidelity_rank.{json,md}
