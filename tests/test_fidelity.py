@@ -240,6 +240,10 @@ def test_fidelity_rank_command_matches_runs_and_reports(tmp_path, capsys):
     assert c2st["per_class_types"]["tire"]["n"] == 6
     assert c2st["per_class_types"]["tire"]["rho"] == pytest.approx(1 - 6 * 8 / (6 * 35))
     assert res["w1_norm_mean"]["per_class"]["tire"]["rho"] == pytest.approx(0.5)
+    # per (class, type) across the 3 synthesizers: crack follows -AUROC (rho -0.5), hole's 1.1 - a flips it (+0.5)
+    across = c2st["per_type_across_synthesizers"]
+    assert across["n_types"] == 4 and across["types"]["tire/crack"]["rho"] == pytest.approx(-0.5)
+    assert across["types"]["tire/hole"]["rho"] == pytest.approx(0.5) and across["mean_rho"] == pytest.approx(0.0)
     assert "rank correlation" in (tmp_path / "fidelity_rank.md").read_text()
     # the probe is higher-is-better: the same order as AP is rho = +1 and counts as predicting it
     from fast_lightning.evaluation.rank_correlation import correlate

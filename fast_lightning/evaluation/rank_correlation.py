@@ -129,6 +129,13 @@ def correlate(ap: Mapping[tuple, float], scores: Mapping[str, Mapping[tuple, flo
             res["per_class_types"][cls] = row([p for p in typed if p[0][0] == cls])
         for synth in sorted({k[1] for k, _, _ in typed}):
             res["per_synthesizer"][synth] = row([p for p in typed if p[0][1] == synth])
+        # per (class, type), across synthesizers: does the score pick the better synthesizer FOR a type? Free of
+        # type difficulty, which the (synthesizer, type) pairs share with every score; "mean" averages the rhos
+        within = {f"{c}/{t}": row([p for p in typed if p[0][0] == c and p[0][2] == t])
+                  for c, t in sorted({(k[0], k[2]) for k, _, _ in typed})}
+        rhos = [r["rho"] for r in within.values() if not math.isnan(r["rho"])]
+        res["per_type_across_synthesizers"] = {"mean_rho": float(np.mean(rhos)) if rhos else float("nan"),
+                                               "n_types": len(rhos), "types": within}
         out[measure] = res
     return out
 
@@ -149,5 +156,9 @@ def markdown(result: Mapping) -> str:
         lines += [f"| class {c} (synthesizer, type) | {r['n']} | {f(r)} |"
                   for c, r in res.get("per_class_types", {}).items()]
         lines += [f"| synthesizer {s} (per type) | {r['n']} | {f(r)} |" for s, r in res["per_synthesizer"].items()]
+        across = res.get("per_type_across_synthesizers") or {}
+        if across.get("n_types"):
+            lines.append(f"| each (class, type) across synthesizers: mean rho over {across['n_types']} types | "
+                         f"{across['n_types']} | {f({'rho': across['mean_rho']})} |")
         lines.append("")
     return "\n".join(lines)
