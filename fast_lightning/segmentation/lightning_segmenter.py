@@ -219,14 +219,14 @@ class SegmentationModule(L.LightningModule):
             out = metric.compute(threshold=thr)
         return {k: float(out[k]) for k in metric_names()}
 
-    def _test_dataset(self, stage: str = "test"):
+    def _eval_dataset(self, stage: str):
         loaders = getattr(self.trainer, f"{stage}_dataloaders") if self._trainer is not None else None
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
         return getattr(loader, "dataset", None)
 
-    def _image_types(self, index: torch.Tensor, stage: str = "test") -> list[str] | None:
+    def _image_types(self, index: torch.Tensor, stage: str) -> list[str] | None:
         """Defect type of each evaluated image, from the ``stage`` dataset's records (None if it has none)."""
-        records = getattr(self._test_dataset(stage), "records", None)
+        records = getattr(self._eval_dataset(stage), "records", None)
         if records is None or (index.numel() and int(index.max()) >= len(records)):
             return None
         return [str(records[int(i)].label) for i in index]
@@ -283,11 +283,11 @@ class SegmentationModule(L.LightningModule):
         if probs.shape[0] == 0:
             raise RuntimeError("the test split is empty: nothing to evaluate")
         self.test_metrics = self._metrics(probs, masks, choose_threshold=False)
-        types = self._image_types(index)
+        types = self._image_types(index, "test")
         self.test_per_type = per_type_metrics(probs, masks, types, float(self.threshold)) if types else None
         self.test_counts = {"images": int(masks.shape[0]), "defect_images": int((masks.flatten(1) > 0).any(1).sum())}
         self._log_metrics("test", self.test_metrics)
-        wandb_logging.log_seg_test(self, index, probs, masks, types, self._test_dataset())
+        wandb_logging.log_seg_test(self, index, probs, masks, types, self._eval_dataset("test"))
 
     # ---- image panels ----------------------------------------------------------------------------------
     def _panel_source(self) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]] | None:
