@@ -171,6 +171,7 @@ class SegmentationOptimConfig:
     lr: float = 5.0e-4
     weight_decay: float = 1.0e-4
     batch_size: int = 16
+    ema_decay: float = 0.0  # 0 = off; > 0: validation, test, checkpoints' inference use the weights' EMA
 
 
 @dataclass
@@ -279,7 +280,7 @@ RANGES = {
     "data.generator_fraction": (0.0, 1.0, False, False), "data.val_fraction": (0.0, 1.0, False, False),
     "diffusion.normal_weight": (0.0, 1.0, True, True), "diffusion.crop.scale": (0.0, 1.0, False, True),
     "diffusion.optim.ema_decay": (0.0, 1.0, True, False), "segmentation.synth_ratio": (0.0, 1.0, True, True),
-    "segmentation.second_ratio": (0.0, 1.0, True, True),
+    "segmentation.second_ratio": (0.0, 1.0, True, True), "segmentation.optim.ema_decay": (0.0, 1.0, True, False),
     "diffusion.unet.dropout": (0.0, 1.0, True, False), "diffusion.lambda_eps": (0.0, None, True, False),
     "diffusion.lambda_farm": (0.0, None, True, False), "diffusion.beta_start": (0.0, None, True, False),
     "diffusion.beta_end": (0.0, None, True, False), "sampling.eta": (0.0, None, True, False),

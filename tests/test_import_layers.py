@@ -15,7 +15,8 @@ PACKAGE = "fast_lightning"
 LAYERS = [
     ("foundation", ["fast_lightning", "fast_lightning.errors", "fast_lightning.compat", "fast_lightning.schema",
                     "fast_lightning.seeding", "fast_lightning.tables", "fast_lightning.progress",
-                    "fast_lightning.hardware", "fast_lightning.speedups", "fast_lightning.locks"]),
+                    "fast_lightning.hardware", "fast_lightning.speedups", "fast_lightning.locks",
+                    "fast_lightning.ema"]),
     ("config", ["fast_lightning.config", "fast_lightning.help"]),
     ("run folders", ["fast_lightning.runs"]),
     ("data", ["fast_lightning.data"]),

@@ -105,6 +105,65 @@ def test_training_step_loss_decreases(tmp_path):
     assert "train/loss" in trainer.callback_metrics and "train/synthetic_share" in trainer.callback_metrics
 
 
+def test_ema_update_rule_warm_start_and_batchnorm_statistics():
+    from fast_lightning.ema import ema_copy, update_ema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ema_copy(model)
+    assert all(not p.requires_grad for p in ema.parameters())
+    model(torch.randn(8, 3))  # moves the BatchNorm statistics
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    now = model.state_dict()
+    update_ema(ema, model, decay=0.9, updates=100, average_buffers=True)  # 0.9 < (1+101)/(10+101): the decay holds
+    for k, v in ema.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            assert torch.equal(v, now[k])  # integer buffers are copied
+        else:
+            assert torch.allclose(v, 0.9 * before[k] + 0.1 * now[k], atol=1e-6), k
+    fresh = ema_copy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    update_ema(fresh, model, decay=0.999, updates=0)  # warm start: decay (1+1)/(10+1) at the first step
+    w = 2 / 11
+    assert torch.allclose(fresh[0].weight, w * (model[0].weight - 1) + (1 - w) * model[0].weight, atol=1e-6)
+    assert torch.equal(fresh[1].running_mean, model[1].running_mean)  # without average_buffers: copied
+
+
+def test_ema_off_is_the_trained_network_and_its_state_keys():
+    module = make_module()
+    assert module.ema is None and module.inference_model is module.model
+    assert not any(k.startswith("ema") for k in module.state_dict())
+
+
+def test_ema_on_trains_the_weights_and_evaluates_saves_the_average(tmp_path):
+    torch.manual_seed(0)
+    module = make_module("segmentation.optim.ema_decay=0.9", "segmentation.max_steps=6")
+    g = torch.Generator().manual_seed(0)
+    images, masks = torch.rand(4, 3, 32, 32, generator=g), torch.zeros(4, 1, 32, 32)
+    masks[:2, :, 8:16, 8:16] = 1
+    start = {k: v.clone() for k, v in module.ema.state_dict().items()}
+    trainer = tiny_trainer(tmp_path, max_steps=6)
+    trainer.fit(module, train_dataloaders=DataLoader(Items(images, masks, repeat=6), batch_size=4))
+    assert int(module.ema_updates) == 6
+    ema, raw = module.ema.state_dict(), module.model.state_dict()
+    moved = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], start[k])]
+    apart = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], raw[k])]
+    assert moved and apart  # the average follows the weights without being them
+    keys = module.state_dict()
+    assert any(k.startswith("ema.") for k in keys) and "ema_updates" in keys  # every checkpoint holds the average
+    x = torch.rand(2, 3, 32, 32)
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(module(x), module.ema(module.normalize(x)))  # evaluation runs the average
+        module.train()
+        assert torch.equal(module(x), module.model(module.normalize(x)))  # training runs the weights
+
+
 def test_forward_outputs_probabilities_and_normalises_inside():
     module = make_module().eval()
     x = torch.rand(2, 3, 32, 32)
@@ -268,6 +327,29 @@ def test_train_seg_end_to_end_and_eval_reproduces(synth, fake_root, tmp_path):
     for k in METRIC_KEYS:
         a, b = m["test"][k], e["test"][k]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_train_seg_with_ema_then_eval_seg_and_predict_reproduce_its_test(fake_root, tmp_path):
+    """segmentation.optim.ema_decay > 0: the checkpoint's average is what test, eval-seg and predict run."""
+    runs = tmp_path / "runs"
+    run_cli("train-seg", "profile=smoke", "class_name=widget", f"data_root={fake_root}", f"run_root={runs}",
+        "segmentation.synth=cutpaste", "segmentation.optim.ema_decay=0.9", "trainer.enable_progress_bar=false")
+    latest = runs / "seg" / "widget" / "latest"
+    m = check_seg_run(latest.resolve(), "cutpaste")
+    from fast_lightning.runs import read_checkpoint
+
+    state = read_checkpoint(latest / "checkpoints" / "best.ckpt")["state_dict"]
+    assert int(state["ema_updates"]) == m["best_step"] and any(k.startswith("ema.") for k in state)
+    run_cli("eval-seg", f"ckpt={latest}", "trainer.enable_progress_bar=false")
+    e = json.loads((latest / "eval_metrics.json").read_text())
+    for k in METRIC_KEYS:
+        a, b = m["test"][k], e["test"][k]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), k
+    from fast_lightning.api import load_segmenter
+
+    module = load_segmenter(latest).net.__self__  # Segmenter.net: the module's predict_proba
+    assert module.ema is not None and not module.training and module.inference_model is module.ema
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ DataModule's step-indexed sample stream, a resumed run continues exactly like an
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from lightning.pytorch.utilities import grad_norm
 from omegaconf import OmegaConf
 
 from fast_lightning.diffusion.model import FASTDiffusion, build_fast_diffusion, drop_condition
+from fast_lightning.ema import ema_copy, update_ema
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.schema import TrainerConfig
 from fast_lightning.seeding import generator_for
@@ -40,7 +40,7 @@ class DiffusionModule(L.LightningModule):
         self.model: FASTDiffusion = build_fast_diffusion(self.diffusion_cfg, self.channels, len(type_names), type_names)
         # the EMA shares the frozen pretrained parameters (latent backbone) instead of copying 1.4B weights
         shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
-        self.ema: FASTDiffusion = copy.deepcopy(self.model, memo=shared).requires_grad_(False).eval()
+        self.ema: FASTDiffusion = ema_copy(self.model, memo=shared).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.log_batch: dict | None = None  # fixed images for the sample grid
         self.sample_dir: Path | None = None
@@ -92,17 +92,8 @@ class DiffusionModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.update_ema()
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        decay = float(self.diffusion_cfg.optim.ema_decay)
-        n = int(self.ema_updates) + 1
-        decay = min(decay, (1 + n) / (10 + n))  # warm start: EMA follows quickly early on
-        pairs = [(e, p) for e, p in zip(self.ema.parameters(), self.model.parameters()) if e is not p]
-        if pairs:  # shared (frozen) parameters are their own average
-            torch._foreach_lerp_([e for e, _ in pairs], [p.detach() for _, p in pairs], 1.0 - decay)
-        for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
-            if b_ema is not b:
-                b_ema.copy_(b)
+        update_ema(self.ema, self.model, float(self.diffusion_cfg.optim.ema_decay), int(self.ema_updates))
         self.ema_updates += 1
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -42,7 +42,7 @@ def exportable(ckpt_path: str | os.PathLike, trust: bool = False) -> tuple[Expor
     """(fp32 eval-mode network with normalisation inside, checkpoint metadata) of a segmentation checkpoint."""
     path, ckpt = load_seg_checkpoint(ckpt_path, trust=trust)
     module = module_from_checkpoint(path, ckpt)
-    net = ExportedSegmenter(module.model, module.norm_mean, module.norm_std).float().eval()
+    net = ExportedSegmenter(module.inference_model, module.norm_mean, module.norm_std).float().eval()
     return net, dict(ckpt["fast_lightning"], source=str(path))
 
 

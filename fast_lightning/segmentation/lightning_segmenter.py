@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from fast_lightning.ema import ema_copy, update_ema
 from fast_lightning.evaluation import wandb_logging
 from fast_lightning.evaluation.catalog import metric_names
 from fast_lightning.evaluation.metrics import SegmentationMetrics, per_type_metrics
@@ -86,6 +87,12 @@ class SegmentationModule(L.LightningModule):
         self.model = build_segmenter(str(s.arch), str(s.encoder), s.encoder_weights, in_channels=channels,
                                      allow_download=bool(s.get("allow_download", False)))
         self.loss_fn = build_loss(OmegaConf.to_container(s.loss, resolve=True))
+        # segmentation.optim.ema_decay > 0: the weights' EMA is the network every evaluation uses (and, being a
+        # submodule, every checkpoint holds); 0 = no EMA and the state_dict keys of a run without it
+        self.ema_decay = float(s.optim.get("ema_decay", 0.0))
+        self.ema = ema_copy(self.model) if self.ema_decay > 0 else None
+        if self.ema is not None:
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:  # grayscale: the mean of the RGB statistics for every channel
@@ -111,9 +118,15 @@ class SegmentationModule(L.LightningModule):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        """The network validation, test, predict and export run: the EMA when there is one, else the weights."""
+        return self.ema if self.ema is not None else self.model
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B,C,H,W) in [0,1] -> anomaly logits (B,1,H,W)."""
-        return self.model(self.normalize(images))  # memory format: the weights' (training.Speedups)
+        """images (B,C,H,W) in [0,1] -> anomaly logits (B,1,H,W); training mode runs the trained weights."""
+        net = self.model if self.training else self.inference_model
+        return net(self.normalize(images))  # memory format: the weights' (training.Speedups)
 
     def on_fit_start(self) -> None:
         run = wandb_logging.lightning_run(self)
@@ -122,7 +135,10 @@ class SegmentationModule(L.LightningModule):
 
     def speedup_targets(self) -> dict:
         """Modules ``trainer.compile`` / ``trainer.channels_last`` act on (training.Speedups)."""
-        return {"segmenter": self.model}
+        targets = {"segmenter": self.model}
+        if self.ema is not None:
+            targets["ema.segmenter"] = self.ema
+        return targets
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
@@ -165,6 +181,13 @@ class SegmentationModule(L.LightningModule):
                        "train/lr": float(self.trainer.optimizers[0].param_groups[0]["lr"])},
                       on_step=True, batch_size=n)
         return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # EMA right after the weights change, before any callback (checkpointing) sees the step
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            update_ema(self.ema, self.model, self.ema_decay, int(self.ema_updates), average_buffers=True)
+            self.ema_updates += 1
 
     # ---- evaluation state (per image, CPU) ------------------------------------------------------------
     def _reset_eval(self) -> None:
