@@ -5,7 +5,9 @@ settings (``redo`` recomputes).
 Two keys name the runs. ``diffusion_key`` covers only what shapes the diffusion model (class, seed, data.*,
 diffusion.*, the dataset's real path, precision): changing a segmenter or sampler setting never retrains it,
 and a ``latest`` model trained with other model settings is never reused. ``settings_key`` covers the whole
-resolved config minus what a study varies (seed, run id, synthesizer) and names synthesis and segmenter runs.
+resolved config minus what a study varies (seed, run id, synthesizer) and names segmenter runs; a pool of
+synthesized pairs is named by it without the ``segmentation`` group (``POOL_IGNORES``), so a segmenter setting
+reuses the pool.
 The steps take configs, not argument lists, and call the stages' entry points (``fast_lightning.stages``,
 ``run(cfg)``), which the commands call too.
 """
@@ -29,6 +31,7 @@ from fast_lightning.seeding import generator_for
 
 MODEL_KEYS = ("class_name", "seed", "data", "diffusion")
 STUDY_VARIES = ("seed", "run_id", "segmentation.synth")
+POOL_IGNORES = (*STUDY_VARIES, "segmentation")  # the segmenter's settings never change what a pool holds
 
 
 # ---- keys ---------------------------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ def run_study(cfg: DictConfig, synths: list[str], seeds: int, redo: bool, tag: s
     if pool or any(needs_diffusion(s) for s in synths):
         cfg = apply_overrides(cfg, [f"synthesis.ckpt={ensure_diffusion(cfg, redo)}"])
     if pool:  # one pool of synthesized pairs for every seed: the model and sampler are the same
-        pairs = synthetic_pairs(cfg, f"pool-{settings_key(cfg)}", Path(cfg.synthesis.ckpt), redo,
+        pairs = synthetic_pairs(cfg, f"pool-{settings_key(cfg, POOL_IGNORES)}", Path(cfg.synthesis.ckpt), redo,
                                 label=f"synthesize pool of {cfg.synthesis.n}")
         cfg = apply_overrides(cfg, [f"synthesis.fast_cached_dir={pairs}"])
     key = settings_key(cfg)

@@ -113,7 +113,7 @@ def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mv
 
 def test_study_keys(fake_mvtec, tmp_path):
     """settings_key of a config equals the hash of the same settings given as arguments plus overrides (run
-    names stay as they were), and the diffusion key ignores segmentation / sampling / synthesis settings."""
+    names stay as they were), a pool's key ignores the segmenter's settings, and the diffusion key ignores segmentation / sampling / synthesis settings."""
     from fast_lightning.config import apply_overrides, load_config
 
     rest = _common(tmp_path, fake_mvtec)
@@ -121,6 +121,10 @@ def test_study_keys(fake_mvtec, tmp_path):
     cfg = load_config(rest)
     assert study.settings_key(apply_overrides(cfg, extra)) == study.settings_key(load_config(rest + extra))
     assert study.settings_key(apply_overrides(cfg, ["segmentation.max_steps=3"])) != study.settings_key(cfg)
+    pool = study.settings_key(cfg, study.POOL_IGNORES)  # a pool's name ignores the segmenter, not the sampler
+    seg_only = ["segmentation.optim.ema_decay=0.9", "segmentation.max_steps=3", "seed=2"]
+    assert study.settings_key(load_config(rest + seg_only), study.POOL_IGNORES) == pool
+    assert study.settings_key(load_config(rest + ["sampling.steps=5"]), study.POOL_IGNORES) != pool
     same = ["segmentation.max_steps=3", "sampling.steps=5", "synthesis.n=7", "run_id=x"]
     assert study.diffusion_key(load_config(rest + same)) == study.diffusion_key(cfg)
     assert study.diffusion_key(load_config(rest + ["diffusion.lambda_farm=0.5"])) != study.diffusion_key(cfg)
