@@ -124,7 +124,7 @@ def test_study_keys(fake_mvtec, tmp_path):
     pool = study.settings_key(cfg, study.POOL_IGNORES)  # a pool's name ignores the segmenter, not the sampler
     seg_only = ["segmentation.optim.ema_decay=0.9", "segmentation.max_steps=3", "seed=2"]
     assert study.settings_key(load_config(rest + seg_only), study.POOL_IGNORES) == pool
-    assert study.settings_key(load_config(rest + ["sampling.steps=5"]), study.POOL_IGNORES) != pool
+    assert study.settings_key(load_config(rest + ["sampling.steps=7"]), study.POOL_IGNORES) != pool
     same = ["segmentation.max_steps=3", "sampling.steps=5", "synthesis.n=7", "run_id=x"]
     assert study.diffusion_key(load_config(rest + same)) == study.diffusion_key(cfg)
     assert study.diffusion_key(load_config(rest + ["diffusion.lambda_farm=0.5"])) != study.diffusion_key(cfg)
