@@ -113,7 +113,8 @@ def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mv
 
 def test_study_keys(fake_mvtec, tmp_path):
     """settings_key of a config equals the hash of the same settings given as arguments plus overrides (run
-    names stay as they were), a pool's key ignores the segmenter's settings, and the diffusion key ignores segmentation / sampling / synthesis settings."""
+    names stay as they were), a pool's key ignores the segmenter's settings, and the diffusion key ignores
+    segmentation / sampling / synthesis settings."""
     from fast_lightning.config import apply_overrides, load_config
 
     rest = _common(tmp_path, fake_mvtec)
