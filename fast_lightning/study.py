@@ -187,12 +187,15 @@ def usable_latest(cfg: DictConfig) -> tuple[Path | None, str]:
 
 def ensure_diffusion(cfg: DictConfig, redo: bool = False, prefix: str = "auto") -> Path:
     """A diffusion checkpoint matching these settings: synthesis.ckpt, else runs/diffusion/<c>/latest when it
-    fits (``usable_latest``), else the run ``<prefix>-<diffusion_key>`` (trained now unless finished)."""
+    fits (``usable_latest``), else the run ``<prefix>-<diffusion_key>`` (trained now unless finished).
+
+    Always the resolved absolute path: the pool and segmenter runs are named by a hash of the config that holds
+    it, so the same model reached through ``latest`` or through its run name must be spelled the same."""
     ckpt, reason = usable_latest(cfg)
-    if ckpt is not None:
-        return ckpt
-    print(f"no usable diffusion checkpoint ({reason}): training one for these settings ({cfg.profile} profile)")
-    return diffusion_model(cfg, f"{prefix}-{diffusion_key(cfg)}", redo)
+    if ckpt is None:
+        print(f"no usable diffusion checkpoint ({reason}): training one for these settings ({cfg.profile} profile)")
+        ckpt = diffusion_model(cfg, f"{prefix}-{diffusion_key(cfg)}", redo)
+    return Path(ckpt).resolve()
 
 
 def run_study(cfg: DictConfig, synths: list[str], seeds: int, redo: bool, tag: str) -> list[dict]:

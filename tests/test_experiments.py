@@ -78,9 +78,12 @@ def test_compare_trains_a_model_when_latest_does_not_match_the_profile(fake_mvte
         return 0
 
     monkeypatch.setattr(fit_diffusion, "run", fake_train)
-    rest = _common(tmp_path, fake_mvtec)
+    monkeypatch.chdir(tmp_path)
+    rest = _common(tmp_path, fake_mvtec) + ["run_root=runs"]  # relative, as in the shipped config
     ckpt = study.ensure_diffusion(config_from_args(rest), redo=False)
     assert len(calls) == 1 and ckpt.parent.parent.name.startswith("auto-")
+    # one spelling whichever way the model was found (a relative run_root or `latest`): pools are named by it
+    assert ckpt.is_absolute() and ckpt == ckpt.resolve()
 
 
 def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mvtec, tmp_path, monkeypatch):
@@ -102,7 +105,7 @@ def test_compare_does_not_reuse_latest_trained_with_other_model_settings(fake_mv
                run / "checkpoints" / "last.ckpt")
     os.symlink("earlier", run.parent / "latest")
     trained = []
-    monkeypatch.setattr(study, "diffusion_model", lambda c, run_id, redo=False, label="": trained.append(run_id))
+    monkeypatch.setattr(study, "diffusion_model", lambda c, run_id, redo=False, label="": trained.append(run_id) or run / "x.ckpt")
 
     OmegaConf.save(config_from_args(rest + ["segmentation.max_steps=3"]), run / "config.yaml")
     assert study.ensure_diffusion(cfg) == (run / "checkpoints" / "last.ckpt").resolve() and not trained
