@@ -180,6 +180,7 @@ class SegmentationConfig:
     synth_ratio: float = 0.5
     second_ratio: float = 0.25  # synth=a+b: b's share of the batch, on top of a's synth_ratio (see the yaml)
     synth_loss_weight: float = 1.0
+    synth_loss_until: float = 1.0  # synth=a+b: share of the run during which b's items count (then weight 0)
     crop: Optional[int] = None
     crop_defect_share: float = 0.5
     arch: str = "Unet"
@@ -286,7 +287,7 @@ RANGES = {
     "diffusion.beta_end": (0.0, None, True, False), "sampling.eta": (0.0, None, True, False),
     "diffusion.crop.defect_share": (0.0, 1.0, False, True), "diffusion.cond_dropout": (0.0, 1.0, True, False),
     "diffusion.mask_loss_weight": (0.0, None, True, False), "sampling.guidance_scale": (0.0, None, True, False),
-    "segmentation.synth_loss_weight": (0.0, None, True, False), "synthesis.seg_refresh": (0.0, None, False, False),
+    "segmentation.synth_loss_weight": (0.0, None, True, False), "segmentation.synth_loss_until": (0.0, 1.0, True, True), "synthesis.seg_refresh": (0.0, None, False, False),
     "synthesis.visible_change": (0.0, 1.0, True, False),
 }
 # keys that were renamed or removed: the old name is refused with what replaces it (no silent aliasing: a saved

@@ -1,6 +1,6 @@
 """The levers of issue 18, each shown to act and to equal today's behaviour at its default:
 diffusion.mask_loss_weight, diffusion.cond_dropout + sampling.guidance_scale, diffusion.crop.defect_share,
-diffusion.normal_pretrain_steps, segmentation.synth_loss_weight."""
+diffusion.normal_pretrain_steps, segmentation.synth_loss_weight / synth_loss_until."""
 
 from __future__ import annotations
 
@@ -165,6 +165,34 @@ def test_split_weighted_loss_weights_only_the_synthesized_items():
     zero = split_weighted_loss(loss_fn, logits, target, part, 0.0)
     (grad,) = torch.autograd.grad(zero, logits)
     assert grad[2:].abs().sum() == 0 and grad[:2].abs().sum() > 0  # weight 0: synthesized items ignored
+
+
+def test_synth_loss_until_zeroes_the_items_from_b_after_its_share_of_the_run(monkeypatch):
+    """synth=a+b: b's items weigh synth_loss_weight for the first synth_loss_until of max_steps, then 0; the
+    default (1) keeps today's weight on every step; a share outside [0, 1] is refused naming the key."""
+    from omegaconf import OmegaConf
+
+    from fast_lightning.config import ConfigError, load_config
+    from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
+
+    def module(*overrides):
+        cfg = load_config(["profile=smoke", "class_name=widget", "segmentation.max_steps=10", *overrides])
+        side = int(cfg.data.seg_scale)
+        return SegmentationModule(OmegaConf.to_container(cfg.segmentation, resolve=True), int(cfg.data.channels),
+                                  (side, side), "widget", "test")
+
+    step = {"now": 0}
+    monkeypatch.setattr(SegmentationModule, "global_step", property(lambda self: step["now"]))
+    default = module()
+    half = module("segmentation.synth_loss_until=0.5", "segmentation.synth_loss_weight=0.25")
+    weights = []
+    for s in range(10):
+        step["now"] = s
+        weights.append((default.second_weight(), half.second_weight()))
+    assert [d for d, _ in weights] == [1.0] * 10
+    assert [h for _, h in weights] == [0.25] * 5 + [0.0] * 5
+    with pytest.raises(ConfigError, match="synth_loss_until"):
+        load_config(["profile=smoke", "segmentation.synth_loss_until=1.5"])
 
 
 def test_mixed_synthesizer_marks_the_items_from_b_for_the_loss(smoke_cfg):

@@ -162,10 +162,19 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- training ------------------------------------------------------------------------------------
+    def second_weight(self) -> float:
+        """Loss weight of the items from b (synth=a+b) at this step: ``synth_loss_weight`` for the first
+        ``synth_loss_until`` of the run, then 0, so the last steps fit a's items (the real defects) alone while
+        the early ones learn from the synthesized defects too. Checkpoints from before the key read 1.0."""
+        s = self.seg_cfg
+        if self.global_step >= float(s.get("synth_loss_until", 1.0)) * int(s.max_steps):
+            return 0.0
+        return float(s.get("synth_loss_weight", 1.0))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
-        weight, second = float(self.seg_cfg.get("synth_loss_weight", 1.0)), batch.get("from_second")
+        weight, second = self.second_weight(), batch.get("from_second")
         if weight != 1.0 and second is not None:  # synth=a+b: the items from b weighted (segmentation.synth_loss_weight)
             loss = split_weighted_loss(self.loss_fn, logits, masks, second, weight)
         else:
