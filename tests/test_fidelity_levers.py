@@ -172,7 +172,8 @@ def test_synth_loss_until_zeroes_the_items_from_b_after_its_share_of_the_run(mon
     default (1) keeps today's weight on every step; a share outside [0, 1] is refused naming the key."""
     from omegaconf import OmegaConf
 
-    from fast_lightning.config import ConfigError, load_config
+    from fast_lightning.config import load_config
+    from fast_lightning.errors import ConfigError
     from fast_lightning.segmentation.lightning_segmenter import SegmentationModule
 
     def module(*overrides):
