@@ -155,6 +155,7 @@ class SynthesisConfig:
     fast_cached_dir: Optional[str] = None
     visible_change: Optional[float] = None  # label only what the model visibly changed; null = the placed mask
     source_detail: str = "none"  # none | add | scaled: the source's detail finer than the model's pixels, in the mask
+    contrast_match: str = "none"  # none | type: the painted defect's mean set to a real one of its type (vs its ring)
 
 
 @dataclass
@@ -256,6 +257,7 @@ SAMPLER_NAMES = ("aias", "ddim", "ddpm", "dpmsolver")
 AIAS_VARIANTS = ("exact", "paper")
 RENOISE_MODES = ("every", "band", "none")
 SOURCE_DETAIL_MODES = ("none", "add", "scaled")  # synthesis.source_detail
+CONTRAST_MATCH_MODES = ("none", "type")  # synthesis.contrast_match
 LOGGER_BACKENDS = ("wandb", "csv", "tensorboard", "none")
 
 # Counts and sizes: no command starts (and no run directory is made) with a value that would fail later or,
@@ -312,6 +314,7 @@ CHOICES = {  # key -> (allowed values, make variable or None)
     "sampling.name": (SAMPLER_NAMES, "SAMPLER"), "sampling.variant": (AIAS_VARIANTS, "VARIANT"),
     "sampling.renoise": (RENOISE_MODES, None), "data.channels": ((1, 3), None),
     "logger.backend": (LOGGER_BACKENDS, None), "synthesis.source_detail": (SOURCE_DETAIL_MODES, None),
+    "synthesis.contrast_match": (CONTRAST_MATCH_MODES, None),
 }
 
 

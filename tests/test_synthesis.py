@@ -168,6 +168,70 @@ def test_scaled_source_detail_follows_the_painted_brightness(smoke_model, smoke_
     assert load_config(["profile=smoke", "synthesis.source_detail=scaled"]).synthesis.source_detail == "scaled"
 
 
+def test_contrast_match_moves_only_the_painted_mean_to_a_real_contrast_of_the_type(smoke_model, smoke_cfg, tmp_path):
+    """synthesis.contrast_match=type: an item of a type with real contrasts gets one of them (inside minus ring,
+    per channel), its painted structure shifted, never changed outside the mask; a type without real contrasts
+    and the lever off give the plain synthesis bit for bit; the real contrasts come from the generator-train
+    defects (the fake class's dark blobs: strongly negative); other values are refused by name."""
+    from fast_lightning.synthesis.contrast import defect_contrast, match_contrast, real_contrast_targets
+
+    img = 0.3 + 0.4 * torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 20:40, 16:44] = 1
+    shifted = match_contrast(img, mask, torch.tensor([0.1, -0.05, 0.0]))
+    assert torch.allclose(defect_contrast(shifted, mask), torch.tensor([0.1, -0.05, 0.0]), atol=1e-5)
+    inside = mask.bool().expand_as(img)
+    assert torch.equal(shifted[~inside], img[~inside])
+    delta = (shifted - img)[inside].reshape(3, -1)  # one shift per channel: the structure is kept
+    assert float((delta - delta.mean(1, keepdim=True)).abs().max()) < 1e-5
+    assert defect_contrast(img, torch.ones(1, 64, 64)) is None  # no ring: nothing to match against
+
+    targets = {1: torch.tensor([[-0.05, -0.05, -0.05], [-0.08, -0.08, -0.08]])}
+    plain = make_synth(smoke_model, smoke_cfg, "crop")
+    matched = make_synth(smoke_model, smoke_cfg, "crop")
+    matched.contrast_targets = targets
+    (a1, a2), _ = plain.synthesize([img, img], [mask, mask], [1, 2], gens([0, 1]))
+    (b1, b2), (m1, _) = matched.synthesize([img, img], [mask, mask], [1, 2], gens([0, 1]))
+    got = defect_contrast(b1, mask)
+    assert any(torch.allclose(got, row, atol=1e-3) for row in targets[1])  # the model saturates: clipping
+    assert not torch.allclose(defect_contrast(a1, mask), got, atol=1e-2)
+    assert torch.equal(b1[~inside], img[~inside]) and torch.equal(m1, mask)
+    assert torch.equal(b2, a2)  # type 2 has no real contrasts
+    assert torch.allclose(b1 - a1, (b1 - a1).where(inside, torch.zeros(())), atol=0)
+    full = make_synth(smoke_model, smoke_cfg, "full")
+    full.contrast_targets = targets  # the batched path matches too
+    (imgs, _) = full.synthesize_tensors(img[None], mask[None], [1], gens([0]))
+    assert any(torch.allclose(defect_contrast(imgs[0], mask), row, atol=1e-3) for row in targets[1])
+
+    make_fake_mvtec(tmp_path)
+    split = make_split(read_class(tmp_path, "widget"))
+    cfg = load_config(["profile=smoke", "synthesis.contrast_match=type"])
+    real = real_contrast_targets(cfg, split)
+    assert set(real) == {split.type_id(r.label) for r in split.generator_train if r.mask}
+    assert all(v.shape[1] == 3 and float(v.max()) < -0.3 for v in real.values())  # dark blobs on a bright disk
+    assert real_contrast_targets(load_config(["profile=smoke"]), split) is None
+    with pytest.raises(ConfigError, match="synthesis.contrast_match"):
+        load_config(["profile=smoke", "synthesis.contrast_match=yes"])
+
+
+def test_synthesize_resume_refuses_other_pair_settings_and_accepts_runs_saved_before_a_key(tmp_path):
+    """The keys that decide what a pair looks like (source_detail, visible_change, contrast_match among them)
+    must match to resume; a run saved before such a key existed resumes with its default."""
+    from omegaconf import OmegaConf
+
+    from fast_lightning.errors import UserError
+    from fast_lightning.stages.synthesize_pairs import check_resume_settings
+
+    cfg = load_config(["profile=smoke", "data_root=data"])
+    saved = OmegaConf.create(OmegaConf.to_container(cfg))
+    del saved.synthesis["contrast_match"], saved.synthesis["source_detail"]
+    check_resume_settings(saved, cfg, tmp_path)
+    for key, value in (("contrast_match", "type"), ("source_detail", "add"), ("visible_change", 0.1)):
+        other = load_config(["profile=smoke", "data_root=data", f"synthesis.{key}={value}"])
+        with pytest.raises(UserError, match=f"synthesis.{key}"):
+            check_resume_settings(saved, other, tmp_path)
+
+
 def test_thin_mask_survives_downscaling(smoke_model, smoke_cfg):
     synth = make_synth(smoke_model, smoke_cfg, "full")  # 150x120 -> 32x32: a 1-px line must still be synthesized
     img = torch.rand(3, 150, 120, generator=torch.Generator().manual_seed(1))

@@ -28,6 +28,7 @@ from fast_lightning.runs import (
     save_config,
     update_latest,
 )
+from fast_lightning.schema import SynthesisConfig
 from fast_lightning.training import explained_stops, resume_command
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,10 @@ RUN_DIR_ENV = "FAST_LIGHTNING_SYNTH_RUN_DIR"  # lets DDP worker processes find r
 # keys that decide what pair i looks like: a resumed run must keep them
 FIXED_KEYS = ("class_name", "seed", "data.channels", "data.foreground", "data.foreground_dir",
               "data.image_interpolation", "sampling", "synthesis.masks", "synthesis.perlin_type",
-              "synthesis.out_resolution")
+              "synthesis.out_resolution", "synthesis.visible_change", "synthesis.source_detail",
+              "synthesis.contrast_match")
+# a run saved before one of these keys existed had the schema default (so such a run still resumes)
+ADDED_LATER = ("synthesis.visible_change", "synthesis.source_detail", "synthesis.contrast_match")
 
 
 def make_sampler(cfg):
@@ -62,6 +66,8 @@ def check_resume_settings(saved, cfg, run_dir: Path) -> None:
     diffs = []
     for key in FIXED_KEYS:
         a, b = _select(saved, key), _select(cfg, key)
+        if a is None and key in ADDED_LATER:
+            a = getattr(SynthesisConfig, key.split(".", 1)[1])
         if a != b:
             diffs.append(f"{key}: run has {a!r}, now {b!r}")
     if os.path.realpath(str(saved.data_root)) != os.path.realpath(str(cfg.data_root)):
@@ -200,6 +206,7 @@ def _predict_pending(cfg, run_dir: Path, writer, split, model, meta: dict, sampl
                      pending: list[int], n: int, progress, worker_run: str | None):
     """Lightning's predict loop over the pending indices (the PairWriter callback writes each pair);
     returns (trainer, seconds)."""
+    from fast_lightning.synthesis.contrast import real_contrast_targets
     from fast_lightning.synthesis.predictor import PairWriter, SynthesisPredictor, collate_items, synthesis_dataset
 
     dataset = synthesis_dataset(cfg, split, pending, list(meta.get("type_names", [])), mask_sampler)
@@ -208,7 +215,8 @@ def _predict_pending(cfg, run_dir: Path, writer, split, model, meta: dict, sampl
                                          num_workers=workers, collate_fn=collate_items, persistent_workers=False)
     module = SynthesisPredictor(model, sampler, meta, int(cfg.seed), run_fields,
                                 visible_change=cfg.synthesis.visible_change,
-                                source_detail=str(cfg.synthesis.source_detail))
+                                source_detail=str(cfg.synthesis.source_detail),
+                                contrast_targets=real_contrast_targets(cfg, split))
     t = cfg.trainer
     trainer = L.Trainer(accelerator=str(t.accelerator), devices=t.devices, strategy=t.strategy,
                         num_nodes=int(t.num_nodes), precision=str(t.precision), logger=False,

@@ -75,12 +75,13 @@ class FastSegSynthesizer(SegSynthesizer):
                  refresh_batch: int | None = SynthesisConfig.seg_refresh_batch,
                  visible_change: float | None = SynthesisConfig.visible_change,
                  source_detail: str = SynthesisConfig.source_detail,
+                 contrast_targets: dict | None = None,
                  normals: Sequence[str] | None = None) -> None:
         """``model``/``meta``: a loaded diffusion model and its checkpoint metadata (the registry loads and
         checks them); ``sampler``: the sampling scheduler; the rest are the data.* and synthesis.* values."""
         self.synth = WindowedFastSynthesizer(model.eval().requires_grad_(False), sampler, meta,
                                              autocast_dtype=autocast_dtype, visible_change=visible_change,
-                                             source_detail=source_detail)
+                                             source_detail=source_detail, contrast_targets=contrast_targets)
         self.mask_sampler = mask_sampler
         self.num_types = len(self.synth.type_names)
         self.buffer_size = max(0, int(buffer_size or 0))
@@ -230,6 +231,7 @@ def build_fast_seg(cfg, datamodule) -> FastSegSynthesizer:
     from fast_lightning.hardware import autocast_dtype
     from fast_lightning.sampling import build_sampler
     from fast_lightning.synthesis.checkpoints import load_synthesis_model
+    from fast_lightning.synthesis.contrast import real_contrast_targets
     from fast_lightning.synthesis.mask_sampler import build_mask_sampler
 
     split, syn = datamodule.split, cfg.synthesis
@@ -240,4 +242,5 @@ def build_fast_seg(cfg, datamodule) -> FastSegSynthesizer:
                               foreground_dir=cfg.data.foreground_dir, buffer_size=int(syn.seg_buffer_size),
                               refresh=syn.seg_refresh, refresh_batch=syn.seg_refresh_batch,
                               visible_change=syn.visible_change, source_detail=str(syn.source_detail),
+                              contrast_targets=real_contrast_targets(cfg, split),
                               normals=[r.image for r in split.normal_train])

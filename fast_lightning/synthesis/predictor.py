@@ -108,11 +108,12 @@ class SynthesisPredictor(L.LightningModule):
     sampler call) and returns the pairs on CPU with their manifest fields; :class:`PairWriter` saves them."""
 
     def __init__(self, model, sampler, meta: dict, seed: int, run_fields: dict | None = None,
-                 visible_change: float | None = None, source_detail: str = "none") -> None:
+                 visible_change: float | None = None, source_detail: str = "none",
+                 contrast_targets: dict | None = None) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)  # a submodule: Lightning moves it to the device
         self.synth = WindowedFastSynthesizer(self.model, sampler, meta, visible_change=visible_change,
-                                             source_detail=source_detail)
+                                             source_detail=source_detail, contrast_targets=contrast_targets)
         self.seed = int(seed)
         self.run_fields = dict(run_fields or {})
         self.type_names = self.synth.type_names

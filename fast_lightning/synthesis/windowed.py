@@ -21,6 +21,7 @@ from fast_lightning.data.mask_resize import resize_mask
 from fast_lightning.data.windows import mask_bbox, place_window, window_side
 from fast_lightning.schema import SOURCE_DETAIL_MODES, CropConfig
 from fast_lightning.synthesis.base_synthesizer import SynthesisError
+from fast_lightning.synthesis.contrast import draw_target, match_contrast
 
 __all__ = ["Window", "WindowedFastSynthesizer", "visible_change"]
 
@@ -80,10 +81,16 @@ class WindowedFastSynthesizer:
     adds it as it is; ``scaled`` scales it by generated / source brightness (texture is multiplicative: a
     painted dark hole keeps little of the part's grain, a brightness change keeps all of it); ``none`` (the
     paper) leaves the model's output alone. A window that is not downsampled gets nothing added.
+
+    ``contrast_targets`` (``synthesis.contrast_match=type``, built by
+    :func:`fast_lightning.synthesis.contrast.real_contrast_targets`): per type id, real defects' contrasts
+    against the part around them; each painted defect's mean is shifted to one of its type's, drawn with the
+    item's generator (:mod:`fast_lightning.synthesis.contrast` says why). None (the paper) leaves it alone.
     """
 
     def __init__(self, model, sampler, meta: Mapping, autocast_dtype: torch.dtype | None = None,
-                 visible_change: float | None = None, source_detail: str = "none") -> None:
+                 visible_change: float | None = None, source_detail: str = "none",
+                 contrast_targets: Mapping[int, torch.Tensor] | None = None) -> None:
         window = str(meta.get("window", "full"))
         if window not in ("crop", "full"):
             raise SynthesisError(f"checkpoint window mode must be 'crop' or 'full', got {window!r}")
@@ -102,6 +109,7 @@ class WindowedFastSynthesizer:
             raise SynthesisError(f"synthesis.source_detail={source_detail!r}: choose one of "
                                  f"{', '.join(SOURCE_DETAIL_MODES)}")
         self.source_detail = str(source_detail)
+        self.contrast_targets = dict(contrast_targets) if contrast_targets else None
         self._warned_small = False
 
     @property
@@ -187,7 +195,7 @@ class WindowedFastSynthesizer:
             canvas[:, ys, xs] = back
             inside = torch.zeros_like(m, dtype=torch.bool)
             inside[:, ys, xs] = m[:, ys, xs] > 0.5
-            out_images.append(torch.where(inside, canvas, img))
+            out_images.append(self._matched(torch.where(inside, canvas, img), inside, int(cond[i]), generators[i]))
             if seen is not None:
                 inside[:, ys, xs] &= resize_mask(seen[i:i + 1].float(), (win.h, win.w))[0].to(m.device) > 0.5
             out_masks.append(inside.to(m.dtype))
@@ -219,6 +227,10 @@ class WindowedFastSynthesizer:
         back = back.to(normals.device, normals.dtype)
         inside = masks > 0.5
         images = torch.where(inside, back, normals)
+        if self.contrast_targets:
+            ids = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
+            images = torch.stack([self._matched(images[i], inside[i], int(ids[i]), generators[i])
+                                  for i in range(b)])
         seen = self._visible(generated, wins.to(generated.device))
         if seen is not None:
             inside = inside & (resize_mask(seen.float(), (h, w)).to(masks.device) > 0.5)
@@ -239,6 +251,12 @@ class WindowedFastSynthesizer:
         if self.source_detail == "scaled":
             detail = detail * (back / low.clamp_min(0.05)).clamp(0.0, 2.0)
         return (back + detail).clamp(0.0, 1.0)
+
+    def _matched(self, image: torch.Tensor, inside: torch.Tensor, type_id: int,
+                 generator: torch.Generator) -> torch.Tensor:
+        """``image`` with its painted region's contrast set to a real one of ``type_id`` (contrast_targets)."""
+        target = draw_target(self.contrast_targets, type_id, generator)
+        return image if target is None else match_contrast(image, inside, target)
 
     def _visible(self, generated: torch.Tensor, windows: torch.Tensor) -> torch.Tensor | None:
         if self.visible_change is None:
